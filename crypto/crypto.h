@@ -127,8 +127,8 @@ class CipherState {
   CipherSuite suite_;
   bool has_key_ = false;
   uint64_t n_ = 0;
-  crypto_aead_aes256gcm_state aes_;     // AES-GCM: the precomputed key schedule
-  Secret<kKeySize> key_;                // ChaChaPoly: the raw key
+  crypto_aead_aes256gcm_state aes_;  // AES-GCM: the precomputed key schedule
+  Secret<kKeySize> key_;             // ChaChaPoly: the raw key
 };
 
 // Noise §5.2: chaining key, handshake hash and the handshake's CipherState.
@@ -161,8 +161,8 @@ struct HandshakeConfig {
   CipherSuite suite = CipherSuite::kAesGcm;
   bool initiator = false;
   Bytes prologue;
-  const KeyPair* static_key = nullptr;          // borrowed; must outlive the handshake
-  std::optional<Secret<kKeySize>> psk;          // required by kXXpsk3
+  const KeyPair* static_key = nullptr;                    // borrowed; must outlive the handshake
+  std::optional<Secret<kKeySize>> psk;                    // required by kXXpsk3
   std::optional<Secret<kKeySize>> ephemeral_for_testing;  // fixed ephemeral (test vectors)
 };
 
@@ -187,7 +187,9 @@ class HandshakeState {
   // Only after IsComplete(); returns the initiator's c1/c2 as send/receive for this side.
   TransportCiphers Split();
 
-  const std::array<uint8_t, kHashSize>& GetHandshakeHash() const { return symmetric_.GetHandshakeHash(); }
+  const std::array<uint8_t, kHashSize>& GetHandshakeHash() const {
+    return symmetric_.GetHandshakeHash();
+  }
   // The remote static key once its `s` token has been read.
   const std::optional<PeerId>& remote_static() const { return rs_; }
   bool my_turn_to_write() const;

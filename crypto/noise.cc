@@ -135,14 +135,16 @@ absl::Status CipherState::DecryptWithAd(ByteSpan ad, ByteSpan ciphertext, uint8_
     return absl::OkStatus();
   }
   if (n_ == kMaxNonce) return absl::ResourceExhaustedError("cipher nonce exhausted");
-  if (ciphertext.size() < kTagSize) return absl::UnauthenticatedError("ciphertext shorter than its tag");
+  if (ciphertext.size() < kTagSize)
+    return absl::UnauthenticatedError("ciphertext shorter than its tag");
   uint8_t nonce[kNonceSize];
   EncodeNonce(nonce);
   unsigned long long written = 0;
   int rc;
   if (suite_ == CipherSuite::kAesGcm) {
     rc = crypto_aead_aes256gcm_decrypt_afternm(out, &written, nullptr, ciphertext.data(),
-                                               ciphertext.size(), ad.data(), ad.size(), nonce, &aes_);
+                                               ciphertext.size(), ad.data(), ad.size(), nonce,
+                                               &aes_);
   } else {
     rc = crypto_aead_chacha20poly1305_ietf_decrypt(out, &written, nullptr, ciphertext.data(),
                                                    ciphertext.size(), ad.data(), ad.size(), nonce,
@@ -269,8 +271,9 @@ absl::Status HandshakeState::WriteMessage(ByteSpan payload, Bytes& out) {
   for (Token token : Messages(config_.pattern)[next_message_]) {
     switch (token) {
       case Token::kE:
-        e_ = config_.ephemeral_for_testing ? KeyPair::FromPrivate(config_.ephemeral_for_testing->span())
-                                           : KeyPair::Generate();
+        e_ = config_.ephemeral_for_testing
+                 ? KeyPair::FromPrivate(config_.ephemeral_for_testing->span())
+                 : KeyPair::Generate();
         out.insert(out.end(), e_->public_key.bytes.begin(), e_->public_key.bytes.end());
         symmetric_.MixHash(e_->public_key.bytes);
         if (psk_mode) symmetric_.MixKey(e_->public_key.bytes);

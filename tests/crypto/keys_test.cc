@@ -52,7 +52,7 @@ TEST_F(KeysTest, RejectsNonCanonicalAndLowOrderKeys) {
   p[0] = 0xec;
   EXPECT_FALSE(IsCanonicalPublicKey(p));  // p - 1: low order
   p[0] = 0xeb;
-  EXPECT_TRUE(IsCanonicalPublicKey(p));   // p - 2: an ordinary point encoding
+  EXPECT_TRUE(IsCanonicalPublicKey(p));  // p - 2: an ordinary point encoding
   const PeerId id = KeyPair::Generate().public_key;
   Bytes high(id.bytes.begin(), id.bytes.end());
   EXPECT_TRUE(IsCanonicalPublicKey(high));

@@ -1,8 +1,8 @@
 // Runs every XX and XXpsk3 vector of the published Noise test vectors (cacophony and snow
 // files, tests/data/noise-vectors) through HandshakeState and CipherState, as both initiator
 // and responder: each ciphertext must match byte for byte and each payload must come back.
-#include <gtest/gtest.h>
 #include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
 
 #include <fstream>
 #include <iostream>
@@ -18,7 +18,8 @@ namespace {
 Bytes Hex(const std::string& hex) {
   Bytes out(hex.size() / 2);
   size_t len = 0;
-  EXPECT_EQ(sodium_hex2bin(out.data(), out.size(), hex.data(), hex.size(), nullptr, &len, nullptr), 0);
+  EXPECT_EQ(sodium_hex2bin(out.data(), out.size(), hex.data(), hex.size(), nullptr, &len, nullptr),
+            0);
   out.resize(len);
   return out;
 }
@@ -128,8 +129,8 @@ int RunFile(const std::string& name) {
     RunVector(v, pattern, suite);
     ++ran;
   }
-  std::cout << name << ": ran " << ran << " XX-family vectors; not applicable (other patterns): "
-            << skipped.size() << "\n";
+  std::cout << name << ": ran " << ran
+            << " XX-family vectors; not applicable (other patterns): " << skipped.size() << "\n";
   return ran;
 }
 

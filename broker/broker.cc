@@ -1,0 +1,353 @@
+#include "broker/broker.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "broker/log.h"
+
+namespace mesh::broker {
+namespace {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+constexpr std::chrono::milliseconds kShutdownFlush{2000};
+
+absl::StatusOr<tcp::endpoint> ParseEndpoint(const std::string& text) {
+  const size_t colon = text.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(text.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not HOST:PORT"));
+  }
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  error_code ec;
+  auto address = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address"));
+  return tcp::endpoint(address, static_cast<uint16_t>(port));
+}
+
+// Lifts the open-files limit to the hard limit: each link is a descriptor.
+void RaiseFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+// Caps handshakes in progress, in total and per source address, so a flood of first
+// messages cannot starve established links. Thread-safe; held only around accept and finish.
+class HandshakeGate {
+ public:
+  HandshakeGate(int total, int per_address)
+      : total_limit_(total), per_address_limit_(per_address) {}
+  bool TryEnter(const asio::ip::address& address) {
+    std::lock_guard lock(mu_);
+    int& mine = per_address_[address];
+    if (total_ >= total_limit_ || mine >= per_address_limit_) {
+      if (mine == 0) per_address_.erase(address);
+      return false;
+    }
+    ++mine;
+    ++total_;
+    return true;
+  }
+  void Leave(const asio::ip::address& address) {
+    std::lock_guard lock(mu_);
+    --total_;
+    if (--per_address_[address] == 0) per_address_.erase(address);
+  }
+
+ private:
+  struct AddressHash {
+    size_t operator()(const asio::ip::address& a) const {
+      return std::hash<std::string>()(a.to_string());
+    }
+  };
+  std::mutex mu_;
+  const int total_limit_;
+  const int per_address_limit_;
+  int total_ = 0;
+  std::unordered_map<asio::ip::address, int, AddressHash> per_address_;
+};
+
+// One io_context and its thread; it owns the links accepted onto it.
+struct Shard {
+  asio::io_context io{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
+  std::unordered_set<std::shared_ptr<peer::Link>> links;  // touched only on `io`
+  std::thread thread;
+};
+
+}  // namespace
+
+class Broker::Impl {
+ public:
+  Impl(BrokerConfig config, crypto::KeyPair key)
+      : config_(std::move(config)),
+        key_(std::move(key)),
+        frame_budget_(config_.frame_memory_budget),
+        gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
+    config_.link.frame_budget = &frame_budget_;
+    int threads = config_.threads > 0
+                      ? config_.threads
+                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    for (int i = 0; i < threads; ++i) shards_.push_back(std::make_unique<Shard>());
+    hello_.set_protocol_version(peer::kProtocolVersion);
+    hello_.set_node_name(config_.node_name);
+    auto* limits = hello_.mutable_limits();
+    limits->set_max_payload(config_.link.max_payload);
+    limits->set_heartbeat_interval_ms(
+        static_cast<uint32_t>(config_.link.heartbeat_interval.count()));
+    limits->set_dedup_window_s(config_.dedup_window_s);
+  }
+
+  absl::Status Start() {
+    RaiseFileLimit();
+    auto endpoint = ParseEndpoint(config_.listen_peer);
+    if (!endpoint.ok()) return endpoint.status();
+    Shard& first = *shards_.front();
+    acceptor_.emplace(first.io);
+    error_code ec;
+    acceptor_->open(endpoint->protocol(), ec);
+    if (!ec) acceptor_->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_->bind(*endpoint, ec);
+    if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", config_.listen_peer, ": ", ec.message()));
+    }
+    const tcp::endpoint bound = acceptor_->local_endpoint();
+    Log(spdlog::level::info, "listening",
+        {{"listener", "peer"},
+         {"addr", bound.address().to_string()},
+         {"port", bound.port()},
+         {"node_id", key_.public_key.ToString()},
+         {"node_name", config_.node_name},
+         {"shards", shards_.size()}});
+    signals_.emplace(first.io, SIGINT, SIGTERM);
+    signals_->async_wait([this](const error_code& ec, int signal) {
+      if (!ec) Stop(signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    });
+    asio::co_spawn(first.io, AcceptLoop(), asio::detached);
+    for (auto& shard : shards_) {
+      shard->thread = std::thread([s = shard.get()] { s->io.run(); });
+    }
+    return absl::OkStatus();
+  }
+
+  void Wait() {
+    for (auto& shard : shards_) {
+      if (shard->thread.joinable()) shard->thread.join();
+    }
+  }
+
+  void Stop(std::string_view why) {
+    asio::post(shards_.front()->io, [this, why = std::string(why)] {
+      if (stopping_) return;
+      stopping_ = true;
+      Log(spdlog::level::info, "stopping", {{"why", why}});
+      error_code ec;
+      if (acceptor_) acceptor_->close(ec);
+      if (signals_) signals_->cancel(ec);
+      for (auto& shard : shards_) {
+        asio::post(shard->io, [s = shard.get()] {
+          mesh::v1::Frame go_away;
+          go_away.mutable_go_away()->set_reason(mesh::v1::GoAway::SHUTTING_DOWN);
+          for (const auto& link : s->links) {
+            link->Send(go_away);
+            link->Close(absl::OkStatus());
+          }
+        });
+      }
+      asio::co_spawn(shards_.front()->io, FinishStop(), asio::detached);
+    });
+  }
+
+  const peer::LinkStats& stats() const { return stats_; }
+
+ private:
+  // Waits (bounded) for the links to flush their GoAway, then lets every shard's thread end.
+  awaitable<void> FinishStop() {
+    asio::steady_timer timer(shards_.front()->io);
+    const auto deadline = peer::Clock::now() + kShutdownFlush;
+    while (stats_.links_open.load() > 0 && peer::Clock::now() < deadline) {
+      timer.expires_after(std::chrono::milliseconds(10));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    LogStats();
+    for (auto& shard : shards_) {
+      shard->work.reset();
+      shard->io.stop();
+    }
+  }
+
+  void LogStats() {
+    std::string failures;
+    Log(spdlog::level::info, "link_stats",
+        {{"handshakes_started", stats_.handshakes_started.load()},
+         {"handshakes_completed", stats_.handshakes_completed.load()},
+         {"frames_received", stats_.frames_received.load()},
+         {"frames_sent", stats_.frames_sent.load()}});
+    for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
+      if (!mesh::v1::ErrorCode_IsValid(code)) continue;
+      uint64_t n = stats_.failures[code].load();
+      if (n > 0) {
+        Log(spdlog::level::info, "link_failures",
+            {{"reason", peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))}, {"count", n}});
+      }
+    }
+  }
+
+  awaitable<void> AcceptLoop() {
+    size_t next_shard = 0;
+    while (!stopping_) {
+      Shard& shard = *shards_[next_shard];
+      next_shard = (next_shard + 1) % shards_.size();
+      error_code ec;
+      tcp::socket socket =
+          co_await acceptor_->async_accept(shard.io, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        if (stopping_ || ec == asio::error::operation_aborted) break;
+        // Out of descriptors or similar: say so and keep serving the links we have.
+        Log(spdlog::level::warn, "accept_failed", {{"error", ec.message()}});
+        asio::steady_timer backoff(shards_.front()->io, std::chrono::milliseconds(50));
+        co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        continue;
+      }
+      const auto remote = socket.remote_endpoint(ec);
+      if (ec) continue;
+      if (!gate_.TryEnter(remote.address())) {
+        stats_.CountFailure(mesh::v1::OVERLOADED);
+        LogThrottled(mesh::v1::OVERLOADED, remote, "too many handshakes in progress");
+        continue;  // the socket closes as it goes out of scope
+      }
+      asio::co_spawn(shard.io, ServeLink(shard, std::move(socket), remote), asio::detached);
+    }
+  }
+
+  awaitable<void> ServeLink(Shard& shard, tcp::socket socket, tcp::endpoint remote) {
+    auto accepted = co_await peer::Link::Accept(std::move(socket), key_, hello_,
+                                                peer::LinkKind::kPeer, config_.link, stats_);
+    gate_.Leave(remote.address());
+    if (!accepted.ok()) {
+      LogThrottled(peer::ErrorCodeOf(accepted.status()), remote, accepted.status().message());
+      co_return;
+    }
+    std::shared_ptr<peer::Link> link = *std::move(accepted);
+    if (stopping_) co_return;
+    const std::string peer_id = link->remote_id().ToString();
+    Log(spdlog::level::info, "link_up",
+        {{"peer", peer_id},
+         {"remote", remote.address().to_string()},
+         {"agent", link->remote_hello().agent()},
+         {"suite", crypto::CipherName(link->suite())}});
+    shard.links.insert(link);
+    absl::Status ended = co_await link->Run([](mesh::v1::Frame& frame) -> absl::Status {
+      if (frame.has_pong()) return absl::OkStatus();
+      // Routing of Send, Credit and DeliverAck arrives with the data plane.
+      return peer::LinkError(
+          mesh::v1::UNEXPECTED_FRAME,
+          absl::StrCat("frame '", peer::FrameName(frame), "' is not served by this broker"));
+    });
+    shard.links.erase(link);
+    const mesh::v1::ErrorCode code = peer::ErrorCodeOf(ended);
+    Log(code == mesh::v1::ERROR_CODE_UNSPECIFIED ? spdlog::level::info : spdlog::level::warn,
+        "link_down",
+        {{"peer", peer_id},
+         {"reason", code == mesh::v1::ERROR_CODE_UNSPECIFIED ? "closed" : peer::ReasonName(code)},
+         {"detail", std::string(ended.message())}});
+  }
+
+  // At most kLogBurst lines per reason per second, so a flood cannot flood the log as well.
+  void LogThrottled(mesh::v1::ErrorCode code, const tcp::endpoint& remote,
+                    absl::string_view detail) {
+    static constexpr int kLogBurst = 20;
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(log_mu_);
+    auto& window = log_windows_[code];
+    if (now - window.start >= std::chrono::seconds(1)) {
+      if (window.suppressed > 0) {
+        Log(spdlog::level::warn, "link_refused_suppressed",
+            {{"reason", peer::ReasonName(code)}, {"count", window.suppressed}});
+      }
+      window = {now, 0, 0};
+    }
+    if (++window.logged > kLogBurst) {
+      ++window.suppressed;
+      return;
+    }
+    Log(spdlog::level::warn, "link_refused",
+        {{"reason", code == mesh::v1::ERROR_CODE_UNSPECIFIED ? "io_error" : peer::ReasonName(code)},
+         {"remote", remote.address().to_string()},
+         {"detail", std::string(detail)}});
+  }
+
+  struct LogWindow {
+    std::chrono::steady_clock::time_point start;
+    int logged = 0;
+    uint64_t suppressed = 0;
+  };
+
+  BrokerConfig config_;
+  crypto::KeyPair key_;
+  peer::MemoryBudget frame_budget_;
+  peer::LinkStats stats_;
+  HandshakeGate gate_;
+  mesh::v1::Hello hello_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::optional<tcp::acceptor> acceptor_;
+  std::optional<asio::signal_set> signals_;
+  bool stopping_ = false;  // touched on the first shard only
+  std::mutex log_mu_;
+  std::unordered_map<int, LogWindow> log_windows_;
+};
+
+Broker::Broker(BrokerConfig config, crypto::KeyPair node_key)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(node_key))) {}
+Broker::~Broker() = default;
+absl::Status Broker::Start() { return impl_->Start(); }
+void Broker::Wait() { impl_->Wait(); }
+void Broker::Stop(std::string_view why) { impl_->Stop(why); }
+const peer::LinkStats& Broker::link_stats() const { return impl_->stats(); }
+
+absl::StatusOr<crypto::KeyPair> LoadOrCreateNodeKey(const std::string& data_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec)
+    return absl::UnavailableError(
+        absl::StrCat("cannot create data dir ", data_dir, ": ", ec.message()));
+  const std::string path = data_dir + "/node.key";
+  if (!std::filesystem::exists(path)) {
+    auto status = crypto::WriteKeyFile(path, crypto::KeyPair::Generate());
+    if (!status.ok()) return status;
+    Log(spdlog::level::info, "node_key_created", {{"path", path}});
+  }
+  return crypto::LoadKeyFile(path);
+}
+
+}  // namespace mesh::broker

@@ -1,0 +1,52 @@
+// The broker process: shards (one io_context and thread per core), the peer listener on 7700,
+// and the lifecycle from start to a clean stop.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "crypto/crypto.h"
+#include "peer/peer.h"
+
+namespace mesh::broker {
+
+struct BrokerConfig {
+  std::string listen_peer = "0.0.0.0:7700";
+  std::string data_dir = "./mesh-data";
+  std::string node_name;  // empty: the host name
+  int threads = 0;        // 0: one per core
+  peer::LinkConfig link;
+  size_t frame_memory_budget = size_t{256} << 20;
+  int max_pending_handshakes = 1024;
+  int max_pending_handshakes_per_ip = 64;
+  uint32_t dedup_window_s = 600;
+};
+
+class Broker {
+ public:
+  Broker(BrokerConfig config, crypto::KeyPair node_key);
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // Binds the listeners and starts the shards; logs one line per listener.
+  absl::Status Start();
+  // Blocks until SIGINT or SIGTERM has stopped the broker, then returns.
+  void Wait();
+  // Asks the broker to stop: no new links, GoAway to every peer, close. Thread-safe.
+  void Stop(std::string_view why);
+
+  const peer::LinkStats& link_stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Opens (creating on first start) the data dir and the node key inside it.
+absl::StatusOr<crypto::KeyPair> LoadOrCreateNodeKey(const std::string& data_dir);
+
+}  // namespace mesh::broker

@@ -1,0 +1,165 @@
+#include "client/client.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace mesh::client {
+namespace {
+
+namespace asio = boost::asio;
+using asio::redirect_error;
+using asio::use_awaitable;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return std::make_pair(host, address.substr(colon + 1));
+}
+
+peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options) {
+  auto executor = co_await asio::this_coro::executor;
+  auto host_port = SplitHostPort(options.address);
+  if (!host_port.ok()) co_return host_port.status();
+  tcp::resolver resolver(executor);
+  error_code ec;
+  auto endpoints = co_await resolver.async_resolve(host_port->first, host_port->second,
+                                                   redirect_error(use_awaitable, ec));
+  if (ec)
+    co_return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", options.address, ": ", ec.message()));
+  tcp::socket socket(executor);
+  asio::steady_timer deadline(executor, options.connect_timeout);
+  deadline.async_wait([&socket](const error_code& e) {
+    if (!e) socket.close();
+  });
+  co_await asio::async_connect(socket, endpoints, redirect_error(use_awaitable, ec));
+  deadline.cancel();
+  if (ec) {
+    co_return absl::UnavailableError(
+        absl::StrCat("cannot connect to ", options.address, ": ",
+                     ec == asio::error::operation_aborted ? "timed out" : ec.message()));
+  }
+  co_return socket;
+}
+
+}  // namespace
+
+crypto::CipherSuite PreferredSuite() {
+  return crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm) ? crypto::CipherSuite::kAesGcm
+                                                              : crypto::CipherSuite::kChaChaPoly;
+}
+
+peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const ConnectOptions& options,
+                                                                     peer::LinkStats& stats) {
+  if (options.key == nullptr) co_return absl::InvalidArgumentError("a client needs a static key");
+  mesh::v1::Hello hello;
+  hello.set_protocol_version(peer::kProtocolVersion);
+  hello.set_agent(options.agent);
+  crypto::CipherSuite suite = options.suite.value_or(PreferredSuite());
+  for (int attempt = 0;; ++attempt) {
+    auto socket = co_await Dial(options);
+    if (!socket.ok()) co_return socket.status();
+    auto link = co_await peer::Link::Connect(*std::move(socket), *options.key, hello, suite,
+                                             options.link, stats);
+    if (link.ok() || attempt > 0) co_return link;
+    // One retry with the best common suite when the broker refused ours.
+    auto spoken = peer::RefusedSuites(link.status());
+    if (!spoken || peer::ErrorCodeOf(link.status()) != mesh::v1::UNSUPPORTED_SUITE) co_return link;
+    std::optional<crypto::CipherSuite> common;
+    for (auto candidate : {crypto::CipherSuite::kAesGcm, crypto::CipherSuite::kChaChaPoly}) {
+      if (!common && candidate != suite && crypto::SuiteAvailable(candidate) &&
+          (*spoken & (1u << (static_cast<int>(candidate) - 1)))) {
+        common = candidate;
+      }
+    }
+    if (!common) co_return link;
+    suite = *common;
+  }
+}
+
+absl::StatusOr<PingResult> Ping(const ConnectOptions& options, int count,
+                                std::chrono::milliseconds pong_timeout) {
+  asio::io_context io;
+  peer::LinkStats stats;
+  absl::StatusOr<PingResult> result = absl::UnknownError("ping did not run");
+  asio::co_spawn(
+      io,
+      [&]() -> peer::awaitable<void> {
+        const auto start = peer::Clock::now();
+        auto link = co_await Connect(options, stats);
+        if (!link.ok()) {
+          result = link.status();
+          co_return;
+        }
+        PingResult ping;
+        ping.handshake =
+            std::chrono::duration_cast<std::chrono::microseconds>(peer::Clock::now() - start);
+        ping.broker_id = (*link)->remote_id();
+        ping.node_name = (*link)->remote_hello().node_name();
+        ping.suite = (*link)->suite();
+
+        asio::steady_timer pong_wait(io);
+        uint64_t last_pong = 0;
+        absl::Status ended = absl::OkStatus();
+        bool running = true;
+        asio::co_spawn(
+            io,
+            [&, l = *link]() -> peer::awaitable<void> {
+              ended = co_await l->Run([&](mesh::v1::Frame& frame) {
+                if (frame.has_pong()) {
+                  last_pong = frame.pong().nonce();
+                  pong_wait.cancel();
+                }
+                return absl::OkStatus();
+              });
+              running = false;
+              pong_wait.cancel();
+            },
+            asio::detached);
+
+        for (uint64_t nonce = 1; nonce <= static_cast<uint64_t>(count) && running; ++nonce) {
+          const auto sent = peer::Clock::now();
+          mesh::v1::Frame frame;
+          frame.mutable_ping()->set_nonce(nonce);
+          (*link)->Send(frame);
+          pong_wait.expires_after(pong_timeout);
+          while (last_pong != nonce && running) {
+            error_code ec;
+            co_await pong_wait.async_wait(redirect_error(use_awaitable, ec));
+            if (!ec) break;  // timed out
+          }
+          if (last_pong != nonce) break;
+          ping.round_trips.push_back(
+              std::chrono::duration_cast<std::chrono::microseconds>(peer::Clock::now() - sent));
+        }
+        (*link)->Close(absl::OkStatus());
+        if (ping.round_trips.size() == static_cast<size_t>(count)) {
+          result = ping;
+        } else if (!running && !ended.ok()) {
+          result = absl::UnavailableError(absl::StrCat("link closed: ", ended.message()));
+        } else {
+          result = absl::DeadlineExceededError(
+              absl::StrCat("no Pong within ", pong_timeout.count(), " ms"));
+        }
+      },
+      asio::detached);
+  io.run();
+  return result;
+}
+
+}  // namespace mesh::client

@@ -1,0 +1,47 @@
+// The client module's front door: dialling a broker and holding a link to it.
+// Everything asynchronous runs on the executor passed in; the blocking helpers run their own.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "crypto/crypto.h"
+#include "peer/peer.h"
+
+namespace mesh::client {
+
+struct ConnectOptions {
+  std::string address;                       // HOST:PORT
+  const crypto::KeyPair* key = nullptr;      // borrowed; the client's static key (its peer ID)
+  std::optional<crypto::CipherSuite> suite;  // default: AES-GCM where the CPU has it
+  peer::LinkConfig link;
+  std::string agent = "mesh-client/0.1";
+  std::chrono::milliseconds connect_timeout{10'000};
+};
+
+// The suite to offer first: AES-GCM when available, else ChaChaPoly.
+crypto::CipherSuite PreferredSuite();
+
+// Resolves, dials and runs the handshake. A broker that refuses the suite is retried once
+// with the best suite both speak.
+peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const ConnectOptions& options,
+                                                                     peer::LinkStats& stats);
+
+struct PingResult {
+  crypto::PeerId broker_id;
+  std::string node_name;
+  crypto::CipherSuite suite;
+  std::chrono::microseconds handshake{0};  // connect + handshake
+  std::vector<std::chrono::microseconds> round_trips;
+};
+
+// Blocking: connects, sends `count` Pings one after another and times each Pong.
+absl::StatusOr<PingResult> Ping(const ConnectOptions& options, int count,
+                                std::chrono::milliseconds pong_timeout);
+
+}  // namespace mesh::client

@@ -1,0 +1,537 @@
+// One link: preamble, Noise XX handshake, record-layer reads and coalesced writes, heartbeats
+// and deadlines. Three coroutines share the link on its executor: the reader (Run), the writer
+// and the watchdog, which enforces every deadline and sends heartbeats.
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <cstring>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "peer/peer.h"
+
+namespace mesh::peer {
+namespace {
+
+namespace asio = boost::asio;
+using asio::redirect_error;
+using asio::use_awaitable;
+using boost::system::error_code;
+using mesh::v1::ErrorCode;
+
+// Room for one whole transport message and its length prefix.
+constexpr size_t kReadBufferSize = kLengthPrefixSize + kMaxNoiseMessage;
+// Buffers above this are given back once drained, so idle links stay small.
+constexpr size_t kKeepBufferSize = 16 * 1024;
+// How long a closing link may take to flush its Error frame.
+constexpr std::chrono::milliseconds kCloseGrace{2000};
+// How often a link paused by the frame memory budget retries.
+constexpr std::chrono::milliseconds kBudgetRetry{5};
+constexpr char kRefusedSuitesUrl[] = "type.mesh/refused-suites";
+
+void ShrinkIfLarge(crypto::Bytes& buffer) {
+  if (buffer.capacity() > kKeepBufferSize) crypto::Bytes().swap(buffer);
+}
+
+// A crypto failure while reading a handshake message, as a protocol-violation reason.
+absl::Status HandshakeFailure(const absl::Status& status, int message) {
+  ErrorCode code = status.code() == absl::StatusCode::kPermissionDenied
+                       ? mesh::v1::BAD_KEY
+                       : mesh::v1::HANDSHAKE_FAILED;
+  return LinkError(code, absl::StrCat("handshake message ", message, ": ", status.message()));
+}
+
+absl::Status RefusalError(const Refusal& refusal) {
+  ErrorCode code = mesh::v1::WRONG_LINK_KIND;
+  std::string what = "link kind not served on this port";
+  if (refusal.reason == RefusalReason::kVersion) {
+    code = mesh::v1::UNSUPPORTED_VERSION;
+    what = "protocol version not spoken";
+  } else if (refusal.reason == RefusalReason::kSuite) {
+    code = mesh::v1::UNSUPPORTED_SUITE;
+    what = "cipher suite not spoken";
+  }
+  absl::Status status =
+      LinkError(code, absl::StrCat("the other side refused the preamble: ", what,
+                                   " (suites it speaks: mask ", refusal.suites, ")"));
+  status.SetPayload(kRefusedSuitesUrl, absl::Cord(std::to_string(refusal.suites)));
+  return status;
+}
+
+}  // namespace
+
+std::optional<uint8_t> RefusedSuites(const absl::Status& status) {
+  auto payload = status.GetPayload(kRefusedSuitesUrl);
+  int mask = 0;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &mask)) return std::nullopt;
+  return static_cast<uint8_t>(mask);
+}
+
+bool MemoryBudget::TryAcquire(size_t bytes) {
+  size_t used = used_.load(std::memory_order_relaxed);
+  do {
+    if (used + bytes > limit_) return false;
+  } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
+  return true;
+}
+
+void LinkStats::CountFailure(ErrorCode code) {
+  if (code != mesh::v1::ERROR_CODE_UNSPECIFIED)
+    failures[code].fetch_add(1, std::memory_order_relaxed);
+}
+
+Link::Link(Socket socket, const LinkConfig& config, LinkStats& stats)
+    : socket_(std::move(socket)),
+      config_(config),
+      stats_(stats),
+      assembler_(config.max_frame()),
+      watchdog_timer_(socket_.get_executor()),
+      write_signal_(socket_.get_executor()) {
+  started_ = last_received_ = last_sent_ = Clock::now();
+  write_signal_.expires_at(Clock::time_point::max());
+  error_code ec;
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+}
+
+Link::~Link() { CloseSocket(); }
+
+awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(Socket socket,
+                                                              const crypto::KeyPair& key,
+                                                              mesh::v1::Hello hello, LinkKind kind,
+                                                              const LinkConfig& config,
+                                                              LinkStats& stats) {
+  std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
+  absl::Status status = co_await link->Handshake(key, std::move(hello), /*initiator=*/false,
+                                                 crypto::CipherSuite::kAesGcm, kind);
+  if (!status.ok()) co_return status;
+  co_return link;
+}
+
+awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
+    Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
+    const LinkConfig& config, LinkStats& stats) {
+  std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
+  absl::Status status =
+      co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, LinkKind::kPeer);
+  if (!status.ok()) co_return status;
+  co_return link;
+}
+
+awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
+                                        bool initiator, crypto::CipherSuite suite, LinkKind kind) {
+  stats_.handshakes_started.fetch_add(1, std::memory_order_relaxed);
+  asio::co_spawn(socket_.get_executor(), Watchdog(), asio::detached);
+  absl::Status status = co_await [&]() -> awaitable<absl::Status> {
+    Preamble preamble = EncodePreamble(suite, kind);
+    if (!initiator) {
+      if (auto st = co_await ReadPreamble(kind, suite); !st.ok()) co_return st;
+      preamble = EncodePreamble(suite, kind);
+    }
+    crypto::HandshakeConfig hs_config;
+    hs_config.suite = suite;
+    hs_config.initiator = initiator;
+    hs_config.prologue.assign(preamble.begin(), preamble.end());
+    hs_config.static_key = &key;
+    auto hs = crypto::HandshakeState::Create(std::move(hs_config));
+    if (!hs.ok()) co_return LinkError(mesh::v1::UNSUPPORTED_SUITE, hs.status().message());
+
+    const std::string hello_bytes = hello.SerializeAsString();
+    const crypto::ByteSpan hello_span(reinterpret_cast<const uint8_t*>(hello_bytes.data()),
+                                      hello_bytes.size());
+    crypto::Bytes message, payload;
+    auto read_step = [&](int number) -> awaitable<absl::Status> {
+      auto received = co_await ReadHandshakeMessage();
+      if (!received.ok()) co_return received.status();
+      if (auto st = hs->ReadMessage(*received, payload); !st.ok()) {
+        co_return HandshakeFailure(st, number);
+      }
+      co_return absl::OkStatus();
+    };
+    if (initiator) {
+      message.assign(preamble.begin(), preamble.end());
+      message.resize(kPreambleSize + kLengthPrefixSize);  // length filled below
+      if (auto st = hs->WriteMessage({}, message); !st.ok())
+        co_return LinkError(mesh::v1::INTERNAL, st.message());
+      const size_t length = message.size() - kPreambleSize - kLengthPrefixSize;
+      message[kPreambleSize] = static_cast<uint8_t>(length >> 8);
+      message[kPreambleSize + 1] = static_cast<uint8_t>(length);
+      error_code ec;
+      co_await asio::async_write(socket_, asio::buffer(message), redirect_error(use_awaitable, ec));
+      if (ec) co_return IoFailure(ec, "handshake message 1");
+      if (auto st = co_await read_step(2); !st.ok()) co_return st;
+      message.clear();
+      if (auto st = hs->WriteMessage(hello_span, message); !st.ok())
+        co_return LinkError(mesh::v1::INTERNAL, st.message());
+      if (auto st = co_await WriteHandshakeMessage(message); !st.ok()) co_return st;
+    } else {
+      if (auto st = co_await read_step(1); !st.ok()) co_return st;
+      if (!payload.empty()) {
+        co_return LinkError(mesh::v1::HANDSHAKE_FAILED,
+                            "handshake message 1 must carry no payload");
+      }
+      if (auto st = hs->WriteMessage(hello_span, message); !st.ok())
+        co_return LinkError(mesh::v1::INTERNAL, st.message());
+      if (auto st = co_await WriteHandshakeMessage(message); !st.ok()) co_return st;
+      if (auto st = co_await read_step(3); !st.ok()) co_return st;
+    }
+    if (!remote_hello_.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+      co_return LinkError(mesh::v1::MALFORMED_FRAME, "handshake payload is not a mesh.v1.Hello");
+    }
+    crypto::TransportCiphers ciphers = hs->Split();
+    send_ = std::move(ciphers.send);
+    receive_ = std::move(ciphers.receive);
+    remote_id_ = *hs->remote_static();
+    co_return absl::OkStatus();
+  }();
+
+  if (!status.ok()) {
+    stats_.CountFailure(ErrorCodeOf(status));
+    CloseSocket();
+    co_return status;
+  }
+  if (initiator && remote_hello_.limits().heartbeat_interval_ms() > 0) {
+    config_.heartbeat_interval =
+        std::chrono::milliseconds(remote_hello_.limits().heartbeat_interval_ms());
+  }
+  established_ = true;
+  last_received_ = last_sent_ = Clock::now();
+  stats_.handshakes_completed.fetch_add(1, std::memory_order_relaxed);
+  stats_.handshake_micros_total.fetch_add(
+      std::chrono::duration_cast<std::chrono::microseconds>(last_received_ - started_).count(),
+      std::memory_order_relaxed);
+  stats_.links_open.fetch_add(1, std::memory_order_relaxed);
+  watchdog_timer_.cancel();  // the handshake deadline is over; heartbeats start
+  asio::co_spawn(socket_.get_executor(), WriteLoop(), asio::detached);
+  co_return absl::OkStatus();
+}
+
+awaitable<absl::Status> Link::ReadPreamble(LinkKind kind, crypto::CipherSuite& suite) {
+  Preamble preamble;
+  error_code ec;
+  co_await asio::async_read(socket_, asio::buffer(preamble), redirect_error(use_awaitable, ec));
+  if (ec) co_return IoFailure(ec, "the preamble");
+  if (!std::equal(kMagic.begin(), kMagic.end(), preamble.begin()) || preamble[7] != 0) {
+    co_return LinkError(mesh::v1::BAD_PREAMBLE, "connection does not start with a MESH preamble");
+  }
+  std::optional<RefusalReason> refusal;
+  absl::Status status;
+  const uint8_t suite_id = preamble[5];
+  if (preamble[4] != kProtocolVersion) {
+    refusal = RefusalReason::kVersion;
+    status = LinkError(mesh::v1::UNSUPPORTED_VERSION,
+                       absl::StrCat("protocol version ", preamble[4], " is not spoken here"));
+  } else if ((suite_id != 1 && suite_id != 2) ||
+             !crypto::SuiteAvailable(static_cast<crypto::CipherSuite>(suite_id))) {
+    refusal = RefusalReason::kSuite;
+    status = LinkError(mesh::v1::UNSUPPORTED_SUITE,
+                       absl::StrCat("cipher suite ", suite_id, " is not spoken here"));
+  } else if (preamble[6] != static_cast<uint8_t>(kind)) {
+    refusal = RefusalReason::kLinkKind;
+    status = LinkError(mesh::v1::WRONG_LINK_KIND,
+                       absl::StrCat("link kind ", preamble[6], " is not served on this port"));
+  }
+  if (refusal) {
+    Preamble answer = EncodeRefusal(*refusal);
+    co_await asio::async_write(socket_, asio::buffer(answer), redirect_error(use_awaitable, ec));
+    co_return status;
+  }
+  suite = static_cast<crypto::CipherSuite>(suite_id);
+  co_return absl::OkStatus();
+}
+
+awaitable<absl::StatusOr<crypto::Bytes>> Link::ReadHandshakeMessage() {
+  uint8_t prefix[kLengthPrefixSize];
+  error_code ec;
+  co_await asio::async_read(socket_, asio::buffer(prefix), redirect_error(use_awaitable, ec));
+  if (ec) co_return IoFailure(ec, "a handshake message");
+  if (prefix[0] == kMagic[0] && prefix[1] == kMagic[1]) {
+    // A refusal: "ME" cannot start a handshake message, whose length is at most 1 KiB.
+    Preamble answer{prefix[0], prefix[1]};
+    co_await asio::async_read(socket_, asio::buffer(answer.data() + 2, kPreambleSize - 2),
+                              redirect_error(use_awaitable, ec));
+    if (auto refusal = ParseRefusal(answer); !ec && refusal) co_return RefusalError(*refusal);
+  }
+  const size_t length = (size_t{prefix[0]} << 8) | prefix[1];
+  if (length > kMaxHandshakeMessage) {
+    co_return LinkError(
+        mesh::v1::HANDSHAKE_TOO_LARGE,
+        absl::StrCat("handshake message of ", length, " bytes exceeds ", kMaxHandshakeMessage));
+  }
+  crypto::Bytes message(length);
+  co_await asio::async_read(socket_, asio::buffer(message), redirect_error(use_awaitable, ec));
+  if (ec) co_return IoFailure(ec, "a handshake message");
+  co_return message;
+}
+
+awaitable<absl::Status> Link::WriteHandshakeMessage(const crypto::Bytes& message) {
+  uint8_t prefix[kLengthPrefixSize] = {static_cast<uint8_t>(message.size() >> 8),
+                                       static_cast<uint8_t>(message.size())};
+  std::array<asio::const_buffer, 2> buffers = {asio::buffer(prefix), asio::buffer(message)};
+  error_code ec;
+  co_await asio::async_write(socket_, buffers, redirect_error(use_awaitable, ec));
+  if (ec) co_return IoFailure(ec, "writing a handshake message");
+  co_return absl::OkStatus();
+}
+
+awaitable<absl::Status> Link::Run(FrameHandler on_frame) {
+  auto self = shared_from_this();
+  absl::Status status = co_await ReadLoop(on_frame);
+  Close(status);
+  stats_.CountFailure(ErrorCodeOf(close_reason_));
+  co_return close_reason_;
+}
+
+awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
+  asio::steady_timer pause(socket_.get_executor());
+  bool paused = false;
+  while (!closing_) {
+    if (paused) {
+      pause.expires_after(kBudgetRetry);
+      error_code ec;
+      co_await pause.async_wait(redirect_error(use_awaitable, ec));
+    } else {
+      if (read_size_ == 0) {
+        ShrinkIfLarge(read_buffer_);
+        error_code ec;
+        co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
+        if (ec) co_return IoFailure(ec, "reading");
+      }
+      if (read_buffer_.size() < kReadBufferSize) read_buffer_.resize(kReadBufferSize);
+      error_code ec;
+      const size_t n = co_await socket_.async_read_some(
+          asio::buffer(read_buffer_.data() + read_size_, read_buffer_.size() - read_size_),
+          redirect_error(use_awaitable, ec));
+      if (ec == asio::error::eof && read_size_ == 0 && !assembler_.in_progress()) {
+        co_return absl::OkStatus();  // the other side closed between frames
+      }
+      if (ec) co_return IoFailure(ec, "reading");
+      read_size_ += n;
+      last_received_ = Clock::now();
+      stats_.bytes_received.fetch_add(n, std::memory_order_relaxed);
+    }
+    size_t consumed = 0;
+    bool completed_frame = false;
+    paused = false;
+    absl::Status status = ProcessRecords(on_frame, consumed, completed_frame, paused);
+    if (consumed > 0) {
+      std::memmove(read_buffer_.data(), read_buffer_.data() + consumed, read_size_ - consumed);
+      read_size_ -= consumed;
+    }
+    if (!status.ok()) co_return status;
+    if (read_size_ > 0 || assembler_.in_progress()) {
+      // The deadline runs from when the oldest incomplete frame began.
+      if (!partial_since_ || completed_frame) partial_since_ = Clock::now();
+    } else {
+      partial_since_.reset();
+    }
+  }
+  co_return close_reason_;
+}
+
+absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
+                                  bool& paused) {
+  while (read_size_ - consumed >= kLengthPrefixSize && !closing_) {
+    uint8_t* p = read_buffer_.data() + consumed;
+    const size_t length = (size_t{p[0]} << 8) | p[1];
+    if (length < kRecordOverhead) {
+      return LinkError(mesh::v1::BAD_RECORD, absl::StrCat("transport message of ", length,
+                                                          " bytes cannot hold flags and tag"));
+    }
+    if (read_size_ - consumed < kLengthPrefixSize + length) break;
+    // Records that may continue a frame are charged to the shared budget before they are
+    // taken; full-size records are the only ones that can start a multi-record frame.
+    if (config_.frame_budget != nullptr &&
+        (assembler_.in_progress() || length == kMaxNoiseMessage)) {
+      if (!config_.frame_budget->TryAcquire(length)) {
+        paused = true;
+        break;
+      }
+      budget_held_ += length;
+    }
+    uint8_t* message = p + kLengthPrefixSize;
+    if (!receive_.DecryptWithAd({}, {message, length}, message).ok()) {
+      return LinkError(mesh::v1::DECRYPT_FAILED, "a transport message failed authentication");
+    }
+    consumed += kLengthPrefixSize + length;
+    auto frame = assembler_.Push({message, length - crypto::kTagSize});
+    if (!frame.ok()) return frame.status();
+    if (!frame->has_value()) continue;
+    absl::Status status = Dispatch(**frame, on_frame);
+    ReleaseFrameBudget();
+    completed_frame = true;
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Link::Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame) {
+  auto frame = ParseFrame(frame_bytes);
+  if (!frame.ok()) return frame.status();
+  stats_.frames_received.fetch_add(1, std::memory_order_relaxed);
+  switch (frame->body_case()) {
+    case mesh::v1::Frame::kPing: {
+      mesh::v1::Frame pong;
+      pong.mutable_pong()->set_nonce(frame->ping().nonce());
+      Send(pong);
+      return absl::OkStatus();
+    }
+    case mesh::v1::Frame::kError:
+      return absl::AbortedError(absl::StrCat("the other side reported ",
+                                             ReasonName(frame->error().code()), ": ",
+                                             frame->error().message()));
+    default:
+      return on_frame(*frame);
+  }
+}
+
+void Link::Send(const mesh::v1::Frame& frame) {
+  if (closing_) return;
+  if (send_.nonce() >= kNonceLimit) {
+    Close(LinkError(mesh::v1::NONCE_EXHAUSTED, "send nonce limit reached; reconnect"));
+    return;
+  }
+  if (auto status = AppendFrameRecords(frame, send_, scratch_, out_); !status.ok()) {
+    Close(status);
+    return;
+  }
+  ShrinkIfLarge(scratch_);
+  stats_.frames_sent.fetch_add(1, std::memory_order_relaxed);
+  last_sent_ = Clock::now();
+  write_signal_.cancel();
+}
+
+void Link::Close(absl::Status reason) {
+  if (closing_) return;
+  closing_ = true;
+  close_reason_ = reason;
+  close_started_ = Clock::now();
+  const ErrorCode code = ErrorCodeOf(reason);
+  if (established_ && code != mesh::v1::ERROR_CODE_UNSPECIFIED && socket_.is_open()) {
+    mesh::v1::Frame error;
+    error.mutable_error()->set_code(code);
+    error.mutable_error()->set_message(std::string(reason.message()));
+    (void)AppendFrameRecords(error, send_, scratch_, out_);
+  }
+  write_signal_.cancel();
+  watchdog_timer_.cancel();
+}
+
+awaitable<void> Link::WriteLoop() {
+  auto self = shared_from_this();
+  while (socket_.is_open()) {
+    if (out_.empty()) {
+      if (closing_) break;
+      error_code ec;
+      co_await write_signal_.async_wait(redirect_error(use_awaitable, ec));
+      continue;
+    }
+    std::swap(out_, in_flight_);
+    write_started_ = Clock::now();
+    error_code ec;
+    const size_t n = co_await asio::async_write(socket_, asio::buffer(in_flight_),
+                                                redirect_error(use_awaitable, ec));
+    write_started_.reset();
+    if (ec) {
+      Close(IoFailure(ec, "writing"));
+      break;
+    }
+    stats_.bytes_sent.fetch_add(n, std::memory_order_relaxed);
+    in_flight_.clear();
+    ShrinkIfLarge(in_flight_);
+  }
+  CloseSocket();
+}
+
+awaitable<void> Link::Watchdog() {
+  auto self = shared_from_this();
+  uint64_t ping_nonce = 0;
+  while (socket_.is_open()) {
+    const Clock::time_point now = Clock::now();
+    Clock::time_point next = Clock::time_point::max();
+    std::optional<absl::Status> expired;
+    auto deadline = [&](Clock::time_point at, ErrorCode code, const std::string& what) {
+      if (expired) return;
+      if (now >= at) {
+        expired = LinkError(code, what);
+      } else {
+        next = std::min(next, at);
+      }
+    };
+    if (!established_) {
+      deadline(
+          started_ + config_.handshake_timeout, mesh::v1::HANDSHAKE_TIMEOUT,
+          absl::StrCat("handshake not finished within ", config_.handshake_timeout.count(), " ms"));
+      if (expired) {
+        close_reason_ = *expired;
+        CloseSocket();
+        break;
+      }
+    } else if (closing_) {
+      if (now >= *close_started_ + kCloseGrace) {
+        CloseSocket();
+        break;
+      }
+      next = *close_started_ + kCloseGrace;
+    } else {
+      deadline(last_received_ + kMissedHeartbeats * config_.heartbeat_interval,
+               mesh::v1::HEARTBEAT_TIMEOUT,
+               absl::StrCat("nothing received for ", kMissedHeartbeats, " heartbeat intervals"));
+      if (partial_since_) {
+        deadline(*partial_since_ + config_.frame_timeout, mesh::v1::FRAME_TIMEOUT,
+                 absl::StrCat("a frame was not completed within ", config_.frame_timeout.count(),
+                              " ms"));
+      }
+      if (write_started_) {
+        deadline(*write_started_ + config_.frame_timeout, mesh::v1::STALLED,
+                 "the other side stopped reading");
+      }
+      if (expired) {
+        Close(*expired);
+        continue;
+      }
+      if (now >= last_sent_ + config_.heartbeat_interval) {
+        mesh::v1::Frame ping;
+        ping.mutable_ping()->set_nonce(++ping_nonce);
+        Send(ping);
+      }
+      next = std::min(next, last_sent_ + config_.heartbeat_interval);
+    }
+    watchdog_timer_.expires_at(next);
+    error_code ec;
+    co_await watchdog_timer_.async_wait(redirect_error(use_awaitable, ec));
+  }
+}
+
+absl::Status Link::IoFailure(const error_code& ec, absl::string_view during) {
+  if (!close_reason_.ok()) return close_reason_;
+  if (ec == asio::error::eof) {
+    return LinkError(mesh::v1::TRUNCATED,
+                     absl::StrCat("the other side closed the connection during ", during));
+  }
+  return absl::UnavailableError(absl::StrCat(during, ": ", ec.message()));
+}
+
+void Link::CloseSocket() {
+  closing_ = true;
+  if (socket_.is_open()) {
+    error_code ec;
+    socket_.shutdown(Socket::shutdown_both, ec);
+    socket_.close(ec);
+    if (established_) stats_.links_open.fetch_sub(1, std::memory_order_relaxed);
+  }
+  watchdog_timer_.cancel();
+  write_signal_.cancel();
+  ReleaseFrameBudget();
+}
+
+void Link::ReleaseFrameBudget() {
+  if (budget_held_ > 0 && config_.frame_budget != nullptr)
+    config_.frame_budget->Release(budget_held_);
+  budget_held_ = 0;
+}
+
+}  // namespace mesh::peer

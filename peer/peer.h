@@ -1,0 +1,153 @@
+// The peer module's front door: one authenticated, encrypted link over TCP (DESIGN §3).
+// A Link lives on the executor of its socket (one shard's io_context); every method but the
+// static constructors must be called there. Cross-thread callers post to get_executor().
+#pragma once
+
+#include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "crypto/crypto.h"
+#include "mesh/v1/wire.pb.h"
+#include "peer/record.h"
+#include "peer/wire.h"
+
+namespace mesh::peer {
+
+using boost::asio::awaitable;
+using Clock = std::chrono::steady_clock;
+
+// Bytes of partly received frames, shared by every link of a process: when it is spent, links
+// pause reading rather than memory growing. Thread-safe.
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(size_t limit) : limit_(limit) {}
+  bool TryAcquire(size_t bytes);
+  void Release(size_t bytes) { used_.fetch_sub(bytes, std::memory_order_relaxed); }
+  size_t used() const { return used_.load(std::memory_order_relaxed); }
+  size_t limit() const { return limit_; }
+
+ private:
+  const size_t limit_;
+  std::atomic<size_t> used_{0};
+};
+
+struct LinkConfig {
+  std::chrono::milliseconds handshake_timeout = kDefaultHandshakeTimeout;
+  std::chrono::milliseconds heartbeat_interval = kDefaultHeartbeatInterval;
+  std::chrono::milliseconds frame_timeout = kDefaultFrameTimeout;
+  size_t max_payload = kDefaultMaxPayload;
+  MemoryBudget* frame_budget = nullptr;  // borrowed; null means unbounded
+
+  size_t max_frame() const { return max_payload + kFrameOverhead; }
+};
+
+// What the links of one listener (or one client) did, as plain counters; broker/ exports them.
+struct LinkStats {
+  static constexpr int kReasons = mesh::v1::ErrorCode_ARRAYSIZE;
+
+  std::atomic<uint64_t> handshakes_started{0};
+  std::atomic<uint64_t> handshakes_completed{0};
+  std::atomic<uint64_t> handshake_micros_total{0};  // summed over completed handshakes
+  std::atomic<int64_t> links_open{0};
+  std::atomic<uint64_t> frames_received{0};
+  std::atomic<uint64_t> frames_sent{0};
+  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<uint64_t> bytes_sent{0};
+  // Links ended by a protocol violation or failure, by reason (index = ErrorCode).
+  std::array<std::atomic<uint64_t>, kReasons> failures{};
+
+  void CountFailure(mesh::v1::ErrorCode code);
+};
+
+// When Connect failed because the other side refused the preamble: the suites it speaks
+// (bit (suite id - 1)), so the caller may retry once with the best common one.
+std::optional<uint8_t> RefusedSuites(const absl::Status& status);
+
+class Link : public std::enable_shared_from_this<Link> {
+ public:
+  using Socket = boost::asio::ip::tcp::socket;
+  // Called for each frame but Ping (answered here); a non-OK status closes the link with it.
+  using FrameHandler = std::function<absl::Status(mesh::v1::Frame&)>;
+
+  // Responder: reads the preamble (answering a refused one), runs the handshake, sending `hello`
+  // in message 2. On failure the socket is closed and the status carries the reason.
+  static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Accept(
+      Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, LinkKind kind,
+      const LinkConfig& config, LinkStats& stats);
+  // Initiator: sends the preamble and `hello` in message 3. The heartbeat interval becomes the
+  // one the responder announces. A refused preamble fails with the refusal in the message.
+  static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Connect(
+      Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
+      const LinkConfig& config, LinkStats& stats);
+  ~Link();
+
+  // Reads frames until the link ends, answers Ping, pings when idle and closes a link silent
+  // for kMissedHeartbeats intervals. Returns why the link ended (OK: the other side closed).
+  awaitable<absl::Status> Run(FrameHandler on_frame);
+  // Queues a frame; frames go out in order, coalesced into few writes.
+  void Send(const mesh::v1::Frame& frame);
+  // Ends the link: an Error frame first when `reason` carries a protocol violation, then close.
+  void Close(absl::Status reason);
+
+  const crypto::PeerId& remote_id() const { return remote_id_; }
+  const mesh::v1::Hello& remote_hello() const { return remote_hello_; }
+  crypto::CipherSuite suite() const { return send_.suite(); }
+  size_t queued_bytes() const { return out_.size() + in_flight_.size(); }
+  bool closed() const { return closing_; }
+  Socket::executor_type get_executor() { return socket_.get_executor(); }
+
+ private:
+  Link(Socket socket, const LinkConfig& config, LinkStats& stats);
+
+  awaitable<absl::Status> Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
+                                    bool initiator, crypto::CipherSuite suite, LinkKind kind);
+  awaitable<absl::Status> ReadPreamble(LinkKind kind, crypto::CipherSuite& suite);
+  awaitable<absl::StatusOr<crypto::Bytes>> ReadHandshakeMessage();
+  awaitable<absl::Status> WriteHandshakeMessage(const crypto::Bytes& message);
+  awaitable<absl::Status> ReadLoop(FrameHandler& on_frame);
+  absl::Status ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
+                              bool& paused);
+  absl::Status Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame);
+  awaitable<void> WriteLoop();
+  awaitable<void> Watchdog();
+  // The reason an I/O error ended the link: a deadline the watchdog enforced, or the error.
+  absl::Status IoFailure(const boost::system::error_code& ec, absl::string_view during);
+  void CloseSocket();
+  void ReleaseFrameBudget();
+
+  Socket socket_;
+  LinkConfig config_;
+  LinkStats& stats_;
+  crypto::CipherState send_;
+  crypto::CipherState receive_;
+  crypto::PeerId remote_id_;
+  mesh::v1::Hello remote_hello_;
+  bool established_ = false;
+  bool closing_ = false;
+  absl::Status close_reason_;  // set by Close() or the watchdog
+  Clock::time_point started_;  // link accepted or dialled: the handshake deadline runs from it
+  Clock::time_point last_received_;
+  Clock::time_point last_sent_;
+  std::optional<Clock::time_point> partial_since_;  // a record or frame is half received
+  std::optional<Clock::time_point> write_started_;
+  std::optional<Clock::time_point> close_started_;
+
+  crypto::Bytes read_buffer_;
+  size_t read_size_ = 0;
+  FrameAssembler assembler_;
+  size_t budget_held_ = 0;
+  crypto::Bytes scratch_;
+  crypto::Bytes out_;        // records queued, not yet handed to the socket
+  crypto::Bytes in_flight_;  // records being written
+  boost::asio::steady_timer watchdog_timer_;
+  boost::asio::steady_timer write_signal_;  // cancelled to wake the writer
+};
+
+}  // namespace mesh::peer

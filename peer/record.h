@@ -1,0 +1,58 @@
+// The record layer (DESIGN §3): a Frame is serialized, cut into chunks of at most kMaxChunk bytes,
+// each sent as one length-prefixed Noise transport message whose plaintext is flags + chunk.
+// Kept free of sockets so that tests and fuzzers drive it directly.
+#pragma once
+
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "crypto/crypto.h"
+#include "mesh/v1/wire.pb.h"
+#include "peer/wire.h"
+
+namespace mesh::peer {
+
+// Attaches a protocol-violation reason to a status, so one enum feeds the Error frame, the
+// metric label and the log line.
+absl::Status LinkError(mesh::v1::ErrorCode code, absl::string_view message);
+// The reason a status carries; UNSPECIFIED for OK and for statuses made elsewhere (the other
+// side's Error frame, a reset connection): those are not this side's protocol violations.
+mesh::v1::ErrorCode ErrorCodeOf(const absl::Status& status);
+// "frame_too_large" for FRAME_TOO_LARGE: the label and log spelling of a reason.
+std::string ReasonName(mesh::v1::ErrorCode code);
+
+// Appends the frame's records (length prefix + encrypted flags and chunk) to `out`.
+// `scratch` is reused between calls to hold the serialized frame.
+absl::Status AppendFrameRecords(const mesh::v1::Frame& frame, crypto::CipherState& send,
+                                crypto::Bytes& scratch, crypto::Bytes& out);
+
+// Reassembles frames from decrypted record plaintexts. Single-record frames pass through
+// without a copy.
+class FrameAssembler {
+ public:
+  explicit FrameAssembler(size_t max_frame) : max_frame_(max_frame) {}
+
+  // Takes one record plaintext (flags + chunk). Returns the serialized frame when this record
+  // completes one; the span is valid until the next call.
+  absl::StatusOr<std::optional<crypto::ByteSpan>> Push(crypto::ByteSpan record);
+  // Bytes held for a frame not yet complete.
+  size_t buffered() const { return buffer_.size(); }
+  bool in_progress() const { return !buffer_.empty() || started_; }
+  // Drops a partial frame and gives its memory back.
+  void Reset();
+
+ private:
+  size_t max_frame_;
+  crypto::Bytes buffer_;
+  bool started_ = false;  // a non-FIN record arrived (its chunk may have been empty)
+  bool completed_ = false;
+};
+
+// The name of the frame's body ("send", "ping", ...), for logs and errors.
+std::string FrameName(const mesh::v1::Frame& frame);
+
+// Parses one serialized Frame.
+absl::StatusOr<mesh::v1::Frame> ParseFrame(crypto::ByteSpan bytes);
+
+}  // namespace mesh::peer
