@@ -323,7 +323,9 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
     }
     if (!status.ok()) co_return status;
     if (read_size_ > 0 || assembler_.in_progress()) {
-      // The deadline runs from when the oldest incomplete frame began.
+      // The deadline runs from when the oldest incomplete frame began; the watchdog may be
+      // asleep until a later deadline, so a newly begun frame wakes it.
+      if (!partial_since_) watchdog_timer_.cancel();
       if (!partial_since_ || completed_frame) partial_since_ = Clock::now();
     } else {
       partial_since_.reset();
@@ -361,6 +363,7 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
     if (!frame.ok()) return frame.status();
     if (!frame->has_value()) continue;
     absl::Status status = Dispatch(**frame, on_frame);
+    if (assembler_.buffered() > 0) assembler_.Reset();  // give a multi-record frame's memory back
     ReleaseFrameBudget();
     completed_frame = true;
     if (!status.ok()) return status;

@@ -34,11 +34,12 @@ class FrameAssembler {
   explicit FrameAssembler(size_t max_frame) : max_frame_(max_frame) {}
 
   // Takes one record plaintext (flags + chunk). Returns the serialized frame when this record
-  // completes one; the span is valid until the next call.
+  // completes one; the span is valid until the next Push or Reset.
   absl::StatusOr<std::optional<crypto::ByteSpan>> Push(crypto::ByteSpan record);
-  // Bytes held for a frame not yet complete.
+  // Bytes held: of a frame in progress, or of the last multi-record frame until Reset.
   size_t buffered() const { return buffer_.size(); }
-  bool in_progress() const { return !buffer_.empty() || started_; }
+  // A frame has begun and is not complete.
+  bool in_progress() const { return started_ && !completed_; }
   // Drops a partial frame and gives its memory back.
   void Reset();
 

@@ -1,0 +1,121 @@
+#include "tests/integration/broker_process.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+namespace mesh::testing {
+namespace {
+
+constexpr auto kDeadline = std::chrono::seconds(15);
+constexpr auto kPoll = std::chrono::milliseconds(10);
+
+}  // namespace
+
+BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir) {
+  char tmpl[] = "/tmp/mesh-test-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  owns_data_dir_ = data_dir.empty();
+  data_dir_ = owns_data_dir_ ? dir_ + "/data" : data_dir;
+  log_path_ = dir_ + "/broker.log";
+
+  std::vector<std::string> argv = {std::string(MESH_BINARY_DIR) + "/broker/mesh-broker",
+                                   "--data-dir",
+                                   data_dir_,
+                                   "--listen-peer",
+                                   "127.0.0.1:0",
+                                   "--log-level",
+                                   "debug"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  pid_ = fork();
+  if (pid_ == 0) {
+    FILE* log = std::fopen(log_path_.c_str(), "w");
+    dup2(fileno(log), STDERR_FILENO);
+    std::vector<char*> raw;
+    for (auto& a : argv) raw.push_back(a.data());
+    raw.push_back(nullptr);
+    execv(raw[0], raw.data());
+    _exit(127);
+  }
+  const std::regex port_re(R"("event":"listening".*"port":(\d+))");
+  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::smatch m;
+    std::string log = Log();
+    if (std::regex_search(log, m, port_re)) {
+      port_ = static_cast<uint16_t>(std::stoi(m[1]));
+      return;
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      early_exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      return;
+    }
+    std::this_thread::sleep_for(kPoll);
+  }
+}
+
+BrokerProcess::~BrokerProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  std::error_code ec;
+  if (owns_data_dir_)
+    std::filesystem::remove_all(dir_, ec);
+  else
+    std::filesystem::remove(log_path_, ec), std::filesystem::remove(dir_, ec);
+}
+
+int BrokerProcess::Stop(int signal) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(kPoll);
+  }
+  return -1;
+}
+
+std::string BrokerProcess::Log() const {
+  std::ifstream in(log_path_);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+bool BrokerProcess::WaitForLogLine(const std::vector<std::string>& needles,
+                                   std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    std::istringstream lines(Log());
+    for (std::string line; std::getline(lines, line);) {
+      bool all = true;
+      for (const auto& needle : needles) all = all && line.find(needle) != std::string::npos;
+      if (all) return true;
+    }
+    std::this_thread::sleep_for(kPoll);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return false;
+}
+
+uint64_t BrokerProcess::FailureCount(const std::string& reason) const {
+  const std::regex re("\"event\":\"link_failures\",\"reason\":\"" + reason + "\",\"count\":(\\d+)");
+  std::smatch m;
+  std::string log = Log();
+  return std::regex_search(log, m, re) ? std::stoull(m[1]) : 0;
+}
+
+}  // namespace mesh::testing

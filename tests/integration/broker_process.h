@@ -1,0 +1,51 @@
+// Runs the real mesh-broker binary for a test: its own data dir, an ephemeral port read back
+// from its "listening" log line, stderr captured to a file the test can search.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mesh::testing {
+
+class BrokerProcess {
+ public:
+  // Starts mesh-broker with --data-dir and --listen-peer 127.0.0.1:0 plus `args`, and waits
+  // (15 s at most) until it listens. With an empty `data_dir` a fresh one is made and removed.
+  explicit BrokerProcess(std::vector<std::string> args = {}, std::string data_dir = "");
+  ~BrokerProcess();
+  BrokerProcess(const BrokerProcess&) = delete;
+  BrokerProcess& operator=(const BrokerProcess&) = delete;
+
+  bool started() const { return port_ != 0; }
+  // When the broker exited before it listened: its exit code.
+  std::optional<int> early_exit_code() const { return early_exit_code_; }
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  const std::string& data_dir() const { return data_dir_; }
+
+  // Sends `signal` and waits (15 s at most) for the exit; returns the exit code, or -1 when it
+  // did not exit or died of a signal.
+  int Stop(int signal);
+  std::string Log() const;
+  // Waits until the log holds a line containing every one of `needles`.
+  bool WaitForLogLine(const std::vector<std::string>& needles,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(15)) const;
+  // After Stop(): the link_failures count logged for `reason` (0 when none was logged).
+  uint64_t FailureCount(const std::string& reason) const;
+
+ private:
+  std::string dir_;  // the test's scratch dir
+  std::string data_dir_;
+  std::string log_path_;
+  bool owns_data_dir_ = false;
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+  std::optional<int> early_exit_code_;
+};
+
+}  // namespace mesh::testing

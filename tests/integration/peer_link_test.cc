@@ -1,0 +1,384 @@
+// The secure peer link against the running mesh-broker binary: handshakes over both suites,
+// heartbeats, clean stops, and every kind of bad input of DESIGN §3. Each bad input must end in
+// a clear error (an Error frame where the link is up, a log line and a counter always), a closed
+// connection, and a broker that goes on serving other links.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "client/client.h"
+#include "peer/wire.h"
+#include "tests/integration/broker_process.h"
+#include "tests/integration/raw_peer.h"
+
+namespace mesh::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using crypto::CipherSuite;
+
+class PeerLinkTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(crypto::Init().ok()); }
+
+  void StartBroker(std::vector<std::string> args = {}, std::string data_dir = "") {
+    broker_ = std::make_unique<BrokerProcess>(std::move(args), std::move(data_dir));
+    ASSERT_TRUE(broker_->started()) << broker_->Log();
+  }
+
+  absl::StatusOr<client::PingResult> PingBroker(std::optional<CipherSuite> suite = std::nullopt) {
+    client::ConnectOptions options;
+    options.address = broker_->address();
+    options.key = &client_key_;
+    options.suite = suite;
+    options.agent = "peer-link-test";
+    return client::Ping(options, 2, kTestDeadline);
+  }
+
+  // A real client completes a handshake and two pings: the broker still serves.
+  void ExpectServes() {
+    auto result = PingBroker();
+    ASSERT_TRUE(result.ok()) << result.status() << "\n" << broker_->Log();
+    EXPECT_EQ(result->round_trips.size(), 2u);
+  }
+
+  // The violation was logged with its reason while the broker ran, and counted: the count
+  // appears in the stats the broker logs when it stops (with exit code 0).
+  void ExpectLoggedAndCounted(const std::string& reason) {
+    EXPECT_TRUE(broker_->WaitForLogLine({"\"reason\":\"" + reason + "\""})) << broker_->Log();
+    ASSERT_EQ(broker_->Stop(SIGTERM), 0) << broker_->Log();
+    EXPECT_GE(broker_->FailureCount(reason), 1u) << broker_->Log();
+  }
+
+  // Sends a preamble with one byte changed and returns the broker's 8-byte answer, if any.
+  std::optional<crypto::Bytes> SendPreamble(size_t index, uint8_t value, RawConnection& conn) {
+    peer::Preamble preamble = peer::EncodePreamble(CipherSuite::kAesGcm, peer::LinkKind::kPeer);
+    preamble[index] = value;
+    EXPECT_TRUE(conn.Write(preamble));
+    return conn.Read(peer::kPreambleSize);
+  }
+
+  void ExpectRefusal(size_t index, uint8_t value, peer::RefusalReason reason) {
+    RawConnection conn(broker_->port());
+    auto answer = SendPreamble(index, value, conn);
+    ASSERT_TRUE(answer.has_value());
+    auto refusal = peer::ParseRefusal(*answer);
+    ASSERT_TRUE(refusal.has_value());
+    EXPECT_EQ(refusal->reason, reason);
+    EXPECT_EQ(refusal->suites, peer::SpokenSuites());
+    EXPECT_TRUE(conn.WaitClosed());
+  }
+
+  // Completes a handshake by hand and returns the connection for the test to misbehave on.
+  std::unique_ptr<RawConnection> EstablishRaw(RawNoiseClient& raw) {
+    auto conn = std::make_unique<RawConnection>(broker_->port());
+    EXPECT_TRUE(conn->connected());
+    auto status = raw.Handshake(*conn);
+    EXPECT_TRUE(status.ok()) << status;
+    return conn;
+  }
+
+  void ExpectErrorFrameThenClose(RawNoiseClient& raw, RawConnection& conn,
+                                 mesh::v1::ErrorCode code) {
+    auto frame = raw.ReadFrame(conn);
+    ASSERT_TRUE(frame.has_value()) << broker_->Log();
+    ASSERT_TRUE(frame->has_error()) << frame->DebugString();
+    EXPECT_EQ(frame->error().code(), code) << frame->error().message();
+    EXPECT_FALSE(frame->error().message().empty());
+    EXPECT_TRUE(conn.WaitClosed());
+  }
+
+  crypto::KeyPair client_key_ = crypto::KeyPair::Generate();
+  std::unique_ptr<BrokerProcess> broker_;
+};
+
+TEST_F(PeerLinkTest, HandshakesOverBothSuitesAndAnswersPing) {
+  StartBroker();
+  auto node_key = crypto::LoadKeyFile(broker_->data_dir() + "/node.key");
+  ASSERT_TRUE(node_key.ok()) << node_key.status();
+  for (CipherSuite suite : {CipherSuite::kAesGcm, CipherSuite::kChaChaPoly}) {
+    if (!crypto::SuiteAvailable(suite)) continue;
+    auto result = PingBroker(suite);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->broker_id, node_key->public_key) << "the broker proves its node key";
+    EXPECT_EQ(result->suite, suite);
+    EXPECT_EQ(result->round_trips.size(), 2u);
+  }
+  EXPECT_TRUE(broker_->WaitForLogLine(
+      {"\"event\":\"link_up\"", client_key_.public_key.ToString(), "peer-link-test"}));
+  EXPECT_EQ(broker_->Stop(SIGTERM), 0);
+}
+
+TEST_F(PeerLinkTest, BrokerHelloAnnouncesLimits) {
+  StartBroker({"--max-payload", "4096", "--heartbeat-interval-ms", "7000"});
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  EXPECT_EQ(raw.broker_hello().protocol_version(), peer::kProtocolVersion);
+  EXPECT_EQ(raw.broker_hello().limits().max_payload(), 4096u);
+  EXPECT_EQ(raw.broker_hello().limits().heartbeat_interval_ms(), 7000u);
+  EXPECT_GT(raw.broker_hello().limits().dedup_window_s(), 0u);
+  EXPECT_FALSE(raw.broker_hello().node_name().empty());
+}
+
+TEST_F(PeerLinkTest, NodeKeyIsCreatedOnceAndKeptAcrossRestarts) {
+  char tmpl[] = "/tmp/mesh-data-XXXXXX";
+  std::string data_dir = std::string(mkdtemp(tmpl)) + "/data";
+  StartBroker({}, data_dir);
+  auto first = PingBroker();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(broker_->Stop(SIGTERM), 0);
+  struct stat st {};
+  ASSERT_EQ(stat((data_dir + "/node.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  StartBroker({}, data_dir);
+  auto second = PingBroker();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(first->broker_id, second->broker_id);
+  EXPECT_EQ(broker_->Stop(SIGINT), 0);
+  std::filesystem::remove_all(std::filesystem::path(data_dir).parent_path());
+}
+
+TEST_F(PeerLinkTest, RefusesToStartWithWorldReadableNodeKey) {
+  char tmpl[] = "/tmp/mesh-data-XXXXXX";
+  std::string data_dir = mkdtemp(tmpl);
+  ASSERT_TRUE(crypto::WriteKeyFile(data_dir + "/node.key", crypto::KeyPair::Generate()).ok());
+  chmod((data_dir + "/node.key").c_str(), 0644);
+  BrokerProcess broker({}, data_dir);
+  EXPECT_FALSE(broker.started());
+  EXPECT_EQ(broker.early_exit_code(), 1);
+  EXPECT_NE(broker.Log().find("chmod 600"), std::string::npos) << broker.Log();
+  std::filesystem::remove_all(data_dir);
+}
+
+TEST_F(PeerLinkTest, StopsCleanlyWithGoAwayToOpenLinks) {
+  for (int signal : {SIGTERM, SIGINT}) {
+    StartBroker();
+    RawNoiseClient raw;
+    auto conn = EstablishRaw(raw);
+    ExpectServes();
+    ASSERT_EQ(broker_->Stop(signal), 0) << broker_->Log();
+    auto frame = raw.ReadFrame(*conn);
+    ASSERT_TRUE(frame.has_value());
+    ASSERT_TRUE(frame->has_go_away());
+    EXPECT_EQ(frame->go_away().reason(), mesh::v1::GoAway::SHUTTING_DOWN);
+    EXPECT_TRUE(conn->WaitClosed());
+  }
+}
+
+TEST_F(PeerLinkTest, RejectsGarbagePreamble) {
+  StartBroker();
+  RawConnection conn(broker_->port());
+  ASSERT_TRUE(conn.Write(std::string("GET / HTTP/1.1\r\nHost: mesh\r\n\r\n")));
+  EXPECT_TRUE(conn.WaitClosed());
+  ExpectServes();
+  ExpectLoggedAndCounted("bad_preamble");
+}
+
+TEST_F(PeerLinkTest, RefusesUnknownVersionWithReason) {
+  StartBroker();
+  ExpectRefusal(4, 9, peer::RefusalReason::kVersion);
+  ExpectServes();
+  ExpectLoggedAndCounted("unsupported_version");
+}
+
+TEST_F(PeerLinkTest, RefusesUnknownSuiteWithReason) {
+  StartBroker();
+  ExpectRefusal(5, 7, peer::RefusalReason::kSuite);
+  ExpectServes();
+  ExpectLoggedAndCounted("unsupported_suite");
+}
+
+TEST_F(PeerLinkTest, RefusesClusterLinkKindOnPeerPort) {
+  StartBroker();
+  ExpectRefusal(6, static_cast<uint8_t>(peer::LinkKind::kCluster), peer::RefusalReason::kLinkKind);
+  ExpectServes();
+  ExpectLoggedAndCounted("wrong_link_kind");
+}
+
+TEST_F(PeerLinkTest, ClosesTruncatedHandshake) {
+  StartBroker();
+  RawConnection conn(broker_->port());
+  peer::Preamble preamble = peer::EncodePreamble(CipherSuite::kAesGcm, peer::LinkKind::kPeer);
+  ASSERT_TRUE(conn.Write(preamble));
+  ASSERT_TRUE(conn.Write(crypto::Bytes{0, 32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}));  // 10 of 32 bytes
+  conn.ShutdownWrite();
+  EXPECT_TRUE(conn.WaitClosed());
+  ExpectServes();
+  ExpectLoggedAndCounted("truncated");
+}
+
+TEST_F(PeerLinkTest, RefusesHandshakeLengthPrefixOverLimit) {
+  StartBroker();
+  RawConnection conn(broker_->port());
+  ASSERT_TRUE(conn.Write(peer::EncodePreamble(CipherSuite::kAesGcm, peer::LinkKind::kPeer)));
+  ASSERT_TRUE(conn.Write(crypto::Bytes{0xff, 0xff}));
+  EXPECT_TRUE(conn.WaitClosed());
+  ExpectServes();
+  ExpectLoggedAndCounted("handshake_too_large");
+}
+
+TEST_F(PeerLinkTest, FlippedByteInEachHandshakeMessageFailsTheHandshake) {
+  StartBroker();
+  for (int message : {1, 2, 3}) {
+    for (size_t byte : {size_t{0}, size_t{17}, size_t{40}, ~size_t{0}}) {
+      SCOPED_TRACE("message " + std::to_string(message) + " byte " + std::to_string(byte));
+      RawConnection conn(broker_->port());
+      RawNoiseClient raw;
+      // byte ~0 wraps to the message's last byte.
+      Tamper tamper{message, byte == ~size_t{0} ? size_t{1023} : byte};
+      absl::Status status = raw.Handshake(conn, CipherSuite::kAesGcm, tamper);
+      if (message == 3) {
+        // Only the broker can notice message 3: it must close without a word.
+        EXPECT_TRUE(status.ok()) << status;
+        EXPECT_TRUE(conn.WaitClosed());
+      } else {
+        // Message 2 authenticates the whole transcript, so this side notices either flip.
+        EXPECT_FALSE(status.ok());
+      }
+    }
+  }
+  ExpectServes();
+  ExpectLoggedAndCounted("handshake_failed");
+}
+
+TEST_F(PeerLinkTest, RecordThatFailsToDecryptGetsErrorFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  crypto::Bytes forged = {0, 40};
+  forged.resize(42, 0xab);
+  ASSERT_TRUE(conn->Write(forged));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::DECRYPT_FAILED);
+  ExpectServes();
+  ExpectLoggedAndCounted("decrypt_failed");
+}
+
+TEST_F(PeerLinkTest, FrameOverMaximumGetsErrorFrame) {
+  StartBroker({"--max-payload", "1024"});  // max frame: 1024 + 4096 bytes
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  crypto::Bytes chunk(1 + 4000, 0x42);
+  chunk[0] = 0;  // not FIN
+  ASSERT_TRUE(raw.SendRecord(*conn, chunk));
+  ASSERT_TRUE(raw.SendRecord(*conn, chunk));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::FRAME_TOO_LARGE);
+  ExpectServes();
+  ExpectLoggedAndCounted("frame_too_large");
+}
+
+TEST_F(PeerLinkTest, MalformedFrameGetsErrorFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  ASSERT_TRUE(raw.SendRecord(*conn, crypto::Bytes{peer::kFlagFin, 0xff, 0xff, 0xff, 0xff}));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::MALFORMED_FRAME);
+  ExpectServes();
+  ExpectLoggedAndCounted("malformed_frame");
+}
+
+TEST_F(PeerLinkTest, UnknownRecordFlagsGetErrorFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  ASSERT_TRUE(raw.SendRecord(*conn, crypto::Bytes{0x80, 0x32, 0x00}));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::BAD_RECORD);
+  ExpectLoggedAndCounted("bad_record");
+}
+
+TEST_F(PeerLinkTest, FrameInTheWrongDirectionGetsErrorFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  mesh::v1::Frame deliver;
+  deliver.mutable_deliver()->set_seq(1);
+  ASSERT_TRUE(raw.SendFrame(*conn, deliver));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::UNEXPECTED_FRAME);
+  ExpectLoggedAndCounted("unexpected_frame");
+}
+
+TEST_F(PeerLinkTest, DripFeedingTheHandshakeHitsItsDeadlineWhileOthersAreServed) {
+  StartBroker({"--handshake-timeout-ms", "2000"});
+  RawConnection conn(broker_->port());
+  const peer::Preamble preamble = peer::EncodePreamble(CipherSuite::kAesGcm, peer::LinkKind::kPeer);
+  std::atomic<bool> closed{false};
+  std::thread drip([&] {
+    for (size_t i = 0; i < preamble.size() && !closed; ++i) {
+      if (!conn.Write(crypto::ByteSpan(&preamble[i], 1))) break;
+      std::this_thread::sleep_for(1s);
+    }
+  });
+  ExpectServes();  // while the drip is in progress
+  EXPECT_TRUE(conn.WaitClosed());
+  closed = true;
+  drip.join();
+  ExpectLoggedAndCounted("handshake_timeout");
+}
+
+TEST_F(PeerLinkTest, DripFeedingAFrameHitsTheFrameDeadline) {
+  StartBroker({"--frame-timeout-ms", "2000"});
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  std::atomic<bool> stop{false};
+  std::thread drip([&] {
+    const uint8_t bytes[] = {0x01, 0x00, 0x00, 0x00, 0x00, 0x00};
+    for (uint8_t b : bytes) {
+      if (stop || !conn->Write(crypto::ByteSpan(&b, 1))) break;
+      std::this_thread::sleep_for(1s);
+    }
+  });
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::FRAME_TIMEOUT);
+  stop = true;
+  drip.join();
+  ExpectServes();
+  ExpectLoggedAndCounted("frame_timeout");
+}
+
+TEST_F(PeerLinkTest, SilentPeerIsClosedAfterThreeMissedHeartbeats) {
+  StartBroker({"--heartbeat-interval-ms", "300"});
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  EXPECT_TRUE(conn->WaitClosed());  // never answers the broker's Pings
+  ExpectLoggedAndCounted("heartbeat_timeout");
+}
+
+TEST_F(PeerLinkTest, PeerThatAnswersPingsStaysUp) {
+  StartBroker({"--heartbeat-interval-ms", "200"});
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  // Answer the broker's Pings for well over three intervals; then it must still answer ours.
+  const auto until = std::chrono::steady_clock::now() + 1500ms;
+  while (std::chrono::steady_clock::now() < until) {
+    raw.ReadFrame(*conn, /*answer_pings=*/true, 100ms);
+  }
+  mesh::v1::Frame ping;
+  ping.mutable_ping()->set_nonce(77);
+  ASSERT_TRUE(raw.SendFrame(*conn, ping));
+  auto pong = raw.ReadFrame(*conn);
+  ASSERT_TRUE(pong.has_value());
+  ASSERT_TRUE(pong->has_pong());
+  EXPECT_EQ(pong->pong().nonce(), 77u);
+}
+
+TEST_F(PeerLinkTest, CapsPendingHandshakesPerAddress) {
+  StartBroker({"--max-pending-handshakes-per-ip", "4"});
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < 4; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(broker_->port()));
+    ASSERT_TRUE(idle.back()->Write(crypto::Bytes{'M'}));  // a handshake begun, never finished
+  }
+  RawConnection refused(broker_->port());
+  EXPECT_TRUE(refused.WaitClosed());
+  EXPECT_TRUE(broker_->WaitForLogLine({"\"reason\":\"overloaded\""}));
+  idle.clear();  // frees the slots
+  const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+  absl::StatusOr<client::PingResult> result = absl::UnknownError("not tried");
+  while (!result.ok() && std::chrono::steady_clock::now() < deadline) result = PingBroker();
+  EXPECT_TRUE(result.ok()) << result.status();
+  ExpectLoggedAndCounted("overloaded");
+}
+
+}  // namespace
+}  // namespace mesh::testing
