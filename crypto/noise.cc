@@ -111,7 +111,7 @@ void CipherState::EncodeNonce(uint8_t out[kNonceSize]) const {
 
 absl::Status CipherState::EncryptWithAd(ByteSpan ad, ByteSpan plaintext, uint8_t* out) {
   if (!has_key_) {
-    std::memmove(out, plaintext.data(), plaintext.size());
+    if (!plaintext.empty()) std::memmove(out, plaintext.data(), plaintext.size());
     return absl::OkStatus();
   }
   if (n_ == kMaxNonce) return absl::ResourceExhaustedError("cipher nonce exhausted");
@@ -131,7 +131,7 @@ absl::Status CipherState::EncryptWithAd(ByteSpan ad, ByteSpan plaintext, uint8_t
 
 absl::Status CipherState::DecryptWithAd(ByteSpan ad, ByteSpan ciphertext, uint8_t* out) {
   if (!has_key_) {
-    std::memmove(out, ciphertext.data(), ciphertext.size());
+    if (!ciphertext.empty()) std::memmove(out, ciphertext.data(), ciphertext.size());
     return absl::OkStatus();
   }
   if (n_ == kMaxNonce) return absl::ResourceExhaustedError("cipher nonce exhausted");

@@ -72,3 +72,21 @@ INSTANTIATE_TEST_SUITE_P(Suites, CipherStateTest,
 
 }  // namespace
 }  // namespace mesh::crypto
+
+namespace mesh::crypto {
+namespace {
+
+// Found by the handshake fuzzer: Noise's first messages run with no key, and an empty payload
+// must pass through without touching a null buffer.
+TEST(KeylessCipherState, PassesPlaintextThroughIncludingEmpty) {
+  CipherState cipher;
+  EXPECT_TRUE(cipher.EncryptWithAd({}, {}, nullptr).ok());
+  EXPECT_TRUE(cipher.DecryptWithAd({}, {}, nullptr).ok());
+  Bytes data = {1, 2, 3}, out(3);
+  ASSERT_TRUE(cipher.EncryptWithAd({}, data, out.data()).ok());
+  EXPECT_EQ(out, data);
+  EXPECT_EQ(cipher.nonce(), 0u) << "a keyless cipher does not use nonces";
+}
+
+}  // namespace
+}  // namespace mesh::crypto
