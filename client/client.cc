@@ -156,6 +156,12 @@ absl::StatusOr<PingResult> Ping(const ConnectOptions& options, int count,
           result = absl::DeadlineExceededError(
               absl::StrCat("no Pong within ", pong_timeout.count(), " ms"));
         }
+        // Run's coroutine refers to this frame's locals: wait for it to end before leaving.
+        while (running) {
+          pong_wait.expires_after(pong_timeout);
+          error_code ec;
+          co_await pong_wait.async_wait(redirect_error(use_awaitable, ec));
+        }
       },
       asio::detached);
   io.run();

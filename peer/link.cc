@@ -295,15 +295,15 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
       co_await pause.async_wait(redirect_error(use_awaitable, ec));
     } else {
       if (read_size_ == 0) {
-        ShrinkIfLarge(read_buffer_);
+        read_buffer_.reset();  // idle links hold no read buffer
         error_code ec;
         co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
         if (ec) co_return IoFailure(ec, "reading");
       }
-      if (read_buffer_.size() < kReadBufferSize) read_buffer_.resize(kReadBufferSize);
+      if (!read_buffer_) read_buffer_.reset(new uint8_t[kReadBufferSize]);  // not zero-filled
       error_code ec;
       const size_t n = co_await socket_.async_read_some(
-          asio::buffer(read_buffer_.data() + read_size_, read_buffer_.size() - read_size_),
+          asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_),
           redirect_error(use_awaitable, ec));
       if (ec == asio::error::eof && read_size_ == 0 && !assembler_.in_progress()) {
         co_return absl::OkStatus();  // the other side closed between frames
@@ -318,7 +318,7 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
     paused = false;
     absl::Status status = ProcessRecords(on_frame, consumed, completed_frame, paused);
     if (consumed > 0) {
-      std::memmove(read_buffer_.data(), read_buffer_.data() + consumed, read_size_ - consumed);
+      std::memmove(read_buffer_.get(), read_buffer_.get() + consumed, read_size_ - consumed);
       read_size_ -= consumed;
     }
     if (!status.ok()) co_return status;
@@ -337,7 +337,7 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
 absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
                                   bool& paused) {
   while (read_size_ - consumed >= kLengthPrefixSize && !closing_) {
-    uint8_t* p = read_buffer_.data() + consumed;
+    uint8_t* p = read_buffer_.get() + consumed;
     const size_t length = (size_t{p[0]} << 8) | p[1];
     if (length < kRecordOverhead) {
       return LinkError(mesh::v1::BAD_RECORD, absl::StrCat("transport message of ", length,

@@ -139,7 +139,7 @@ class Link : public std::enable_shared_from_this<Link> {
   std::optional<Clock::time_point> write_started_;
   std::optional<Clock::time_point> close_started_;
 
-  crypto::Bytes read_buffer_;
+  std::unique_ptr<uint8_t[]> read_buffer_;  // kReadBufferSize bytes while data is pending
   size_t read_size_ = 0;
   FrameAssembler assembler_;
   size_t budget_held_ = 0;

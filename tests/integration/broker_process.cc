@@ -1,6 +1,8 @@
 #include "tests/integration/broker_process.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,8 +37,13 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = fork();
   if (pid_ == 0) {
+    // The broker dies with the test, and never holds the test runner's output pipe open.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     FILE* log = std::fopen(log_path_.c_str(), "w");
     dup2(fileno(log), STDERR_FILENO);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDIN_FILENO);
     std::vector<char*> raw;
     for (auto& a : argv) raw.push_back(a.data());
     raw.push_back(nullptr);
