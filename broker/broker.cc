@@ -14,6 +14,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <atomic>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -168,8 +169,7 @@ class Broker::Impl {
 
   void Stop(std::string_view why) {
     asio::post(shards_.front()->io, [this, why = std::string(why)] {
-      if (stopping_) return;
-      stopping_ = true;
+      if (stopping_.exchange(true)) return;
       Log(spdlog::level::info, "stopping", {{"why", why}});
       error_code ec;
       if (acceptor_) acceptor_->close(ec);
@@ -322,7 +322,7 @@ class Broker::Impl {
   std::vector<std::unique_ptr<Shard>> shards_;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
-  bool stopping_ = false;  // touched on the first shard only
+  std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
   std::mutex log_mu_;
   std::unordered_map<int, LogWindow> log_windows_;
 };
