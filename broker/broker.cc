@@ -36,17 +36,15 @@ using boost::system::error_code;
 constexpr std::chrono::milliseconds kShutdownFlush{2000};
 
 absl::StatusOr<tcp::endpoint> ParseEndpoint(const std::string& text) {
-  const size_t colon = text.rfind(':');
+  auto host_port = peer::SplitHostPort(text);
+  if (!host_port.ok()) return host_port.status();
   int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(text.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
+  if (!absl::SimpleAtoi(host_port->second, &port) || port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not HOST:PORT"));
   }
-  std::string host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
+  const std::string host = host_port->first.empty() ? "0.0.0.0" : host_port->first;
   error_code ec;
-  auto address = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  auto address = asio::ip::make_address(host, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address"));
   return tcp::endpoint(address, static_cast<uint16_t>(port));
 }

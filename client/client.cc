@@ -21,20 +21,11 @@ using asio::use_awaitable;
 using asio::ip::tcp;
 using boost::system::error_code;
 
-absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return std::make_pair(host, address.substr(colon + 1));
-}
-
 peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options) {
   auto executor = co_await asio::this_coro::executor;
-  auto host_port = SplitHostPort(options.address);
+  auto host_port = peer::SplitHostPort(options.address);
   if (!host_port.ok()) co_return host_port.status();
+  if (host_port->first.empty()) host_port->first = "127.0.0.1";
   tcp::resolver resolver(executor);
   error_code ec;
   auto endpoints = co_await resolver.async_resolve(host_port->first, host_port->second,

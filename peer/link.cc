@@ -71,6 +71,18 @@ std::optional<uint8_t> RefusedSuites(const absl::Status& status) {
   return static_cast<uint8_t>(mask);
 }
 
+absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return std::make_pair(host, address.substr(colon + 1));
+}
+
 bool MemoryBudget::TryAcquire(size_t bytes) {
   size_t used = used_.load(std::memory_order_relaxed);
   do {
@@ -403,7 +415,6 @@ void Link::Send(const mesh::v1::Frame& frame) {
   }
   ShrinkIfLarge(scratch_);
   stats_.frames_sent.fetch_add(1, std::memory_order_relaxed);
-  last_sent_ = Clock::now();
   write_signal_.cancel();
 }
 
@@ -443,6 +454,7 @@ awaitable<void> Link::WriteLoop() {
       break;
     }
     stats_.bytes_sent.fetch_add(n, std::memory_order_relaxed);
+    last_sent_ = Clock::now();  // once per coalesced write, not per frame
     in_flight_.clear();
     ShrinkIfLarge(in_flight_);
   }

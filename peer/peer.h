@@ -66,6 +66,9 @@ struct LinkStats {
   void CountFailure(mesh::v1::ErrorCode code);
 };
 
+// "host:port" or "[v6]:port" into host and port text; the host may be empty.
+absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address);
+
 // When Connect failed because the other side refused the preamble: the suites it speaks
 // (bit (suite id - 1)), so the caller may retry once with the best common one.
 std::optional<uint8_t> RefusedSuites(const absl::Status& status);

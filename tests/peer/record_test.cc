@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "peer/peer.h"
 #include "peer/wire.h"
 
 namespace mesh::peer {
@@ -146,6 +147,21 @@ TEST(Wire, StatusCarriesItsReason) {
   EXPECT_EQ(ReasonName(ErrorCodeOf(status)), "frame_timeout");
   EXPECT_EQ(ErrorCodeOf(absl::OkStatus()), mesh::v1::ERROR_CODE_UNSPECIFIED);
   EXPECT_EQ(ErrorCodeOf(absl::UnavailableError("reset")), mesh::v1::ERROR_CODE_UNSPECIFIED);
+}
+
+}  // namespace
+}  // namespace mesh::peer
+
+namespace mesh::peer {
+namespace {
+
+TEST(SplitHostPort, SplitsNamesV6AndEmptyHosts) {
+  EXPECT_EQ(*SplitHostPort("broker.local:7700"),
+            std::make_pair(std::string("broker.local"), std::string("7700")));
+  EXPECT_EQ(*SplitHostPort("[::1]:7700"), std::make_pair(std::string("::1"), std::string("7700")));
+  EXPECT_EQ(SplitHostPort(":0")->first, "");
+  EXPECT_FALSE(SplitHostPort("no-port").ok());
+  EXPECT_FALSE(SplitHostPort("host:").ok());
 }
 
 }  // namespace
