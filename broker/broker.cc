@@ -122,11 +122,22 @@ class Broker::Impl {
     limits->set_max_payload(config_.link.max_payload);
     limits->set_heartbeat_interval_ms(
         static_cast<uint32_t>(config_.link.heartbeat_interval.count()));
-    limits->set_dedup_window_s(config_.dedup_window_s);
+    limits->set_dedup_window_s(static_cast<uint32_t>(config_.routing.dedup_window.count()));
+    config_.routing.max_payload = config_.link.max_payload;
+    config_.routing.node_id.assign(reinterpret_cast<const char*>(key_.public_key.bytes.data()),
+                                   key_.public_key.bytes.size());
+    if (config_.store.path.empty()) config_.store.path = config_.data_dir + "/store";
   }
 
   absl::Status Start() {
     RaiseFileLimit();
+    auto store = store::Store::Open(config_.store);
+    if (!store.ok()) return store.status();
+    store_ = *std::move(store);
+    router_ = std::make_unique<Router>(config_.routing, *store_);
+    if (auto status = router_->Recover(); !status.ok()) return status;
+    Log(spdlog::level::info, "store_open",
+        {{"path", config_.store.path}, {"sync", store::SyncPolicyName(config_.store.sync)}});
     auto endpoint = ParseEndpoint(config_.listen_peer);
     if (!endpoint.ok()) return endpoint.status();
     Shard& first = *shards_.front();
@@ -153,6 +164,7 @@ class Broker::Impl {
       if (!ec) Stop(signal == SIGTERM ? "SIGTERM" : "SIGINT");
     });
     asio::co_spawn(first.io, AcceptLoop(), asio::detached);
+    asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {
       shard->thread = std::thread([s = shard.get()] { s->io.run(); });
     }
@@ -187,8 +199,23 @@ class Broker::Impl {
   }
 
   const peer::LinkStats& stats() const { return stats_; }
+  const RouterStats& router_stats() const { return router_->stats(); }
 
  private:
+  // Routing's periodic work: fast-path deadlines (a quarter of the ack window) and expiry.
+  awaitable<void> TickLoop() {
+    const auto window = config_.routing.ack_window;
+    const auto period = std::clamp<std::chrono::milliseconds>(
+        window / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
+    asio::steady_timer timer(shards_.front()->io);
+    while (!stopping_) {
+      timer.expires_after(period);
+      error_code ec;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      router_->Tick();
+    }
+  }
+
   // Waits (bounded) for the links to flush their GoAway, then lets every shard's thread end.
   awaitable<void> FinishStop() {
     asio::steady_timer timer(shards_.front()->io);
@@ -211,6 +238,18 @@ class Broker::Impl {
          {"handshakes_completed", stats_.handshakes_completed.load()},
          {"frames_received", stats_.frames_received.load()},
          {"frames_sent", stats_.frames_sent.load()}});
+    const RouterStats& routed = router_->stats();
+    Log(spdlog::level::info, "routing_stats",
+        {{"sends", routed.sends.load()},
+         {"accepted", routed.acks[mesh::v1::SendAck::ACCEPTED].load()},
+         {"duplicates", routed.acks[mesh::v1::SendAck::DUPLICATE].load()},
+         {"delivered", routed.delivered.load()},
+         {"acked", routed.acked.load()},
+         {"fast_path", routed.fast_path.load()},
+         {"stored", routed.stored.load()},
+         {"expired", routed.expired.load()},
+         {"queued", routed.queued.load()},
+         {"replaced", routed.replaced.load()}});
     for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
       if (!mesh::v1::ErrorCode_IsValid(code)) continue;
       uint64_t n = stats_.failures[code].load();
@@ -265,13 +304,10 @@ class Broker::Impl {
          {"agent", link->remote_hello().agent()},
          {"suite", crypto::CipherName(link->suite())}});
     shard.links.insert(link);
-    absl::Status ended = co_await link->Run([](mesh::v1::Frame& frame) -> absl::Status {
-      if (frame.has_pong()) return absl::OkStatus();
-      // Routing of Send, Credit and DeliverAck arrives with the data plane.
-      return peer::LinkError(
-          mesh::v1::UNEXPECTED_FRAME,
-          absl::StrCat("frame '", peer::FrameName(frame), "' is not served by this broker"));
-    });
+    std::shared_ptr<Session> session = router_->Attach(link);
+    absl::Status ended = co_await link->Run(
+        [&](mesh::v1::Frame& frame) { return router_->OnFrame(*session, frame); });
+    router_->Detach(*session);
     shard.links.erase(link);
     const mesh::v1::ErrorCode code = peer::ErrorCodeOf(ended);
     Log(code == mesh::v1::ERROR_CODE_UNSPECIFIED ? spdlog::level::info : spdlog::level::warn,
@@ -318,6 +354,10 @@ class Broker::Impl {
   HandshakeGate gate_;
   mesh::v1::Hello hello_;
   std::vector<std::unique_ptr<Shard>> shards_;
+  // Declared last, so destroyed first: the store's writer calls back into the router until it
+  // stops.
+  std::unique_ptr<Router> router_;
+  std::unique_ptr<store::Store> store_;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
@@ -332,6 +372,7 @@ absl::Status Broker::Start() { return impl_->Start(); }
 void Broker::Wait() { impl_->Wait(); }
 void Broker::Stop(std::string_view why) { impl_->Stop(why); }
 const peer::LinkStats& Broker::link_stats() const { return impl_->stats(); }
+const RouterStats& Broker::router_stats() const { return impl_->router_stats(); }
 
 absl::StatusOr<crypto::KeyPair> LoadOrCreateNodeKey(const std::string& data_dir) {
   std::error_code ec;

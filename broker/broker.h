@@ -8,8 +8,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "broker/routing/router.h"
 #include "crypto/crypto.h"
 #include "peer/peer.h"
+#include "store/store.h"
 
 namespace mesh::broker {
 
@@ -22,7 +24,8 @@ struct BrokerConfig {
   size_t frame_memory_budget = size_t{256} << 20;
   int max_pending_handshakes = 1024;
   int max_pending_handshakes_per_ip = 64;
-  uint32_t dedup_window_s = 600;
+  store::StoreOptions store;  // path: empty means <data_dir>/store
+  RouterConfig routing;       // node_id and max_payload are filled in from the above
 };
 
 class Broker {
@@ -40,6 +43,7 @@ class Broker {
   void Stop(std::string_view why);
 
   const peer::LinkStats& link_stats() const;
+  const RouterStats& router_stats() const;
 
  private:
   class Impl;

@@ -33,6 +33,14 @@ int main(int argc, char** argv) {
   int64_t heartbeat_interval_ms = config.link.heartbeat_interval.count();
   int64_t frame_timeout_ms = config.link.frame_timeout.count();
   std::string log_level = "info";
+  std::string store_sync = "batch";
+  int64_t store_sync_interval_us = config.store.sync_interval.count();
+  auto& routing = config.routing;
+  int64_t ack_window_ms = routing.ack_window.count();
+  int64_t default_ttl_s = routing.default_ttl.count();
+  int64_t max_ttl_s = routing.max_ttl.count();
+  int64_t dedup_window_s = routing.dedup_window.count();
+  int64_t expiry_sweep_s = routing.expiry_sweep_interval.count();
 
   auto flag = [&](const std::string& name, auto& value, const std::string& help) {
     return app.add_option("--" + name, value, help)->envname(EnvName(name))->capture_default_str();
@@ -59,6 +67,43 @@ int main(int argc, char** argv) {
   flag("max-pending-handshakes-per-ip", config.max_pending_handshakes_per_ip,
        "Handshakes in progress at once from one address")
       ->check(CLI::PositiveNumber);
+  flag("store-sync", store_sync,
+       "always: fsync every write; batch: one fsync covers the writes of an interval; none: no "
+       "fsync (survives a crash of the process, not of the machine)")
+      ->check(CLI::IsMember({"always", "batch", "none"}));
+  flag("store-sync-interval-us", store_sync_interval_us, "batch: at most one fsync per interval")
+      ->check(CLI::Range(int64_t{0}, int64_t{1'000'000}));
+  flag("ack-window-ms", ack_window_ms,
+       "Online fast path: a message delivered at once is written only if not acknowledged within "
+       "this window (0: write every message before delivering it)")
+      ->check(CLI::Range(int64_t{0}, int64_t{60'000}));
+  flag("default-ttl-s", default_ttl_s, "TTL of a message that names none")
+      ->check(CLI::PositiveNumber);
+  flag("max-ttl-s", max_ttl_s, "Longest TTL a Send may ask for")->check(CLI::PositiveNumber);
+  flag("dedup-window-s", dedup_window_s,
+       "Retries with the same (from, id) within it are stored once")
+      ->check(CLI::PositiveNumber);
+  flag("mailbox-max-messages", routing.mailbox_max_messages, "Messages one mailbox may hold")
+      ->check(CLI::PositiveNumber);
+  flag("mailbox-max-bytes", routing.mailbox_max_bytes, "Bytes one mailbox may hold")
+      ->check(CLI::PositiveNumber);
+  flag("sender-share", routing.sender_share,
+       "Share of one mailbox's message quota a single sender may hold")
+      ->check(CLI::Range(0.0, 1.0));
+  flag("sender-max-messages", routing.sender_max_messages,
+       "Messages one sender may have waiting across all mailboxes")
+      ->check(CLI::PositiveNumber);
+  flag("store-max-bytes", routing.store_max_bytes,
+       "High-water mark of queued bytes; above it Sends get STORE_FULL (0: none)");
+  flag("send-rate", routing.send_rate, "Messages per second one peer may send (0: no limit)")
+      ->check(CLI::NonNegativeNumber);
+  flag("send-burst", routing.send_burst, "Messages a peer may send at once above the rate")
+      ->check(CLI::PositiveNumber);
+  flag("max-in-flight", routing.max_in_flight,
+       "Deliveries in flight per link, whatever credit the peer grants")
+      ->check(CLI::PositiveNumber);
+  flag("expiry-sweep-interval-s", expiry_sweep_s, "How often expired messages are reclaimed")
+      ->check(CLI::PositiveNumber);
   flag("log-level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   CLI11_PARSE(app, argc, argv);
@@ -67,6 +112,13 @@ int main(int argc, char** argv) {
   config.link.heartbeat_interval = std::chrono::milliseconds(heartbeat_interval_ms);
   config.link.frame_timeout = std::chrono::milliseconds(frame_timeout_ms);
   if (config.node_name.empty()) config.node_name = HostName();
+  config.store.sync = *mesh::store::ParseSyncPolicy(store_sync);  // checked by IsMember above
+  config.store.sync_interval = std::chrono::microseconds(store_sync_interval_us);
+  routing.ack_window = std::chrono::milliseconds(ack_window_ms);
+  routing.default_ttl = std::chrono::seconds(default_ttl_s);
+  routing.max_ttl = std::chrono::seconds(max_ttl_s);
+  routing.dedup_window = std::chrono::seconds(dedup_window_s);
+  routing.expiry_sweep_interval = std::chrono::seconds(expiry_sweep_s);
 
   using mesh::broker::Log;
   mesh::broker::InitLogging(log_level);

@@ -8,6 +8,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -85,6 +86,21 @@ struct KeyPair {
 absl::Status WriteKeyFile(const std::string& path, const KeyPair& key);
 // Refuses a file other users may read or write (group-readable is fine: Kubernetes Secrets).
 absl::StatusOr<KeyPair> LoadKeyFile(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
+// Content fingerprints and end-to-end sealing
+
+// 16-byte BLAKE2b of the parts in order: compares contents without keeping them.
+using Fingerprint = std::array<uint8_t, 16>;
+Fingerprint FingerprintOf(std::initializer_list<ByteSpan> parts);
+
+// Seals a payload from `sender` to `recipient` with crypto_box (X25519, XSalsa20-Poly1305),
+// binding it to the message id and both IDs: OpenSealed fails unless the Deliver that carried
+// it names the same id, sender and recipient. Layout: version 1, 24-byte nonce, box.
+inline constexpr size_t kSealOverhead = 1 + 24 + 16 + 16;
+Bytes SealPayload(const KeyPair& sender, const PeerId& recipient, ByteSpan id, ByteSpan payload);
+absl::StatusOr<Bytes> OpenSealed(const KeyPair& recipient, const PeerId& sender, ByteSpan id,
+                                 ByteSpan sealed);
 
 // ---------------------------------------------------------------------------------------------
 // Noise

@@ -1,0 +1,95 @@
+// Routing on one node (DESIGN §3, §4): the session registry, Send -> SendAck, delivery in order
+// under the recipient's credit, DeliverAck, the online fast path, mailboxes, quotas and expiry.
+//
+// Threads: every method may be called from any shard. State is split by recipient into stripes,
+// each under its own mutex, so Sends to different recipients do not contend; a session's frames
+// are queued and flushed on its link's executor (Session::Queue).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "broker/routing/session.h"
+#include "store/store.h"
+
+namespace mesh::broker {
+
+struct RouterConfig {
+  std::string node_id;  // 32 bytes, stamped as ingress node on stored envelopes
+  size_t max_payload = size_t{1} << 20;
+  std::chrono::seconds default_ttl{7 * 24 * 3600};
+  std::chrono::seconds max_ttl{30 * 24 * 3600};
+  std::chrono::seconds dedup_window{600};
+  // Online fast path: deliver first, store only if no DeliverAck within this window.
+  // Zero stores every message before delivering it.
+  std::chrono::milliseconds ack_window{100};
+  uint64_t mailbox_max_messages = 100'000;
+  uint64_t mailbox_max_bytes = uint64_t{256} << 20;
+  double sender_share = 0.5;                 // of one mailbox's quota a single sender may hold
+  uint64_t sender_max_messages = 1'000'000;  // one sender, across all mailboxes
+  uint64_t store_max_bytes = 0;              // 0: no limit
+  double send_rate = 20'000;                 // per peer, messages/s; 0: no limit
+  double send_burst = 40'000;
+  uint32_t max_in_flight = 1024;                     // per link, whatever the credit says
+  uint64_t max_in_flight_bytes = uint64_t{8} << 20;  // per link
+  size_t max_loaded = 2048;  // messages of one online mailbox kept in memory; the rest in the store
+  std::chrono::seconds expiry_sweep_interval{30};
+};
+
+// What routing did, as plain counters; broker/ exports them.
+struct RouterStats {
+  static constexpr int kStatuses = mesh::v1::SendAck::Status_ARRAYSIZE;
+  std::atomic<uint64_t> sends{0};
+  std::array<std::atomic<uint64_t>, kStatuses> acks{};  // SendAcks by status
+  std::atomic<uint64_t> delivered{0};                   // Deliver frames (redeliveries too)
+  std::atomic<uint64_t> acked{0};                       // deliveries acknowledged
+  std::atomic<uint64_t> fast_path{0};  // acknowledged by the recipient before any store write
+  std::atomic<uint64_t> stored{0};     // messages written to a mailbox
+  std::atomic<uint64_t> expired{0};
+  std::atomic<int64_t> queued{0};        // messages owned and not yet acknowledged
+  std::atomic<int64_t> queued_bytes{0};  // their stored size
+  std::atomic<int64_t> sessions{0};
+  std::atomic<uint64_t> sessions_total{0};
+  std::atomic<uint64_t> replaced{0};
+  std::atomic<uint64_t> delivery_micros{0};  // summed accept -> DeliverAck over acked messages
+};
+
+class Router {
+ public:
+  Router(RouterConfig config, store::Store& store);
+  ~Router();
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  // Rebuilds mailbox counts from the store; call once before the first session.
+  absl::Status Recover();
+
+  // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
+  // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.
+  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link);
+  // A frame from the session's link; a non-OK status closes the link with it.
+  absl::Status OnFrame(Session& session, mesh::v1::Frame& frame);
+  // The link ended: unacknowledged deliveries go back to the mailbox for the next session.
+  void Detach(Session& session);
+
+  // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages.
+  void Tick();
+
+  const RouterStats& stats() const { return stats_; }
+  const RouterConfig& config() const { return config_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  RouterConfig config_;
+  RouterStats stats_;
+};
+
+}  // namespace mesh::broker

@@ -1,0 +1,48 @@
+#include "broker/routing/session.h"
+
+#include <boost/asio/post.hpp>
+
+namespace mesh::broker {
+
+Session::Session(std::shared_ptr<peer::Link> link)
+    : link_(std::move(link)),
+      executor_(link_->get_executor()),
+      peer_(reinterpret_cast<const char*>(link_->remote_id().bytes.data()),
+            link_->remote_id().bytes.size()) {}
+
+void Session::Queue(mesh::v1::Frame frame) {
+  bool post = false;
+  {
+    std::lock_guard lock(out_mu_);
+    out_.push_back(std::move(frame));
+    post = !flush_scheduled_;
+    flush_scheduled_ = true;
+  }
+  // One post per batch: frames queued meanwhile ride along with it.
+  if (post) boost::asio::post(executor_, [self = shared_from_this()] { self->Flush(); });
+}
+
+void Session::GoAwayAndClose(mesh::v1::GoAway::Reason reason) {
+  mesh::v1::Frame frame;
+  frame.mutable_go_away()->set_reason(reason);
+  {
+    std::lock_guard lock(out_mu_);
+    close_requested_ = true;
+  }
+  Queue(std::move(frame));
+}
+
+void Session::Flush() {
+  std::vector<mesh::v1::Frame> frames;
+  bool close = false;
+  {
+    std::lock_guard lock(out_mu_);
+    frames.swap(out_);
+    flush_scheduled_ = false;
+    close = close_requested_;
+  }
+  for (const auto& frame : frames) link_->Send(frame);
+  if (close) link_->Close(absl::OkStatus());
+}
+
+}  // namespace mesh::broker

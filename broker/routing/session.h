@@ -1,0 +1,59 @@
+// One authenticated peer link as routing sees it: its outgoing frame queue, which any thread
+// may fill, and its delivery window, which the router guards with the peer's stripe lock.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "peer/peer.h"
+
+namespace mesh::broker {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  explicit Session(std::shared_ptr<peer::Link> link);
+
+  // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
+  void Queue(mesh::v1::Frame frame);
+  // Thread-safe: GoAway with `reason`, then close.
+  void GoAwayAndClose(mesh::v1::GoAway::Reason reason);
+
+  const std::string& peer() const { return peer_; }  // 32 raw bytes
+  const crypto::PeerId& peer_id() const { return link_->remote_id(); }
+  peer::Link::Socket::executor_type executor() const { return executor_; }
+
+ private:
+  friend class Router;
+  void Flush();
+
+  std::shared_ptr<peer::Link> link_;
+  const peer::Link::Socket::executor_type executor_;
+  const std::string peer_;
+  std::mutex out_mu_;
+  std::vector<mesh::v1::Frame> out_;
+  bool flush_scheduled_ = false;
+  bool close_requested_ = false;
+
+  // Touched only on the link's executor: the sender-side rate limit (token bucket).
+  double tokens_ = -1;  // < 0: not yet filled
+  std::chrono::steady_clock::time_point tokens_at_;
+
+  // Guarded by the router's stripe lock for this peer: the delivery window.
+  bool attached_ = false;
+  uint64_t credit_ = 0;         // sum of Credit frames
+  uint64_t next_link_seq_ = 1;  // Deliver.seq on this link
+  uint64_t in_flight_bytes_ = 0;
+  struct InFlight {
+    uint64_t mailbox_seq;
+    uint64_t bytes;
+  };
+  absl::flat_hash_map<uint64_t, InFlight> in_flight_;  // link seq -> mailbox seq
+  bool refill_scheduled_ = false;
+};
+
+}  // namespace mesh::broker

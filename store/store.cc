@@ -1,0 +1,371 @@
+#include "store/store.h"
+
+#include <rocksdb/compaction_filter.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/slice_transform.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace mesh::store {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr char kFormatKey[] = "format";
+constexpr char kFormatVersion[] = "1";
+
+uint64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void AppendBigEndian(std::string& out, uint64_t value) {
+  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>(value >> shift));
+}
+
+uint64_t ReadBigEndian(const char* p) {
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | static_cast<uint8_t>(p[i]);
+  return value;
+}
+
+absl::Status FromRocks(const rocksdb::Status& status, std::string_view during) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("store ", std::string(during), ": ", status.ToString()));
+}
+
+// Drops dedup entries whose window has passed, so the family does not grow without bound.
+class ExpiredDedupFilter : public rocksdb::CompactionFilter {
+ public:
+  bool Filter(int, const rocksdb::Slice&, const rocksdb::Slice& value, std::string*,
+              bool*) const override {
+    mesh::v1::DedupRecord record;
+    if (!record.ParseFromArray(value.data(), static_cast<int>(value.size()))) return false;
+    return record.expire_at_ms() <= NowMs();
+  }
+  const char* Name() const override { return "mesh.ExpiredDedupFilter"; }
+};
+
+std::string DedupKey(std::string_view from, std::string_view id) {
+  std::string key;
+  key.reserve(from.size() + id.size());
+  key.append(from).append(id);
+  return key;
+}
+
+}  // namespace
+
+std::string MailboxKey(std::string_view recipient, uint64_t seq) {
+  std::string key(recipient);
+  AppendBigEndian(key, seq);
+  return key;
+}
+
+absl::StatusOr<SyncPolicy> ParseSyncPolicy(std::string_view name) {
+  if (name == "always") return SyncPolicy::kAlways;
+  if (name == "batch") return SyncPolicy::kBatch;
+  if (name == "none") return SyncPolicy::kNone;
+  return absl::InvalidArgumentError(
+      absl::StrCat("store sync policy '", std::string(name), "' is not always, batch or none"));
+}
+
+const char* SyncPolicyName(SyncPolicy policy) {
+  switch (policy) {
+    case SyncPolicy::kAlways:
+      return "always";
+    case SyncPolicy::kBatch:
+      return "batch";
+    case SyncPolicy::kNone:
+      return "none";
+  }
+  return "?";
+}
+
+size_t Batch::PutMessage(std::string_view recipient, uint64_t seq,
+                         const mesh::v1::StoredEnvelope& envelope) {
+  Op op{Family::kMailbox, false, MailboxKey(recipient, seq), {}};
+  envelope.SerializeToString(&op.value);
+  const size_t size = op.key.size() + op.value.size();
+  ops_.push_back(std::move(op));
+  return size;
+}
+
+void Batch::DeleteMessage(std::string_view recipient, uint64_t seq) {
+  ops_.push_back({Family::kMailbox, true, MailboxKey(recipient, seq), {}});
+}
+
+void Batch::PutDedup(std::string_view from, std::string_view id,
+                     const mesh::v1::DedupRecord& record) {
+  Op op{Family::kDedup, false, DedupKey(from, id), {}};
+  record.SerializeToString(&op.value);
+  ops_.push_back(std::move(op));
+}
+
+struct Store::Db {
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::ColumnFamilyHandle* mailbox = nullptr;
+  rocksdb::ColumnFamilyHandle* outbox = nullptr;
+  rocksdb::ColumnFamilyHandle* dedup = nullptr;
+  rocksdb::ColumnFamilyHandle* meta = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  ExpiredDedupFilter dedup_filter;
+
+  // The writer's queue: commits append to `open`; the writer swaps it out and writes it.
+  std::mutex mu;
+  std::condition_variable wake;
+  rocksdb::WriteBatch open;
+  struct Waiter {
+    Durability durability;
+    Done done;
+  };
+  std::vector<Waiter> open_waiters;
+  bool stopping = false;
+  std::thread writer;
+};
+
+Store::Store(const StoreOptions& options) : options_(options), db_(std::make_unique<Db>()) {}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  std::unique_ptr<Store> store(new Store(options));
+  Db& d = *store->db_;
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 4;
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  rocksdb::ColumnFamilyOptions mailbox_options;
+  // Seeks stay inside one mailbox: a prefix bloom filter skips files without it.
+  mailbox_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kIdSize));
+  mailbox_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  rocksdb::ColumnFamilyOptions dedup_options;
+  dedup_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  dedup_options.compaction_filter = &d.dedup_filter;
+  rocksdb::ColumnFamilyOptions plain;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, plain},
+      {"mailbox", mailbox_options},
+      {"outbox", mailbox_options},
+      {"dedup", dedup_options},
+      {"meta", plain}};
+  rocksdb::DB* raw = nullptr;
+  auto status = rocksdb::DB::Open(db_options, options.path, families, &d.handles, &raw);
+  if (!status.ok()) return FromRocks(status, absl::StrCat("open ", options.path));
+  d.db.reset(raw);
+  d.mailbox = d.handles[1];
+  d.outbox = d.handles[2];
+  d.dedup = d.handles[3];
+  d.meta = d.handles[4];
+
+  std::string format;
+  status = d.db->Get(rocksdb::ReadOptions(), d.meta, kFormatKey, &format);
+  if (status.IsNotFound()) {
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    status = d.db->Put(sync, d.meta, kFormatKey, kFormatVersion);
+    if (!status.ok()) return FromRocks(status, "write format version");
+  } else if (!status.ok()) {
+    return FromRocks(status, "read format version");
+  } else if (format != kFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store ", options.path, " has format ", format, "; this broker reads ", kFormatVersion));
+  }
+  d.writer = std::thread([s = store.get()] { s->WriterLoop(); });
+  return store;
+}
+
+Store::~Store() {
+  if (!db_->db) return;
+  {
+    std::lock_guard lock(db_->mu);
+    db_->stopping = true;
+  }
+  db_->wake.notify_one();
+  if (db_->writer.joinable()) db_->writer.join();
+  for (auto* handle : db_->handles) db_->db->DestroyColumnFamilyHandle(handle);
+  db_->db->Close();
+}
+
+void Store::Commit(Batch batch, Durability durability, Done done) {
+  Db& d = *db_;
+  {
+    std::lock_guard lock(d.mu);
+    for (auto& op : batch.ops_) {
+      auto* family = op.family == Batch::Family::kMailbox ? d.mailbox : d.dedup;
+      if (op.is_delete) {
+        d.open.Delete(family, op.key);
+      } else {
+        d.open.Put(family, op.key, op.value);
+      }
+    }
+    d.open_waiters.push_back({durability, std::move(done)});
+  }
+  stats_.commits.fetch_add(1, std::memory_order_relaxed);
+  d.wake.notify_one();
+}
+
+void Store::WriterLoop() {
+  Db& d = *db_;
+  const bool sync_each_write = options_.sync == SyncPolicy::kAlways;
+  const bool batch_sync = options_.sync == SyncPolicy::kBatch;
+  std::vector<Db::Waiter> unsynced;  // batch policy: written, waiting for the fsync
+  Clock::time_point last_sync{};
+  rocksdb::WriteBatch writing;
+  std::vector<Db::Waiter> waiters;
+
+  auto finish = [](std::vector<Db::Waiter>& list, const absl::Status& status) {
+    for (auto& waiter : list) waiter.done(status);
+    list.clear();
+  };
+
+  for (;;) {
+    bool stopping = false;
+    {
+      std::unique_lock lock(d.mu);
+      auto ready = [&] { return d.stopping || d.open.Count() > 0 || !d.open_waiters.empty(); };
+      if (unsynced.empty()) {
+        d.wake.wait(lock, ready);
+      } else {
+        d.wake.wait_until(lock, last_sync + options_.sync_interval, ready);
+      }
+      stopping = d.stopping;
+      if (stopping && d.open_waiters.empty() && unsynced.empty()) return;
+      std::swap(writing, d.open);
+      std::swap(waiters, d.open_waiters);
+    }
+    const auto started = Clock::now();
+    if (!waiters.empty()) {
+      rocksdb::WriteOptions write_options;
+      write_options.sync = sync_each_write;
+      absl::Status status = absl::OkStatus();
+      if (writing.Count() > 0) {
+        status = FromRocks(d.db->Write(write_options, &writing), "write");
+        stats_.writes.fetch_add(1, std::memory_order_relaxed);
+        if (sync_each_write) stats_.syncs.fetch_add(1, std::memory_order_relaxed);
+      }
+      writing.Clear();
+      if (!status.ok()) {
+        available_.store(false, std::memory_order_relaxed);
+        stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);
+        finish(unsynced, status);
+        finish(waiters, status);
+        continue;
+      }
+      for (auto& waiter : waiters) {
+        if (batch_sync && waiter.durability == Durability::kDurable) {
+          unsynced.push_back(std::move(waiter));
+        } else {
+          waiter.done(absl::OkStatus());
+        }
+      }
+      waiters.clear();
+    }
+    const auto now = Clock::now();
+    if (!unsynced.empty() && (now >= last_sync + options_.sync_interval || stopping)) {
+      absl::Status status = FromRocks(d.db->SyncWAL(), "sync");
+      stats_.syncs.fetch_add(1, std::memory_order_relaxed);
+      last_sync = Clock::now();
+      if (!status.ok()) {
+        available_.store(false, std::memory_order_relaxed);
+        stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);
+      }
+      finish(unsynced, status);
+    }
+    stats_.write_micros.fetch_add(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count(),
+        std::memory_order_relaxed);
+  }
+}
+
+absl::StatusOr<std::vector<StoredMessage>> Store::ReadMailbox(std::string_view recipient,
+                                                              uint64_t from_seq, size_t max_count,
+                                                              size_t max_bytes) const {
+  std::vector<StoredMessage> out;
+  const std::string lower = MailboxKey(recipient, from_seq);
+  const std::string upper = MailboxKey(recipient, UINT64_MAX);
+  rocksdb::Slice lower_slice(lower), upper_slice(upper);
+  rocksdb::ReadOptions read;
+  read.iterate_lower_bound = &lower_slice;
+  read.iterate_upper_bound = &upper_slice;
+  read.prefix_same_as_start = true;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(read, db_->mailbox));
+  size_t bytes = 0;
+  for (it->Seek(lower_slice); it->Valid() && out.size() < max_count; it->Next()) {
+    const rocksdb::Slice key = it->key();
+    const rocksdb::Slice value = it->value();
+    const size_t size = key.size() + value.size();
+    if (!out.empty() && bytes + size > max_bytes) break;
+    StoredMessage message;
+    message.seq = ReadBigEndian(key.data() + kIdSize);
+    message.stored_bytes = size;
+    if (!message.envelope.ParseFromArray(value.data(), static_cast<int>(value.size())) ||
+        message.envelope.version() != kEnvelopeVersion) {
+      return absl::DataLossError(
+          absl::StrCat("stored envelope at seq ", message.seq, " cannot be read"));
+    }
+    bytes += size;
+    out.push_back(std::move(message));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "read mailbox");
+  return out;
+}
+
+absl::StatusOr<std::optional<mesh::v1::DedupRecord>> Store::GetDedup(std::string_view from,
+                                                                     std::string_view id,
+                                                                     uint64_t now_ms) const {
+  const std::string key = DedupKey(from, id);
+  rocksdb::PinnableSlice value;
+  auto status = db_->db->Get(rocksdb::ReadOptions(), db_->dedup, key, &value);
+  if (status.IsNotFound()) return std::nullopt;
+  if (!status.ok()) return FromRocks(status, "read dedup");
+  mesh::v1::DedupRecord record;
+  if (!record.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+    return absl::DataLossError("stored dedup entry cannot be read");
+  }
+  if (record.expire_at_ms() <= now_ms) return std::nullopt;
+  return record;
+}
+
+absl::Status Store::ForEachMessage(const Visitor& visit) const {
+  rocksdb::ReadOptions read;
+  read.total_order_seek = true;  // across mailboxes, not within one prefix
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(read, db_->mailbox));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice key = it->key();
+    if (key.size() != kIdSize + 8) return absl::DataLossError("malformed mailbox key");
+    StoredMessage message;
+    message.seq = ReadBigEndian(key.data() + kIdSize);
+    message.stored_bytes = key.size() + it->value().size();
+    if (!message.envelope.ParseFromArray(it->value().data(),
+                                         static_cast<int>(it->value().size())) ||
+        message.envelope.version() != kEnvelopeVersion) {
+      return absl::DataLossError(
+          absl::StrCat("stored envelope at seq ", message.seq, " cannot be read"));
+    }
+    visit(std::string_view(key.data(), kIdSize), message);
+  }
+  return FromRocks(it->status(), "scan mailboxes");
+}
+
+uint64_t Store::EstimatedLiveBytes() const {
+  uint64_t bytes = 0;
+  db_->db->GetIntProperty(db_->mailbox, "rocksdb.estimate-live-data-size", &bytes);
+  return bytes;
+}
+
+}  // namespace mesh::store

@@ -1,0 +1,136 @@
+// The store module's front door: mailboxes, dedup entries and outboxes in one RocksDB
+// (DESIGN §4). Nothing of RocksDB shows here, so broker/ depends on this interface only.
+//
+// Layout (column families):
+//   mailbox  recipient(32) ‖ seq(u64 BE)  -> StoredEnvelope
+//   outbox   next hop(32) ‖ seq(u64 BE)   -> StoredEnvelope   (the mesh's, DESIGN §5)
+//   dedup    from(32) ‖ id(16)            -> DedupRecord      (dropped by compaction once expired)
+//   meta     "format"                     -> "1"
+//
+// Writes go through one group-commit writer thread: every Commit() made while the previous write
+// was in progress lands in the next RocksDB write, and `done` runs once the sync policy covers it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "mesh/v1/store.pb.h"
+
+namespace mesh::store {
+
+inline constexpr size_t kIdSize = 32;  // peer and node IDs
+inline constexpr size_t kMessageIdSize = 16;
+inline constexpr uint32_t kEnvelopeVersion = 1;
+
+// always: every write is fsynced before it is acknowledged. batch: writes go to the WAL at
+// once and an fsync covers all written since the last one, at most one per sync interval.
+// none: no fsync; survives a process crash (the WAL is in the kernel), not a power loss.
+enum class SyncPolicy { kAlways, kBatch, kNone };
+absl::StatusOr<SyncPolicy> ParseSyncPolicy(std::string_view name);
+const char* SyncPolicyName(SyncPolicy policy);
+
+struct StoreOptions {
+  std::string path;  // the RocksDB directory (created on first open)
+  SyncPolicy sync = SyncPolicy::kBatch;
+  std::chrono::microseconds sync_interval{2000};
+  size_t block_cache_bytes = size_t{64} << 20;
+};
+
+// Counters the broker exports as metrics.
+struct StoreStats {
+  std::atomic<uint64_t> commits{0};  // Commit() calls
+  std::atomic<uint64_t> writes{0};   // RocksDB writes (each holds one or more commits)
+  std::atomic<uint64_t> syncs{0};
+  std::atomic<uint64_t> write_micros{0};  // summed over writes, sync included
+  std::atomic<uint64_t> failed_writes{0};
+};
+
+struct StoredMessage {
+  uint64_t seq = 0;
+  mesh::v1::StoredEnvelope envelope;
+  size_t stored_bytes = 0;  // key + value, what quotas count
+};
+
+// A set of changes applied atomically, in the order they were added.
+class Batch {
+ public:
+  // `envelope` is serialized here; the returned size is what the entry takes on disk.
+  size_t PutMessage(std::string_view recipient, uint64_t seq,
+                    const mesh::v1::StoredEnvelope& envelope);
+  void DeleteMessage(std::string_view recipient, uint64_t seq);
+  void PutDedup(std::string_view from, std::string_view id, const mesh::v1::DedupRecord& record);
+  bool empty() const { return ops_.empty(); }
+
+ private:
+  friend class Store;
+  enum class Family : uint8_t { kMailbox, kDedup };
+  struct Op {
+    Family family;
+    bool is_delete;
+    std::string key;
+    std::string value;
+  };
+  std::vector<Op> ops_;
+};
+
+class Store {
+ public:
+  // durable: `done` waits for the sync policy (a message a sender will be told is owned).
+  // lazy: `done` runs once the write is applied (deletes: losing one redelivers, loses nothing).
+  enum class Durability { kDurable, kLazy };
+  using Done = std::function<void(absl::Status)>;
+
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
+  ~Store();  // finishes pending commits, then closes
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Queues `batch` for the writer thread. `done` runs on that thread, in commit order; it gets
+  // an error if the write failed (the store then stays unavailable).
+  void Commit(Batch batch, Durability durability, Done done);
+
+  // Messages of one mailbox with seq >= from_seq, in seq order: at most max_count, and no more
+  // than max_bytes (at least one is returned if any exists). Seeks straight to from_seq, so the
+  // deleted entries below it (tombstones) cost nothing.
+  absl::StatusOr<std::vector<StoredMessage>> ReadMailbox(std::string_view recipient,
+                                                         uint64_t from_seq, size_t max_count,
+                                                         size_t max_bytes) const;
+  // The dedup entry for (from, id), unless absent or expired at now_ms.
+  absl::StatusOr<std::optional<mesh::v1::DedupRecord>> GetDedup(std::string_view from,
+                                                                std::string_view id,
+                                                                uint64_t now_ms) const;
+  // Visits every stored message, mailbox by mailbox in seq order: how counts are recovered.
+  using Visitor = std::function<void(std::string_view recipient, const StoredMessage&)>;
+  absl::Status ForEachMessage(const Visitor& visit) const;
+
+  // False once a write failed (disk full, I/O error): the broker answers STORE_UNAVAILABLE.
+  bool available() const { return available_.load(std::memory_order_relaxed); }
+  const StoreStats& stats() const { return stats_; }
+  const StoreOptions& options() const { return options_; }
+  // Estimated bytes of live data on disk (RocksDB's own estimate).
+  uint64_t EstimatedLiveBytes() const;
+
+ private:
+  struct Db;
+  explicit Store(const StoreOptions& options);
+  void WriterLoop();
+
+  StoreOptions options_;
+  std::unique_ptr<Db> db_;
+  StoreStats stats_;
+  std::atomic<bool> available_{true};
+};
+
+// recipient ‖ seq big-endian: keys sort by mailbox, then by arrival.
+std::string MailboxKey(std::string_view recipient, uint64_t seq);
+
+}  // namespace mesh::store
