@@ -1,15 +1,204 @@
 // mesh-cli: keys, and talking to a broker from the shell.
 #include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/session.h"
 
 namespace {
+
+namespace asio = boost::asio;
 
 int Fail(const absl::Status& status) {
   std::cerr << "mesh-cli: " << status.message() << "\n";
   return 1;
+}
+
+int Fail(std::string_view message) {
+  std::cerr << "mesh-cli: " << message << "\n";
+  return 1;
+}
+
+std::string Hex(std::span<const uint8_t> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 15]);
+  }
+  return out;
+}
+
+std::string Base64(std::string_view bytes) {
+  std::string out(sodium_base64_encoded_len(bytes.size(), sodium_base64_VARIANT_ORIGINAL), '\0');
+  sodium_bin2base64(out.data(), out.size(), reinterpret_cast<const uint8_t*>(bytes.data()),
+                    bytes.size(), sodium_base64_VARIANT_ORIGINAL);
+  out.resize(out.size() - 1);  // the terminating NUL
+  return out;
+}
+
+// One JSON object per received message; the payload as text when it is UTF-8.
+std::string MessageJson(const mesh::client::Message& message) {
+  nlohmann::json line;
+  line["from"] = message.from.ToString();
+  line["id"] = Hex(message.id);
+  line["sent_at_ms"] = message.sent_at_ms;
+  line["size"] = message.payload.size();
+  if (!message.sealed_status.ok())
+    line["sealed_error"] = std::string(message.sealed_status.message());
+  line["payload"] = message.payload;
+  try {
+    return line.dump();
+  } catch (const nlohmann::json::type_error&) {  // not UTF-8
+    line.erase("payload");
+    line["payload_base64"] = Base64(message.payload);
+    return line.dump();
+  }
+}
+
+absl::StatusOr<mesh::crypto::KeyPair> LoadKey(const std::string& path) {
+  auto key = mesh::crypto::LoadKeyFile(path);
+  if (!key.ok()) {
+    return absl::Status(key.status().code(),
+                        absl::StrCat(key.status().message(),
+                                     " (create one with: mesh-cli keygen --out ", path, ")"));
+  }
+  return key;
+}
+
+// Options shared by the commands that hold a session with a broker.
+struct SessionFlags {
+  std::string broker = std::getenv("MESH_BROKER") ? std::getenv("MESH_BROKER") : "127.0.0.1:7700";
+  std::string key;
+  bool seal = false;
+  int64_t timeout_ms = 10'000;
+
+  void Add(CLI::App* command, const std::string& default_key) {
+    key = default_key;
+    command->add_option("--broker,-b", broker, "Broker HOST:PORT (several: comma-separated)")
+        ->capture_default_str()
+        ->envname("MESH_BROKER");
+    command->add_option("--key,-k", key, "Key file: this peer's identity")
+        ->capture_default_str()
+        ->envname("MESH_KEY_FILE");
+    command->add_flag("--seal", seal, "End-to-end seal payloads (crypto_box to the recipient)");
+    command->add_option("--timeout-ms", timeout_ms, "Give up when the broker has not answered")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+  }
+
+  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& pair) const {
+    mesh::client::SessionOptions options;
+    std::stringstream list(broker);
+    for (std::string address; std::getline(list, address, ',');) {
+      if (!address.empty()) options.brokers.push_back(address);
+    }
+    options.key = &pair;
+    options.seal = seal;
+    options.agent = "mesh-cli/0.1";
+    options.connect_timeout = std::chrono::milliseconds(timeout_ms);
+    options.backoff_max = std::chrono::milliseconds(1000);
+    return options;
+  }
+};
+
+int Send(const SessionFlags& flags, const std::string& to_text, const std::string& text,
+         const std::string& file, uint32_t ttl_s) {
+  auto to = mesh::crypto::PeerId::Parse(to_text);
+  if (!to.ok()) return Fail(absl::StrCat("--to: ", to.status().message()));
+  std::string payload = text;
+  if (!file.empty()) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return Fail(absl::StrCat("cannot read ", file));
+    payload.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto key = LoadKey(flags.key);
+  if (!key.ok()) return Fail(key.status());
+
+  asio::io_context io;
+  auto session = mesh::client::Session::Create(io.get_executor(), flags.Options(*key));
+  absl::Status last_error = absl::DeadlineExceededError("no answer");
+  session->OnState([&](bool connected, const absl::Status& why) {
+    if (!connected && !why.ok()) last_error = why;
+  });
+  std::optional<mesh::client::SendResult> result;
+  if (auto status = session->Start(); !status.ok()) return Fail(status);
+  session->Send(
+      *to, std::move(payload),
+      [&](const mesh::client::SendResult& r) {
+        result = r;
+        session->Close();
+      },
+      ttl_s);
+  asio::steady_timer deadline(io, std::chrono::milliseconds(flags.timeout_ms));
+  deadline.async_wait([&](const boost::system::error_code& ec) {
+    if (!ec) session->Close();
+  });
+  while (!result && io.run_one() > 0) {
+  }
+  session->Close();
+  deadline.cancel();
+  io.run_for(std::chrono::milliseconds(200));  // let the link close cleanly
+  if (!result || result->status == mesh::v1::SendAck::STATUS_UNSPECIFIED) {
+    return Fail(absl::StrCat("no SendAck from ", flags.broker, " within ", flags.timeout_ms,
+                             " ms: ", last_error.message()));
+  }
+  const std::string status = mesh::v1::SendAck::Status_Name(result->status);
+  if (!result->ok()) {
+    return Fail(
+        absl::StrCat("rejected: ", status,
+                     result->detail.empty() ? "" : absl::StrCat(" (", result->detail, ")")));
+  }
+  std::printf("%s %s\n", status.c_str(), Hex(result->id).c_str());
+  return 0;
+}
+
+int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_file) {
+  auto key = LoadKey(flags.key);
+  if (!key.ok()) return Fail(key.status());
+  asio::io_context io;
+  auto options = flags.Options(*key);
+  options.dedup_file = dedup_file;
+  auto session = mesh::client::Session::Create(io.get_executor(), options);
+  int64_t received = 0;
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  session->OnMessage([&](const mesh::client::Message& message) {
+    std::printf("%s\n", MessageJson(message).c_str());
+    std::fflush(stdout);
+    if (count > 0 && ++received >= count) {
+      session->Close();
+      signals.cancel();
+    }
+  });
+  absl::Status fatal;
+  session->OnState([&](bool connected, const absl::Status& why) {
+    if (connected) {
+      std::fprintf(stderr, "mesh-cli: listening as %s on %s\n", key->public_key.ToString().c_str(),
+                   flags.broker.c_str());
+    } else if (absl::IsAlreadyExists(why)) {
+      fatal = why;
+      signals.cancel();
+    } else {
+      std::fprintf(stderr, "mesh-cli: link to %s down (%s); reconnecting\n", flags.broker.c_str(),
+                   std::string(why.message()).c_str());
+    }
+  });
+  if (auto status = session->Start(); !status.ok()) return Fail(status);
+  signals.async_wait([&](const boost::system::error_code& ec, int) {
+    if (!ec) session->Close();
+  });
+  // Runs until Close() has ended the link and the reconnect loop (interrupt, or --count).
+  io.run();
+  if (!fatal.ok()) return Fail(fatal);
+  return 0;
 }
 
 double Millis(std::chrono::microseconds us) { return static_cast<double>(us.count()) / 1000.0; }
@@ -51,6 +240,29 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
 
+  SessionFlags send_flags;
+  std::string send_to, send_text, send_file;
+  uint32_t send_ttl = 0;
+  auto* send = app.add_subcommand("send", "Send one message and wait for the broker's SendAck");
+  send_flags.Add(send, default_key);
+  send->add_option("--to,-t", send_to, "Recipient peer ID")->required();
+  send->add_option("--ttl", send_ttl,
+                   "Seconds the broker keeps it for an offline recipient "
+                   "(0: the broker's default)");
+  auto* text_option = send->add_option("text", send_text, "Message text");
+  send->add_option("--file,-f", send_file, "Send this file's bytes")->excludes(text_option);
+
+  SessionFlags listen_flags;
+  int64_t listen_count = 0;
+  std::string listen_dedup;
+  auto* listen = app.add_subcommand(
+      "listen", "Receive messages: one JSON line each on stdout, until interrupted");
+  listen_flags.Add(listen, default_key);
+  listen->add_option("--count,-n", listen_count, "Exit after this many messages (0: never)")
+      ->check(CLI::NonNegativeNumber);
+  listen->add_option("--dedup-file", listen_dedup,
+                     "Remember received message ids here, so a restart does not show one twice");
+
   CLI11_PARSE(app, argc, argv);
   if (auto status = mesh::crypto::Init(); !status.ok()) return Fail(status);
 
@@ -67,6 +279,11 @@ int main(int argc, char** argv) {
     std::cout << key->public_key.ToString() << "\n";
     return 0;
   }
+  if (send->parsed()) {
+    if (send_text.empty() && send_file.empty()) return Fail("send: give TEXT or --file");
+    return Send(send_flags, send_to, send_text, send_file, send_ttl);
+  }
+  if (listen->parsed()) return Listen(listen_flags, listen_count, listen_dedup);
   // ping
   mesh::crypto::KeyPair key = mesh::crypto::KeyPair::Generate();
   if (!ping_key.empty()) {

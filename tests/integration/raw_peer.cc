@@ -80,6 +80,7 @@ bool RawConnection::WaitClosed(std::chrono::milliseconds timeout) {
 void RawConnection::ShutdownWrite() { shutdown(fd_, SHUT_WR); }
 
 RawNoiseClient::RawNoiseClient() : key_(crypto::KeyPair::Generate()) {}
+RawNoiseClient::RawNoiseClient(crypto::KeyPair key) : key_(std::move(key)) {}
 
 absl::Status RawNoiseClient::Handshake(RawConnection& conn, crypto::CipherSuite suite,
                                        std::optional<Tamper> tamper) {

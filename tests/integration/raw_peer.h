@@ -47,6 +47,7 @@ struct Tamper {
 class RawNoiseClient {
  public:
   RawNoiseClient();
+  explicit RawNoiseClient(crypto::KeyPair key);
 
   // Preamble, then XX as initiator. Fails at the first step that fails on this side.
   absl::Status Handshake(RawConnection& conn,
