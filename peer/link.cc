@@ -33,6 +33,27 @@ constexpr std::chrono::milliseconds kCloseGrace{2000};
 constexpr std::chrono::milliseconds kBudgetRetry{5};
 constexpr char kRefusedSuitesUrl[] = "type.mesh/refused-suites";
 
+// Read buffers recycled per thread: a busy link returns its buffer each time it has consumed
+// everything (so idle links hold none) and takes one again microseconds later.
+class ReadBufferPool {
+ public:
+  std::unique_ptr<uint8_t[]> Take() {
+    if (free_.empty()) return std::unique_ptr<uint8_t[]>(new uint8_t[kReadBufferSize]);
+    auto buffer = std::move(free_.back());
+    free_.pop_back();
+    return buffer;
+  }
+  void Give(std::unique_ptr<uint8_t[]> buffer) {
+    if (buffer && free_.size() < kMaxCached) free_.push_back(std::move(buffer));
+  }
+
+ private:
+  static constexpr size_t kMaxCached = 16;
+  std::vector<std::unique_ptr<uint8_t[]>> free_;
+};
+
+thread_local ReadBufferPool read_buffers;
+
 void ShrinkIfLarge(crypto::Bytes& buffer) {
   if (buffer.capacity() > kKeepBufferSize) crypto::Bytes().swap(buffer);
 }
@@ -307,12 +328,12 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
       co_await pause.async_wait(redirect_error(use_awaitable, ec));
     } else {
       if (read_size_ == 0) {
-        read_buffer_.reset();  // idle links hold no read buffer
+        read_buffers.Give(std::move(read_buffer_));  // idle links hold no read buffer
         error_code ec;
         co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
         if (ec) co_return IoFailure(ec, "reading");
       }
-      if (!read_buffer_) read_buffer_.reset(new uint8_t[kReadBufferSize]);  // not zero-filled
+      if (!read_buffer_) read_buffer_ = read_buffers.Take();  // not zero-filled
       error_code ec;
       const size_t n = co_await socket_.async_read_some(
           asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_),

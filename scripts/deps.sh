@@ -8,7 +8,7 @@ PACKAGES=(
   cmake ninja-build ccache pkg-config clang libclang-rt-14-dev git
   # libraries
   libsodium-dev libprotobuf-dev protobuf-compiler libabsl-dev libboost-dev libspdlog-dev libcli11-dev
-  librocksdb-dev nlohmann-json3-dev
+  librocksdb-dev nlohmann-json3-dev libjemalloc-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
 )
