@@ -21,6 +21,9 @@ constexpr size_t kSweepBatch = 1024;
 // Key + the envelope's fields around the payload: what a stored message costs beyond its payload.
 constexpr uint64_t kEnvelopeOverhead = 160;
 
+// What a message counts against quotas; the same at accept, reload, expiry and recovery.
+uint64_t AccountedBytes(size_t payload) { return kEnvelopeOverhead + payload; }
+
 uint64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -390,7 +393,7 @@ struct Router::Impl {
         if (mailbox->loaded.contains(message.seq)) continue;
         Entry entry;
         entry.envelope = std::move(message.envelope);
-        entry.bytes = message.stored_bytes;
+        entry.bytes = AccountedBytes(entry.envelope.payload().size());
         entry.state = State::kStored;
         entry.accepted = Clock::now();
         auto it = mailbox->loaded.emplace(message.seq, std::move(entry)).first;
@@ -474,7 +477,7 @@ struct Router::Impl {
       }
       return Ack(sender, id, SendAck::DUPLICATE);
     }
-    const uint64_t bytes = kEnvelopeOverhead + send.payload().size();
+    const uint64_t bytes = AccountedBytes(send.payload().size());
     if (auto rejection = CheckQuotas(mailbox, from, bytes); rejection.first != SendAck::ACCEPTED) {
       MaybeErase(stripe, mailbox);
       return Ack(sender, id, rejection.first, rejection.second);
@@ -719,7 +722,7 @@ struct Router::Impl {
           if (message.envelope.expire_at_ms() <= now_ms) {
             batch.DeleteMessage(mailbox.recipient, message.seq);
             Release(mailbox, message.envelope.from(),
-                    kEnvelopeOverhead + message.envelope.payload().size());
+                    AccountedBytes(message.envelope.payload().size()));
             stats.expired.fetch_add(1, std::memory_order_relaxed);
           } else {
             next_min = std::min(next_min, message.envelope.expire_at_ms());
@@ -749,7 +752,7 @@ struct Router::Impl {
             mailbox.spill_seq = message.seq;  // the head: seeks start here, above the tombstones
           }
           mailbox.next_seq = std::max(mailbox.next_seq, message.seq + 1);
-          const uint64_t bytes = kEnvelopeOverhead + message.envelope.payload().size();
+          const uint64_t bytes = AccountedBytes(message.envelope.payload().size());
           Account(mailbox, message.envelope.from(), bytes, message.envelope.expire_at_ms());
           ledger.Add(message.envelope.from());
           ++messages;

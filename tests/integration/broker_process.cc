@@ -28,12 +28,11 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
   log_path_ = dir_ + "/broker.log";
 
   std::vector<std::string> argv = {std::string(MESH_BINARY_DIR) + "/broker/mesh-broker",
-                                   "--data-dir",
-                                   data_dir_,
-                                   "--listen-peer",
-                                   "127.0.0.1:0",
-                                   "--log-level",
-                                   "debug"};
+                                   "--data-dir", data_dir_, "--log-level", "debug"};
+  // An ephemeral port unless the test names one (to come back on the same port after a crash).
+  if (std::find(args.begin(), args.end(), "--listen-peer") == args.end()) {
+    argv.insert(argv.end(), {"--listen-peer", "127.0.0.1:0"});
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = fork();
   if (pid_ == 0) {
