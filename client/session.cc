@@ -27,6 +27,14 @@ crypto::ByteSpan AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+// One set of link counters for every session of the process. A link may outlive its session
+// (its coroutines end on the executor after the session is gone), so the counters it refers to
+// must live as long as the process.
+peer::LinkStats& LinkStatsOfAllSessions() {
+  static peer::LinkStats stats;
+  return stats;
+}
+
 uint64_t WallSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -152,7 +160,7 @@ asio::awaitable<void> Session::ConnectLoop() {
     connect.link = options_.link;
     connect.agent = options_.agent;
     connect.connect_timeout = options_.connect_timeout;
-    auto link = co_await Connect(connect, link_stats_);
+    auto link = co_await Connect(connect, LinkStatsOfAllSessions());
     absl::Status ended;
     if (!link.ok()) {
       ended = link.status();

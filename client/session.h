@@ -117,7 +117,6 @@ class Session : public std::enable_shared_from_this<Session> {
   MessageHandler on_message_;
   StateHandler on_state_;
   std::shared_ptr<peer::Link> link_;
-  peer::LinkStats link_stats_;
   size_t max_payload_;
   bool closed_ = false;
   std::chrono::milliseconds retry_hint_{0};
