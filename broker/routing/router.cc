@@ -44,6 +44,11 @@ crypto::ByteSpan AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+// Key of Mailbox::pending and of the dedup family: from ‖ id.
+std::string PendingKey(const mesh::v1::StoredEnvelope& envelope) {
+  return absl::StrCat(envelope.from(), envelope.id());
+}
+
 // A sender waiting for the SendAck of a message not yet owned (written or acknowledged).
 struct Waiter {
   std::weak_ptr<Session> session;
@@ -228,8 +233,12 @@ struct Router::Impl {
 
   // Writes a message to its mailbox; its waiters get their SendAck once the sync policy covers
   // it. With keep_loaded false the mailbox forgets it until it reads it back from the store.
-  void Persist(Mailbox& mailbox, uint64_t seq, const mesh::v1::StoredEnvelope& envelope,
-               const crypto::Fingerprint& digest) {
+  void Persist(Mailbox& mailbox, uint64_t seq, const mesh::v1::StoredEnvelope& envelope) {
+    std::string key = PendingKey(envelope);
+    // Every message not yet owned has its pending entry, which holds its digest.
+    auto pending = mailbox.pending.find(key);
+    const crypto::Fingerprint digest =
+        pending != mailbox.pending.end() ? pending->second.digest : crypto::Fingerprint{};
     store::Batch batch;
     batch.PutMessage(mailbox.recipient, seq, envelope);
     mesh::v1::DedupRecord dedup;
@@ -239,10 +248,8 @@ struct Router::Impl {
     ++mailbox.writes_in_flight;
     stats.stored.fetch_add(1, std::memory_order_relaxed);
     store.Commit(std::move(batch), store::Store::Durability::kDurable,
-                 [this, recipient = mailbox.recipient, seq,
-                  key = absl::StrCat(envelope.from(), envelope.id())](absl::Status status) {
-                   OnWritten(recipient, seq, key, status);
-                 });
+                 [this, recipient = mailbox.recipient, seq, key = std::move(key)](
+                     absl::Status status) { OnWritten(recipient, seq, key, status); });
   }
 
   void DeleteStored(Mailbox& mailbox, uint64_t seq) {
@@ -513,7 +520,7 @@ struct Router::Impl {
       stripe.fast.push_back({Clock::now() + config.ack_window, mailbox.recipient, seq});
       return;
     }
-    Persist(mailbox, seq, entry.envelope, digest);
+    Persist(mailbox, seq, entry.envelope);
     if (recipient != nullptr && !mailbox.spilled && mailbox.loaded.size() < config.max_loaded) {
       mailbox.loaded.emplace(seq, std::move(entry));
       TryDeliver(mailbox);
@@ -570,8 +577,7 @@ struct Router::Impl {
       switch (entry.state) {
         case State::kFast: {
           // Owned now: the recipient has it. No write at all.
-          auto node =
-              mailbox->pending.extract(absl::StrCat(entry.envelope.from(), entry.envelope.id()));
+          auto node = mailbox->pending.extract(PendingKey(entry.envelope));
           if (node) Notify(node.mapped().waiters, std::nullopt);
           stats.fast_path.fetch_add(1, std::memory_order_relaxed);
           Release(*mailbox, entry.envelope.from(), entry.bytes);
@@ -605,7 +611,7 @@ struct Router::Impl {
 
   // The mailbox's session goes: what it had in flight returns to the queue, fast-path messages
   // are written, and stored ones leave memory until the next session reads them back.
-  void Unbind(Stripe& stripe, Mailbox& mailbox) {
+  void Unbind(Mailbox& mailbox) {
     Session& session = *mailbox.session;
     session.attached_ = false;
     session.in_flight_.clear();
@@ -615,10 +621,7 @@ struct Router::Impl {
       entry.link_seq = 0;
       if (entry.state == State::kFast) {
         entry.state = State::kWriting;
-        auto pending =
-            mailbox.pending.find(absl::StrCat(entry.envelope.from(), entry.envelope.id()));
-        Persist(mailbox, it->first, entry.envelope,
-                pending != mailbox.pending.end() ? pending->second.digest : crypto::Fingerprint{});
+        Persist(mailbox, it->first, entry.envelope);
       }
       if (entry.acked) {
         ++it;  // kept until its write completes, so the delete follows it
@@ -630,7 +633,6 @@ struct Router::Impl {
     mailbox.deliver_from = 0;
     mailbox.session.reset();
     stats.sessions.fetch_sub(1, std::memory_order_relaxed);
-    (void)stripe;
   }
 
   std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link) {
@@ -642,7 +644,7 @@ struct Router::Impl {
       Mailbox& mailbox = Get(stripe, session->peer());
       if (mailbox.session) {
         replaced = mailbox.session;
-        Unbind(stripe, mailbox);
+        Unbind(mailbox);
         stats.replaced.fetch_add(1, std::memory_order_relaxed);
       }
       mailbox.session = session;
@@ -660,7 +662,7 @@ struct Router::Impl {
     std::lock_guard lock(stripe.mu);
     Mailbox* mailbox = Find(stripe, session.peer());
     if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
-    Unbind(stripe, *mailbox);
+    Unbind(*mailbox);
     MaybeErase(stripe, *mailbox);
   }
 
@@ -681,10 +683,7 @@ struct Router::Impl {
         auto it = mailbox->loaded.find(deadline.seq);
         if (it == mailbox->loaded.end() || it->second.state != State::kFast) continue;
         it->second.state = State::kWriting;
-        auto pending = mailbox->pending.find(
-            absl::StrCat(it->second.envelope.from(), it->second.envelope.id()));
-        Persist(*mailbox, deadline.seq, it->second.envelope,
-                pending != mailbox->pending.end() ? pending->second.digest : crypto::Fingerprint{});
+        Persist(*mailbox, deadline.seq, it->second.envelope);
       }
       if (!sweep) continue;
       std::vector<Mailbox*> due;
