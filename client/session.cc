@@ -134,6 +134,15 @@ Session::Session(asio::any_io_executor executor, SessionOptions options)
       dedup_(std::make_unique<Dedup>()) {
   dedup_->window = options_.dedup_window;
   dedup_->path = options_.dedup_file;
+  randombytes_buf(id_prefix_.data(), id_prefix_.size());
+}
+
+MessageId Session::NextId() {
+  MessageId id;
+  std::copy(id_prefix_.begin(), id_prefix_.end(), id.begin());
+  uint64_t n = id_counter_.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = id.size(); i-- > id_prefix_.size(); n >>= 8) id[i] = static_cast<uint8_t>(n);
+  return id;
 }
 
 Session::~Session() = default;
@@ -223,7 +232,7 @@ void Session::Transmit(const PendingSend& send) {
 void Session::Send(const crypto::PeerId& to, std::string payload, SendCallback done,
                    uint32_t ttl_s) {
   PendingSend send;
-  randombytes_buf(send.id.data(), send.id.size());
+  send.id = NextId();
   auto* frame = send.frame.mutable_send();
   frame->set_id(std::string(AsText(send.id)));
   frame->set_to(std::string(reinterpret_cast<const char*>(to.bytes.data()), to.bytes.size()));

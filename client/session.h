@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -111,6 +112,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void FlushAcks();
   void Transmit(const PendingSend& send);
   void Finish(const MessageId& id, mesh::v1::SendAck::Status status, std::string detail);
+  MessageId NextId();
 
   boost::asio::any_io_executor executor_;
   SessionOptions options_;
@@ -126,6 +128,11 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<uint64_t> acks_;  // DeliverAck seqs not yet sent
   std::unique_ptr<Dedup> dedup_;
   SessionStats stats_;
+  // Message ids: 8 random bytes drawn once per session, then a counter. Unique per key in
+  // practice (two sessions of one key collide with chance 2^-64), without a getrandom call
+  // per message.
+  std::array<uint8_t, 8> id_prefix_{};
+  std::atomic<uint64_t> id_counter_{0};
   std::shared_ptr<boost::asio::steady_timer> wake_;  // cut the backoff short on Close()
   std::shared_ptr<boost::asio::steady_timer> give_up_timer_;
 };

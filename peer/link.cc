@@ -128,6 +128,7 @@ Link::Link(Socket socket, const LinkConfig& config, LinkStats& stats)
   write_signal_.expires_at(Clock::time_point::max());
   error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  socket_.non_blocking(true, ec);  // ReadLoop's direct read must never block a shard
 }
 
 Link::~Link() { CloseSocket(); }
@@ -327,17 +328,30 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
       error_code ec;
       co_await pause.async_wait(redirect_error(use_awaitable, ec));
     } else {
-      if (read_size_ == 0) {
-        read_buffers.Give(std::move(read_buffer_));  // idle links hold no read buffer
-        error_code ec;
-        co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
-        if (ec) co_return IoFailure(ec, "reading");
-      }
-      if (!read_buffer_) read_buffer_ = read_buffers.Take();  // not zero-filled
       error_code ec;
-      const size_t n = co_await socket_.async_read_some(
-          asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_),
-          redirect_error(use_awaitable, ec));
+      size_t n = 0;
+      bool have_read = false;
+      if (read_size_ == 0) {
+        // A busy link finds the next bytes already there: one non-blocking read. Only when
+        // none are waiting does it park without a buffer (idle links hold none) on a
+        // readiness wait, which costs asio an epoll_ctl each time.
+        if (read_buffer_) {
+          n = socket_.read_some(asio::buffer(read_buffer_.get(), kReadBufferSize), ec);
+          have_read = ec != asio::error::would_block;
+        }
+        if (!have_read) {
+          read_buffers.Give(std::move(read_buffer_));
+          ec.clear();
+          co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
+          if (ec) co_return IoFailure(ec, "reading");
+        }
+      }
+      if (!have_read) {
+        if (!read_buffer_) read_buffer_ = read_buffers.Take();  // not zero-filled
+        n = co_await socket_.async_read_some(
+            asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_),
+            redirect_error(use_awaitable, ec));
+      }
       if (ec == asio::error::eof && read_size_ == 0 && !assembler_.in_progress()) {
         co_return absl::OkStatus();  // the other side closed between frames
       }

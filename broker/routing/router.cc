@@ -75,9 +75,16 @@ struct Entry {
 // A message not yet owned; a retry with the same (from, id) joins its waiters.
 struct Pending {
   uint64_t seq = 0;
-  crypto::Fingerprint digest{};
+  // Of (to, payload), taken when the message is first written. Until then its entry is in
+  // `loaded` with its payload, so a retry is compared with that; most online messages are
+  // acknowledged before any write and never need a digest.
+  std::optional<crypto::Fingerprint> digest;
   std::vector<Waiter> waiters;
 };
+
+crypto::Fingerprint DigestOf(std::string_view to, std::string_view payload) {
+  return crypto::FingerprintOf({AsBytes(to), AsBytes(payload)});
+}
 
 // One recipient's queue. Every message it holds is either in `loaded` or in the store at a seq
 // >= spill_seq (while `spilled`), never only in neither.
@@ -235,10 +242,16 @@ struct Router::Impl {
   // it. With keep_loaded false the mailbox forgets it until it reads it back from the store.
   void Persist(Mailbox& mailbox, uint64_t seq, const mesh::v1::StoredEnvelope& envelope) {
     std::string key = PendingKey(envelope);
-    // Every message not yet owned has its pending entry, which holds its digest.
-    auto pending = mailbox.pending.find(key);
-    const crypto::Fingerprint digest =
-        pending != mailbox.pending.end() ? pending->second.digest : crypto::Fingerprint{};
+    // Every message not yet owned has its pending entry, which keeps the digest once taken.
+    crypto::Fingerprint digest;
+    if (auto pending = mailbox.pending.find(key); pending != mailbox.pending.end()) {
+      if (!pending->second.digest) {
+        pending->second.digest = DigestOf(envelope.to(), envelope.payload());
+      }
+      digest = *pending->second.digest;
+    } else {
+      digest = DigestOf(envelope.to(), envelope.payload());
+    }
     store::Batch batch;
     batch.PutMessage(mailbox.recipient, seq, envelope);
     mesh::v1::DedupRecord dedup;
@@ -429,6 +442,14 @@ struct Router::Impl {
     return true;
   }
 
+  // Whether a retried Send carries the message its pending (from, id) stands for.
+  bool SameMessage(const Mailbox& mailbox, const Pending& pending, const mesh::v1::Send& send) {
+    if (pending.digest) return *pending.digest == DigestOf(send.to(), send.payload());
+    auto it = mailbox.loaded.find(pending.seq);
+    if (it == mailbox.loaded.end()) return false;  // cannot happen: see Pending::digest
+    return it->second.envelope.to() == send.to() && it->second.envelope.payload() == send.payload();
+  }
+
   void OnSend(Session& sender, mesh::v1::Send& send) {
     stats.sends.fetch_add(1, std::memory_order_relaxed);
     const std::string& id = send.id();
@@ -453,8 +474,6 @@ struct Router::Impl {
                  absl::StrCat("over ", config.send_rate, " messages/s"));
     }
     const std::string& from = sender.peer();
-    const crypto::Fingerprint digest =
-        crypto::FingerprintOf({AsBytes(send.to()), AsBytes(send.payload())});
     std::string key = absl::StrCat(from, id);
     const uint64_t now_ms = WallMs();
 
@@ -462,7 +481,7 @@ struct Router::Impl {
     std::lock_guard lock(stripe.mu);
     Mailbox& mailbox = Get(stripe, send.to());
     if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
-      if (it->second.digest != digest) {
+      if (!SameMessage(mailbox, it->second, send)) {
         return Ack(sender, id, SendAck::INVALID, "id reused with another recipient or payload");
       }
       it->second.waiters.push_back({sender.weak_from_this(), id, SendAck::DUPLICATE});
@@ -479,7 +498,7 @@ struct Router::Impl {
     }
     if (dedup->has_value()) {
       MaybeErase(stripe, mailbox);
-      if ((*dedup)->digest() != AsText(digest)) {
+      if ((*dedup)->digest() != AsText(DigestOf(send.to(), send.payload()))) {
         return Ack(sender, id, SendAck::INVALID, "id reused with another recipient or payload");
       }
       return Ack(sender, id, SendAck::DUPLICATE);
@@ -506,7 +525,6 @@ struct Router::Impl {
     Account(mailbox, from, bytes, entry.envelope.expire_at_ms());
     Pending& pending = mailbox.pending[key];
     pending.seq = seq;
-    pending.digest = digest;
     pending.waiters.push_back({sender.weak_from_this(), id, SendAck::ACCEPTED});
 
     Session* recipient = mailbox.session.get();

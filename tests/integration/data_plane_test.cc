@@ -193,6 +193,32 @@ TEST_F(DataPlaneTest, RetryWhileTheRecipientIsOnlineIsAlsoDeduplicated) {
   EXPECT_EQ(second->payload(), "marker");
 }
 
+TEST_F(DataPlaneTest, RetryOfAnUnacknowledgedFastPathMessageWaitsForTheSameAck) {
+  // A long ack window keeps the message on the fast path (delivered, not written) while bob
+  // holds it unacknowledged: retries are compared with the message itself.
+  StartBroker({"--ack-window-ms", "60000"});
+  auto bob = Peer();
+  auto alice = Peer();
+  const std::string id = RandomId();
+  ASSERT_TRUE(alice->SendNoWait(bob->id(), "once", id));
+  auto deliver = bob->NextDeliver();
+  ASSERT_TRUE(deliver);
+  EXPECT_THAT(alice->Send(bob->id(), "other", id), HasStatus(SendAck::INVALID));
+  ASSERT_TRUE(alice->SendNoWait(bob->id(), "once", id));  // joins the first one's waiters
+  ASSERT_TRUE(alice->Sync());
+  ASSERT_TRUE(bob->Ack({deliver->seq()}));
+  EXPECT_THAT(alice->AwaitAck(id), HasStatus(SendAck::ACCEPTED));
+  EXPECT_THAT(alice->AwaitAck(id), HasStatus(SendAck::DUPLICATE));
+  // Delivered once: the next message bob sees is the one after it.
+  const std::string marker = RandomId();
+  ASSERT_TRUE(alice->SendNoWait(bob->id(), "marker", marker));
+  auto next = bob->NextDeliver();
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->payload(), "marker");
+  ASSERT_TRUE(bob->Ack({next->seq()}));
+  EXPECT_THAT(alice->AwaitAck(marker), HasStatus(SendAck::ACCEPTED));
+}
+
 TEST_F(DataPlaneTest, OversizedMessageIsRejectedAndTheLinkStaysUsable) {
   StartBroker({"--max-payload", "1024"});
   auto bob = Peer();
