@@ -55,12 +55,20 @@ struct Session::PendingSend {
 struct Session::Dedup {
   static constexpr size_t kKeySize = 32 + 16;
   static constexpr size_t kRecordSize = kKeySize + 8;  // key, Unix seconds (big-endian)
+  using Key = std::array<char, kKeySize>;              // inline: no allocation per message
+
+  static Key KeyOf(std::string_view from, std::string_view id) {
+    Key key;
+    std::copy(from.begin(), from.end(), key.begin());
+    std::copy(id.begin(), id.end(), key.begin() + from.size());
+    return key;
+  }
 
   std::chrono::seconds window;
   std::string path;
   FILE* file = nullptr;
-  absl::flat_hash_set<std::string> seen;
-  std::deque<std::pair<uint64_t, std::string>> by_age;  // (seen at, key), oldest first
+  absl::flat_hash_set<Key> seen;
+  std::deque<std::pair<uint64_t, Key>> by_age;  // (seen at, key), oldest first
 
   ~Dedup() {
     if (file != nullptr) std::fclose(file);
@@ -74,7 +82,9 @@ struct Session::Dedup {
       while (std::fread(record, 1, kRecordSize, in) == kRecordSize) {
         uint64_t at = 0;
         for (size_t i = 0; i < 8; ++i) at = (at << 8) | static_cast<uint8_t>(record[kKeySize + i]);
-        if (at >= cutoff) Remember(std::string(record, kKeySize), at);
+        Key key;
+        std::copy(record, record + kKeySize, key.begin());
+        if (at >= cutoff) Remember(key, at);
       }
       std::fclose(in);
     }
@@ -91,18 +101,18 @@ struct Session::Dedup {
     return absl::OkStatus();
   }
 
-  static void Append(FILE* out, const std::string& key, uint64_t at) {
+  static void Append(FILE* out, const Key& key, uint64_t at) {
     char stamp[8];
     for (int i = 7; i >= 0; --i, at >>= 8) stamp[i] = static_cast<char>(at & 0xff);
     std::fwrite(key.data(), 1, key.size(), out);
     std::fwrite(stamp, 1, sizeof(stamp), out);
   }
 
-  void Remember(std::string key, uint64_t at) {
-    if (seen.insert(key).second) by_age.emplace_back(at, std::move(key));
+  void Remember(const Key& key, uint64_t at) {
+    if (seen.insert(key).second) by_age.emplace_back(at, key);
   }
 
-  bool Seen(const std::string& key) {
+  bool Seen(const Key& key) {
     const uint64_t cutoff = WallSeconds() - static_cast<uint64_t>(window.count());
     while (!by_age.empty() && by_age.front().first < cutoff) {
       seen.erase(by_age.front().second);
@@ -111,7 +121,7 @@ struct Session::Dedup {
     return seen.contains(key);
   }
 
-  void Record(const std::string& key) {
+  void Record(const Key& key) {
     const uint64_t now = WallSeconds();
     if (file != nullptr) Append(file, key, now);
     Remember(key, now);
@@ -260,7 +270,7 @@ void Session::Send(const crypto::PeerId& to, std::string payload, SendCallback d
     }
     send.queued = Clock::now();
     const uint64_t order = self->next_order_++;
-    self->pending_by_id_[std::string(AsText(send.id))] = order;
+    self->pending_by_id_[send.id] = order;
     self->Transmit(send);
     self->pending_.emplace(order, std::move(send));
   });
@@ -277,7 +287,7 @@ std::future<SendResult> Session::Send(const crypto::PeerId& to, std::string payl
 }
 
 void Session::Finish(const MessageId& id, SendAck::Status status, std::string detail) {
-  auto by_id = pending_by_id_.find(std::string(AsText(id)));
+  auto by_id = pending_by_id_.find(id);
   if (by_id == pending_by_id_.end()) return;  // an ack for a send already finished
   auto it = pending_.find(by_id->second);
   pending_by_id_.erase(by_id);
@@ -345,7 +355,7 @@ void Session::OnDeliver(mesh::v1::Deliver& deliver) {
   }
   auto from = crypto::PeerId::FromBytes(AsBytes(deliver.from()));
   if (!from.ok() || deliver.id().size() != sizeof(MessageId)) return;  // acked, never shown
-  std::string key = absl::StrCat(deliver.from(), deliver.id());
+  const Dedup::Key key = Dedup::KeyOf(deliver.from(), deliver.id());
   if (dedup_->Seen(key)) {
     ++stats_.duplicates_dropped;
     return;
@@ -367,7 +377,7 @@ void Session::OnDeliver(mesh::v1::Deliver& deliver) {
   }
   ++stats_.received;
   if (on_message_) on_message_(message);
-  dedup_->Record(std::move(key));
+  dedup_->Record(key);
 }
 
 void Session::FlushAcks() {

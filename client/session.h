@@ -124,7 +124,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::milliseconds retry_hint_{0};
   uint64_t next_order_ = 0;
   std::map<uint64_t, PendingSend> pending_;  // in send order
-  absl::flat_hash_map<std::string, uint64_t> pending_by_id_;
+  absl::flat_hash_map<MessageId, uint64_t> pending_by_id_;
   std::vector<uint64_t> acks_;  // DeliverAck seqs not yet sent
   std::unique_ptr<Dedup> dedup_;
   SessionStats stats_;

@@ -155,6 +155,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   rocksdb::ColumnFamilyOptions dedup_options;
   dedup_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   dedup_options.compaction_filter = &d.dedup_filter;
+  // Nearly every lookup is for a key that is not there (a first Send): a memtable bloom
+  // answers those without walking the skiplist.
+  dedup_options.memtable_prefix_bloom_size_ratio = 0.05;
+  dedup_options.memtable_whole_key_filtering = true;
   rocksdb::ColumnFamilyOptions plain;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {

@@ -44,9 +44,18 @@ crypto::ByteSpan AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-// Key of Mailbox::pending and of the dedup family: from ‖ id.
-std::string PendingKey(const mesh::v1::StoredEnvelope& envelope) {
-  return absl::StrCat(envelope.from(), envelope.id());
+// Key of Mailbox::pending: from ‖ id, inline (no allocation per message).
+using PendingKey = std::array<char, store::kIdSize + store::kMessageIdSize>;
+
+PendingKey PendingKeyOf(std::string_view from, std::string_view id) {
+  PendingKey key{};
+  std::copy_n(from.begin(), std::min(from.size(), store::kIdSize), key.begin());
+  std::copy_n(id.begin(), std::min(id.size(), store::kMessageIdSize), key.begin() + store::kIdSize);
+  return key;
+}
+
+PendingKey PendingKeyOf(const mesh::v1::StoredEnvelope& envelope) {
+  return PendingKeyOf(envelope.from(), envelope.id());
 }
 
 // A sender waiting for the SendAck of a message not yet owned (written or acknowledged).
@@ -100,7 +109,7 @@ struct Mailbox {
   uint64_t writes_in_flight = 0;
   uint64_t min_expire_ms = UINT64_MAX;
   absl::flat_hash_map<std::string, uint64_t> per_sender;
-  absl::flat_hash_map<std::string, Pending> pending;  // key: from ‖ id
+  absl::flat_hash_map<PendingKey, Pending> pending;
   std::shared_ptr<Session> session;
 
   void Spill(uint64_t seq) {
@@ -241,7 +250,7 @@ struct Router::Impl {
   // Writes a message to its mailbox; its waiters get their SendAck once the sync policy covers
   // it. With keep_loaded false the mailbox forgets it until it reads it back from the store.
   void Persist(Mailbox& mailbox, uint64_t seq, const mesh::v1::StoredEnvelope& envelope) {
-    std::string key = PendingKey(envelope);
+    const PendingKey key = PendingKeyOf(envelope);
     // Every message not yet owned has its pending entry, which keeps the digest once taken.
     crypto::Fingerprint digest;
     if (auto pending = mailbox.pending.find(key); pending != mailbox.pending.end()) {
@@ -261,8 +270,9 @@ struct Router::Impl {
     ++mailbox.writes_in_flight;
     stats.stored.fetch_add(1, std::memory_order_relaxed);
     store.Commit(std::move(batch), store::Store::Durability::kDurable,
-                 [this, recipient = mailbox.recipient, seq, key = std::move(key)](
-                     absl::Status status) { OnWritten(recipient, seq, key, status); });
+                 [this, recipient = mailbox.recipient, seq, key](absl::Status status) {
+                   OnWritten(recipient, seq, key, status);
+                 });
   }
 
   void DeleteStored(Mailbox& mailbox, uint64_t seq) {
@@ -272,7 +282,7 @@ struct Router::Impl {
   }
 
   // On the store's writer thread, once a Persist is durable (or failed).
-  void OnWritten(const std::string& recipient, uint64_t seq, const std::string& key,
+  void OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
                  absl::Status status) {
     Stripe& stripe = StripeOf(recipient);
     std::lock_guard lock(stripe.mu);
@@ -474,7 +484,7 @@ struct Router::Impl {
                  absl::StrCat("over ", config.send_rate, " messages/s"));
     }
     const std::string& from = sender.peer();
-    std::string key = absl::StrCat(from, id);
+    const PendingKey key = PendingKeyOf(from, id);
     const uint64_t now_ms = WallMs();
 
     Stripe& stripe = StripeOf(send.to());
@@ -595,7 +605,7 @@ struct Router::Impl {
       switch (entry.state) {
         case State::kFast: {
           // Owned now: the recipient has it. No write at all.
-          auto node = mailbox->pending.extract(PendingKey(entry.envelope));
+          auto node = mailbox->pending.extract(PendingKeyOf(entry.envelope));
           if (node) Notify(node.mapped().waiters, std::nullopt);
           stats.fast_path.fetch_add(1, std::memory_order_relaxed);
           Release(*mailbox, entry.envelope.from(), entry.bytes);
