@@ -37,12 +37,14 @@ struct Config {
   size_t size = 256;
   uint64_t count = 20'000;  // per pair
   double duration_s = 0;    // online: run this long instead of --count
+  double warmup_s = 0;      // online: latencies of messages sent before this are not counted
   std::string mode = "online";
   uint32_t window = 256;
   double rate = 0;  // online: total msgs/s, 0 = as fast as acknowledged
   int threads = 1;
   uint32_t credit = 512;
   bool json = false;
+  std::string latency_log;  // CSV of every delivery: when it was sent, how long it took
 };
 
 // One io_context per thread; sessions spread over them.
@@ -78,6 +80,7 @@ struct Pair {
   asio::io_context* sender_io = nullptr;
   uint64_t sent = 0;                  // on the sender's executor
   std::vector<int64_t> latencies_ns;  // on the recipient's executor
+  std::vector<int64_t> sent_ns;       // with --latency-log: send time of each latency
 };
 
 class Bench {
@@ -98,6 +101,7 @@ class Bench {
       ConnectRecipients();
       ConnectSenders();
       start_ = Clock::now();
+      warm_ns_ = NowNanos() + static_cast<int64_t>(config_.warmup_s * 1e9);
       for (auto& pair : pairs_) StartSending(*pair);
       WaitFor(
           [&] {
@@ -112,6 +116,13 @@ class Bench {
   }
 
  private:
+  uint64_t PlannedPerPair() const {
+    if (config_.duration_s > 0 && config_.rate > 0) {
+      return static_cast<uint64_t>(config_.rate / config_.pairs * config_.duration_s) + 1;
+    }
+    return config_.count;
+  }
+
   uint64_t total() const {
     return config_.duration_s > 0 ? planned_.load() : config_.count * config_.pairs;
   }
@@ -126,6 +137,9 @@ class Bench {
     options.key = &key;
     options.agent = "mesh-bench/0.1";
     options.credit = config_.credit;
+    // Each recipient's dedup set is sized for the run: 16 recipients growing in step would
+    // otherwise all rehash at the same moments and show up as latency spikes.
+    options.dedup_expected = PlannedPerPair();
     return options;
   }
 
@@ -137,12 +151,15 @@ class Bench {
       pair->recipient =
           mesh::client::Session::Create(io.get_executor(), Options(pair->recipient_key));
       Pair* p = pair.get();
-      p->latencies_ns.reserve(config_.count);
+      p->latencies_ns.reserve(PlannedPerPair());
       pair->recipient->OnMessage([this, p](const mesh::client::Message& message) {
         int64_t sent_ns = 0;
         if (message.payload.size() >= sizeof(sent_ns)) {
           std::memcpy(&sent_ns, message.payload.data(), sizeof(sent_ns));
-          if (config_.mode == "online") p->latencies_ns.push_back(NowNanos() - sent_ns);
+          if (config_.mode == "online" && sent_ns >= warm_ns_) {
+            p->latencies_ns.push_back(NowNanos() - sent_ns);
+            if (!config_.latency_log.empty()) p->sent_ns.push_back(sent_ns);
+          }
         }
         delivered_.fetch_add(1, std::memory_order_relaxed);
       });
@@ -190,6 +207,30 @@ class Bench {
                         OnAck(result);
                         if (config_.rate <= 0) SendOne(pair);
                       });
+  }
+
+  // One line per delivery, in send order: ms since the start, latency in µs (for plotting).
+  void WriteLatencyLog() {
+    std::vector<std::pair<int64_t, int64_t>> rows;
+    for (auto& pair : pairs_) {
+      for (size_t i = 0; i < pair->sent_ns.size(); ++i) {
+        rows.emplace_back(pair->sent_ns[i], pair->latencies_ns[i]);
+      }
+    }
+    std::sort(rows.begin(), rows.end());
+    const int64_t origin =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(start_.time_since_epoch()).count();
+    FILE* out = std::fopen(config_.latency_log.c_str(), "w");
+    if (out == nullptr) {
+      std::cerr << "mesh-bench: cannot write " << config_.latency_log << "\n";
+      return;
+    }
+    std::fprintf(out, "sent_ms,latency_us\n");
+    for (const auto& [sent, latency] : rows) {
+      std::fprintf(out, "%.3f,%.1f\n", static_cast<double>(sent - origin) / 1e6,
+                   static_cast<double>(latency) / 1e3);
+    }
+    std::fclose(out);
   }
 
   void OnAck(const mesh::client::SendResult& result) {
@@ -263,6 +304,7 @@ class Bench {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     runtime_.Stop();
 
+    if (!config_.latency_log.empty()) WriteLatencyLog();
     std::vector<int64_t> all;
     for (auto& pair : pairs_)
       all.insert(all.end(), pair->latencies_ns.begin(), pair->latencies_ns.end());
@@ -287,6 +329,7 @@ class Bench {
       report["msgs_per_s"] = rate;
       report["mb_per_s"] = rate * static_cast<double>(config_.size) / 1e6;
       report["target_rate"] = config_.rate;
+      report["warmup_s"] = config_.warmup_s;
       report["latency_us"] = {{"p50", percentile_us(0.5)},
                               {"p99", percentile_us(0.99)},
                               {"p999", percentile_us(0.999)},
@@ -331,6 +374,7 @@ class Bench {
   std::mutex mu_;
   std::string first_rejection_;
   Clock::time_point start_;
+  int64_t warm_ns_ = 0;  // NowNanos() when --warmup ends
   Clock::time_point drain_start_;
   double online_s_ = 0, enqueue_s_ = 0, drain_s_ = 0;
   bool ok_ = true;
@@ -350,12 +394,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(size_t{8}, size_t{64} << 20));
   app.add_option("--count,-n", config.count, "Messages per pair")->capture_default_str();
   app.add_option("--duration", config.duration_s, "online: send for this many seconds instead");
+  app.add_option("--warmup", config.warmup_s,
+                 "online: leave messages sent in the first seconds out of the latencies");
   app.add_option("--mode", config.mode, "online or offline")
       ->capture_default_str()
       ->check(CLI::IsMember({"online", "offline"}));
   app.add_option("--window,-w", config.window, "Sends outstanding per sender")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1'000'000u));
+  app.add_option("--latency-log", config.latency_log,
+                 "online: write every delivery's send time and latency to this CSV file");
   app.add_option("--rate", config.rate, "online: total msgs/s to pace at (0: as fast as acked)");
   app.add_option("--threads,-t", config.threads, "Client io threads")
       ->capture_default_str()

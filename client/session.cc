@@ -6,7 +6,6 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cstdio>
-#include <deque>
 #include <random>
 
 #include "absl/container/flat_hash_set.h"
@@ -50,8 +49,11 @@ struct Session::PendingSend {
   Clock::time_point queued;
 };
 
-// (from ‖ id) pairs handed to the application, kept for the dedup window. With a file, each is
-// appended before its DeliverAck goes out, so a restart between the two does not repeat it.
+// (from ‖ id) pairs handed to the application, kept for at least the dedup window: two
+// generations of one window each, so forgetting is dropping the older set (no per-entry
+// expiry), and a new generation is sized like the last (no rehash pauses in a steady flow).
+// With a file, each pair is appended before its DeliverAck goes out, so a restart between the
+// two does not repeat it.
 struct Session::Dedup {
   static constexpr size_t kKeySize = 32 + 16;
   static constexpr size_t kRecordSize = kKeySize + 8;  // key, Unix seconds (big-endian)
@@ -67,16 +69,19 @@ struct Session::Dedup {
   std::chrono::seconds window;
   std::string path;
   FILE* file = nullptr;
-  absl::flat_hash_set<Key> seen;
-  std::deque<std::pair<uint64_t, Key>> by_age;  // (seen at, key), oldest first
+  absl::flat_hash_set<Key> current;
+  absl::flat_hash_set<Key> previous;
+  uint64_t rotate_at = 0;  // Unix seconds
 
   ~Dedup() {
     if (file != nullptr) std::fclose(file);
   }
 
   absl::Status Load() {
+    rotate_at = WallSeconds() + static_cast<uint64_t>(window.count());
     if (path.empty()) return absl::OkStatus();
     const uint64_t cutoff = WallSeconds() - static_cast<uint64_t>(window.count());
+    std::vector<std::pair<Key, uint64_t>> live;
     if (FILE* in = std::fopen(path.c_str(), "rb")) {
       char record[kRecordSize];
       while (std::fread(record, 1, kRecordSize, in) == kRecordSize) {
@@ -84,7 +89,7 @@ struct Session::Dedup {
         for (size_t i = 0; i < 8; ++i) at = (at << 8) | static_cast<uint8_t>(record[kKeySize + i]);
         Key key;
         std::copy(record, record + kKeySize, key.begin());
-        if (at >= cutoff) Remember(key, at);
+        if (at >= cutoff && current.insert(key).second) live.emplace_back(key, at);
       }
       std::fclose(in);
     }
@@ -92,7 +97,7 @@ struct Session::Dedup {
     const std::string tmp = path + ".tmp";
     FILE* out = std::fopen(tmp.c_str(), "wb");
     if (out == nullptr) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-    for (const auto& [at, key] : by_age) Append(out, key, at);
+    for (const auto& [key, at] : live) Append(out, key, at);
     if (std::fclose(out) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
       return absl::UnavailableError(absl::StrCat("cannot replace ", path));
     }
@@ -108,23 +113,23 @@ struct Session::Dedup {
     std::fwrite(stamp, 1, sizeof(stamp), out);
   }
 
-  void Remember(const Key& key, uint64_t at) {
-    if (seen.insert(key).second) by_age.emplace_back(at, key);
+  void Rotate(uint64_t now) {
+    if (now < rotate_at) return;
+    previous = std::move(current);
+    current = {};
+    current.reserve(previous.size());
+    rotate_at = now + static_cast<uint64_t>(window.count());
   }
 
   bool Seen(const Key& key) {
-    const uint64_t cutoff = WallSeconds() - static_cast<uint64_t>(window.count());
-    while (!by_age.empty() && by_age.front().first < cutoff) {
-      seen.erase(by_age.front().second);
-      by_age.pop_front();
-    }
-    return seen.contains(key);
+    Rotate(WallSeconds());
+    return current.contains(key) || previous.contains(key);
   }
 
   void Record(const Key& key) {
     const uint64_t now = WallSeconds();
     if (file != nullptr) Append(file, key, now);
-    Remember(key, now);
+    current.insert(key);
   }
 
   // Before the DeliverAcks of what was recorded go out: the records reach the kernel.
@@ -144,6 +149,7 @@ Session::Session(asio::any_io_executor executor, SessionOptions options)
       dedup_(std::make_unique<Dedup>()) {
   dedup_->window = options_.dedup_window;
   dedup_->path = options_.dedup_file;
+  dedup_->current.reserve(options_.dedup_expected);
   randombytes_buf(id_prefix_.data(), id_prefix_.size());
 }
 

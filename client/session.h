@@ -41,6 +41,10 @@ struct SessionOptions {
   // Received (from, id) pairs are remembered this long; with dedup_file, across restarts.
   std::chrono::seconds dedup_window{600};
   std::string dedup_file;
+  // Messages expected within one dedup window, if known: the dedup set is sized for them up
+  // front instead of growing (each growth rehashes it at once, a pause of milliseconds at
+  // 10^5 entries).
+  size_t dedup_expected = 0;
   // Seal payloads to the recipient's key and open sealed deliveries (crypto_box, DESIGN §3).
   bool seal = false;
 };
