@@ -39,14 +39,22 @@ using mesh::store::SyncPolicy;
 constexpr size_t kPayloadSize = 256;
 // Enqueue: messages spread over this many mailboxes, as the broker's writes are.
 constexpr uint64_t kMailboxes = 64;
-// Enqueue: messages written per benchmark iteration; how many the raw baseline puts in one
-// RocksDB write, a fixed stand-in for one group commit of a loaded store; and the commits the
-// store is kept fed with. The store forms its own writes from whatever is in flight: its
-// msgs_per_write counter says how large they came out (hundreds here, so under fsync policies
-// much of its lead over the baseline is fewer fsyncs, not cheaper code).
+// Enqueue: messages written per benchmark iteration, and the commits the store is kept fed
+// with. The raw baseline puts MESH_RAW_WRITE_SIZE messages (default 64) in one RocksDB write,
+// a stand-in for one group commit. The store forms its own writes from whatever is in flight:
+// its msgs_per_write counter says how large they came out, and scripts/bench-offline.sh runs
+// the baseline at the size a broker's own run produced.
 constexpr uint64_t kEnqueueMessages = 16384;
-constexpr uint64_t kRawWriteSize = 64;
 constexpr uint64_t kWindow = 1024;
+
+uint64_t RawWriteSize() {
+  static const uint64_t size = [] {
+    const char* text = std::getenv("MESH_RAW_WRITE_SIZE");
+    const uint64_t n = text != nullptr ? std::strtoull(text, nullptr, 10) : 0;
+    return n > 0 ? std::min(n, kEnqueueMessages) : uint64_t{64};
+  }();
+  return size;
+}
 // Drain: one mailbox of this many messages, read and deleted kChunk at a time.
 constexpr uint64_t kDrainMessages = 100000;
 constexpr size_t kChunk = 256;
@@ -282,7 +290,7 @@ void Skip(benchmark::State& state, const absl::Status& status) {
 // ---- enqueue ----
 
 // Per iteration: kEnqueueMessages messages, each a mailbox entry plus its dedup entry as the
-// router's Persist writes them, kRawWriteSize to a RocksDB write. sync 0: no fsync; 1: SyncWAL
+// router's Persist writes them, RawWriteSize() to a RocksDB write. sync 0: no fsync; 1: SyncWAL
 // after each write; 2: WriteOptions.sync.
 void BM_RawPut(benchmark::State& state) {
   const SyncPolicy policy = PolicyOf(state.range(0));
@@ -297,7 +305,7 @@ void BM_RawPut(benchmark::State& state) {
   uint64_t next = 0;
   auto write = [&]() -> absl::Status {
     batch.Clear();
-    for (uint64_t i = 0; i < kRawWriteSize; ++i, ++next) {
+    for (uint64_t i = 0; i < RawWriteSize(); ++i, ++next) {
       stream.Prepare(next);
       stream.envelope().SerializeToString(&value);
       batch.Put(db.mailbox(), MailboxKey(stream.recipient(next), MessageStream::seq(next)), value);
@@ -311,7 +319,7 @@ void BM_RawPut(benchmark::State& state) {
   for (auto _ : state) {
     absl::Status status;
     for (uint64_t written = 0; written < kEnqueueMessages && status.ok();
-         written += kRawWriteSize) {
+         written += RawWriteSize()) {
       status = write();
     }
     if (!status.ok()) {
@@ -320,7 +328,7 @@ void BM_RawPut(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kEnqueueMessages));
-  state.counters["msgs_per_write"] = static_cast<double>(kRawWriteSize);
+  state.counters["msgs_per_write"] = static_cast<double>(RawWriteSize());
 }
 BENCHMARK(BM_RawPut)->Arg(0)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 

@@ -250,6 +250,14 @@ class Broker::Impl {
          {"expired", routed.expired.load()},
          {"queued", routed.queued.load()},
          {"replaced", routed.replaced.load()}});
+    const store::StoreStats& stored = store_->stats();
+    Log(spdlog::level::info, "store_stats",
+        {{"commits", stored.commits.load()},
+         {"durable_commits", stored.durable_commits.load()},
+         {"writes", stored.writes.load()},
+         {"syncs", stored.syncs.load()},
+         {"write_micros", stored.write_micros.load()},
+         {"failed_writes", stored.failed_writes.load()}});
     for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
       if (!mesh::v1::ErrorCode_IsValid(code)) continue;
       uint64_t n = stats_.failures[code].load();

@@ -220,6 +220,9 @@ void Store::Commit(Batch batch, Durability durability, Done done) {
     d.open_waiters.push_back({durability, std::move(done)});
   }
   stats_.commits.fetch_add(1, std::memory_order_relaxed);
+  if (durability == Durability::kDurable) {
+    stats_.durable_commits.fetch_add(1, std::memory_order_relaxed);
+  }
   d.wake.notify_one();
 }
 

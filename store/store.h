@@ -47,8 +47,9 @@ struct StoreOptions {
 
 // Counters the broker exports as metrics.
 struct StoreStats {
-  std::atomic<uint64_t> commits{0};  // Commit() calls
-  std::atomic<uint64_t> writes{0};   // RocksDB writes (each holds one or more commits)
+  std::atomic<uint64_t> commits{0};          // Commit() calls
+  std::atomic<uint64_t> durable_commits{0};  // of which kDurable
+  std::atomic<uint64_t> writes{0};           // RocksDB writes (each holds one or more commits)
   std::atomic<uint64_t> syncs{0};
   std::atomic<uint64_t> write_micros{0};  // summed over writes, sync included
   std::atomic<uint64_t> failed_writes{0};

@@ -589,6 +589,7 @@ struct Router::Impl {
     Mailbox* mailbox = Find(stripe, session.peer());
     if (mailbox == nullptr || mailbox->session.get() != &session) return;
     const auto now = Clock::now();
+    store::Batch deletes;  // one commit for the whole ack, not one per message
     for (uint64_t link_seq : ack.seqs()) {
       auto flight = session.in_flight_.find(link_seq);
       if (flight == session.in_flight_.end()) continue;  // a repeated ack
@@ -613,7 +614,7 @@ struct Router::Impl {
           break;
         }
         case State::kStored:
-          DeleteStored(*mailbox, seq);
+          deletes.DeleteMessage(mailbox->recipient, seq);
           Release(*mailbox, entry.envelope.from(), entry.bytes);
           mailbox->loaded.erase(it);
           break;
@@ -623,6 +624,9 @@ struct Router::Impl {
           entry.envelope.clear_payload();
           break;
       }
+    }
+    if (!deletes.empty()) {
+      store.Commit(std::move(deletes), store::Store::Durability::kLazy, [](absl::Status) {});
     }
     TryDeliver(*mailbox);
   }
