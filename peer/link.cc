@@ -450,7 +450,12 @@ void Link::Send(const mesh::v1::Frame& frame) {
   }
   ShrinkIfLarge(scratch_);
   stats_.frames_sent.fetch_add(1, std::memory_order_relaxed);
-  write_signal_.cancel();
+  WakeWriter();
+}
+
+// Cancelling the timer takes the reactor's lock: only done when the writer sleeps on it.
+void Link::WakeWriter() {
+  if (writer_waiting_) write_signal_.cancel();
 }
 
 void Link::Close(absl::Status reason) {
@@ -475,7 +480,9 @@ awaitable<void> Link::WriteLoop() {
     if (out_.empty()) {
       if (closing_) break;
       error_code ec;
+      writer_waiting_ = true;
       co_await write_signal_.async_wait(redirect_error(use_awaitable, ec));
+      writer_waiting_ = false;
       continue;
     }
     std::swap(out_, in_flight_);

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "crypto/crypto.h"
 #include "mesh/v1/wire.pb.h"
+#include "peer/counter.h"
 #include "peer/record.h"
 #include "peer/wire.h"
 
@@ -56,10 +57,10 @@ struct LinkStats {
   std::atomic<uint64_t> handshakes_completed{0};
   std::atomic<uint64_t> handshake_micros_total{0};  // summed over completed handshakes
   std::atomic<int64_t> links_open{0};
-  std::atomic<uint64_t> frames_received{0};
-  std::atomic<uint64_t> frames_sent{0};
-  std::atomic<uint64_t> bytes_received{0};
-  std::atomic<uint64_t> bytes_sent{0};
+  ShardedCounter<uint64_t> frames_received;  // per frame or read: sharded
+  ShardedCounter<uint64_t> frames_sent;      // per frame or read: sharded
+  ShardedCounter<uint64_t> bytes_received;   // per frame or read: sharded
+  ShardedCounter<uint64_t> bytes_sent;       // per frame or read: sharded
   // Links ended by a protocol violation or failure, by reason (index = ErrorCode).
   std::array<std::atomic<uint64_t>, kReasons> failures{};
 
@@ -123,6 +124,7 @@ class Link : public std::enable_shared_from_this<Link> {
   // The reason an I/O error ended the link: a deadline the watchdog enforced, or the error.
   absl::Status IoFailure(const boost::system::error_code& ec, absl::string_view during);
   void CloseSocket();
+  void WakeWriter();
   void ReleaseFrameBudget();
 
   Socket socket_;
@@ -151,6 +153,7 @@ class Link : public std::enable_shared_from_this<Link> {
   crypto::Bytes in_flight_;  // records being written
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer write_signal_;  // cancelled to wake the writer
+  bool writer_waiting_ = false;             // the writer sleeps on write_signal_
 };
 
 }  // namespace mesh::peer

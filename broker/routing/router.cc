@@ -123,7 +123,7 @@ struct Mailbox {
 
 struct FastDeadline {
   Clock::time_point at;
-  std::string recipient;
+  std::array<char, store::kIdSize> recipient;  // inline: one per online message
   uint64_t seq;
 };
 
@@ -180,8 +180,8 @@ struct Router::Impl {
 
   Stripe& StripeOf(std::string_view peer) { return stripes[absl::HashOf(peer) % kStripes]; }
 
-  Mailbox* Find(Stripe& stripe, const std::string& recipient) {
-    auto it = stripe.mailboxes.find(recipient);
+  Mailbox* Find(Stripe& stripe, std::string_view recipient) {
+    auto it = stripe.mailboxes.find(absl::string_view(recipient.data(), recipient.size()));
     return it == stripe.mailboxes.end() ? nullptr : it->second.get();
   }
 
@@ -203,11 +203,10 @@ struct Router::Impl {
 
   // ---- SendAck ----
 
-  void Ack(Session& session, const std::string& id, SendAck::Status status,
-           std::string_view detail = {}) {
+  void Ack(Session& session, std::string id, SendAck::Status status, std::string_view detail = {}) {
     mesh::v1::Frame frame;
     auto* ack = frame.mutable_send_ack();
-    ack->set_id(id);
+    ack->set_id(std::move(id));
     ack->set_status(status);
     if (!detail.empty()) ack->set_detail(std::string(detail));
     session.Queue(std::move(frame));
@@ -218,7 +217,7 @@ struct Router::Impl {
               std::string_view detail = {}) {
     for (auto& waiter : waiters) {
       if (auto session = waiter.session.lock()) {
-        Ack(*session, waiter.id, override_status.value_or(waiter.status), detail);
+        Ack(*session, std::move(waiter.id), override_status.value_or(waiter.status), detail);
       }
     }
     waiters.clear();
@@ -249,7 +248,9 @@ struct Router::Impl {
 
   // Writes a message to its mailbox; its waiters get their SendAck once the sync policy covers
   // it. With keep_loaded false the mailbox forgets it until it reads it back from the store.
-  void Persist(Mailbox& mailbox, uint64_t seq, const mesh::v1::StoredEnvelope& envelope) {
+  void Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope) {
+    // Set here, not at accept: most online messages are never written.
+    envelope.set_ingress_node(config.node_id);
     const PendingKey key = PendingKeyOf(envelope);
     // Every message not yet owned has its pending entry, which keeps the digest once taken.
     crypto::Fingerprint digest;
@@ -529,7 +530,6 @@ struct Router::Impl {
     entry.envelope.set_allocated_payload(send.release_payload());
     entry.envelope.set_sent_at_ms(now_ms);
     entry.envelope.set_expire_at_ms(now_ms + ttl_s * 1000);
-    entry.envelope.set_ingress_node(config.node_id);
     entry.bytes = bytes;
     entry.accepted = Clock::now();
     Account(mailbox, from, bytes, entry.envelope.expire_at_ms());
@@ -545,7 +545,9 @@ struct Router::Impl {
       auto& stored = mailbox.loaded.emplace(seq, std::move(entry)).first->second;
       DeliverEntry(*recipient, seq, stored);
       mailbox.deliver_from = seq + 1;
-      stripe.fast.push_back({Clock::now() + config.ack_window, mailbox.recipient, seq});
+      FastDeadline deadline{Clock::now() + config.ack_window, {}, seq};
+      std::copy_n(mailbox.recipient.begin(), deadline.recipient.size(), deadline.recipient.begin());
+      stripe.fast.push_back(deadline);
       return;
     }
     Persist(mailbox, seq, entry.envelope);
@@ -710,7 +712,7 @@ struct Router::Impl {
       while (!stripe.fast.empty() && stripe.fast.front().at <= now) {
         FastDeadline deadline = std::move(stripe.fast.front());
         stripe.fast.pop_front();
-        Mailbox* mailbox = Find(stripe, deadline.recipient);
+        Mailbox* mailbox = Find(stripe, {deadline.recipient.data(), deadline.recipient.size()});
         if (mailbox == nullptr) continue;
         auto it = mailbox->loaded.find(deadline.seq);
         if (it == mailbox->loaded.end() || it->second.state != State::kFast) continue;

@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "broker/routing/session.h"
+#include "peer/counter.h"
 #include "store/store.h"
 
 namespace mesh::broker {
@@ -43,22 +44,23 @@ struct RouterConfig {
   std::chrono::seconds expiry_sweep_interval{30};
 };
 
-// What routing did, as plain counters; broker/ exports them.
+// What routing did, as plain counters (sharded: every message updates several from any
+// shard); broker/ exports them.
 struct RouterStats {
   static constexpr int kStatuses = mesh::v1::SendAck::Status_ARRAYSIZE;
-  std::atomic<uint64_t> sends{0};
-  std::array<std::atomic<uint64_t>, kStatuses> acks{};  // SendAcks by status
-  std::atomic<uint64_t> delivered{0};                   // Deliver frames (redeliveries too)
-  std::atomic<uint64_t> acked{0};                       // deliveries acknowledged
-  std::atomic<uint64_t> fast_path{0};  // acknowledged by the recipient before any store write
-  std::atomic<uint64_t> stored{0};     // messages written to a mailbox
-  std::atomic<uint64_t> expired{0};
-  std::atomic<int64_t> queued{0};        // messages owned and not yet acknowledged
-  std::atomic<int64_t> queued_bytes{0};  // their stored size
-  std::atomic<int64_t> sessions{0};
-  std::atomic<uint64_t> sessions_total{0};
-  std::atomic<uint64_t> replaced{0};
-  std::atomic<uint64_t> delivery_micros{0};  // summed accept -> DeliverAck over acked messages
+  ShardedCounter<uint64_t> sends;
+  std::array<ShardedCounter<uint64_t>, kStatuses> acks;  // SendAcks by status
+  ShardedCounter<uint64_t> delivered;                    // Deliver frames (redeliveries too)
+  ShardedCounter<uint64_t> acked;                        // deliveries acknowledged
+  ShardedCounter<uint64_t> fast_path;  // acknowledged by the recipient before any store write
+  ShardedCounter<uint64_t> stored;     // messages written to a mailbox
+  ShardedCounter<uint64_t> expired;
+  ShardedCounter<int64_t> queued;        // messages owned and not yet acknowledged
+  ShardedCounter<int64_t> queued_bytes;  // their stored size
+  ShardedCounter<int64_t> sessions;
+  ShardedCounter<uint64_t> sessions_total;
+  ShardedCounter<uint64_t> replaced;
+  ShardedCounter<uint64_t> delivery_micros;  // summed accept -> DeliverAck over acked messages
 };
 
 class Router {

@@ -1,5 +1,6 @@
 #include "broker/routing/session.h"
 
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
 namespace mesh::broker {
@@ -14,12 +15,23 @@ void Session::Queue(mesh::v1::Frame frame) {
   bool post = false;
   {
     std::lock_guard lock(out_mu_);
+    if (out_.empty() && !flush_scheduled_ && !close_requested_ && OnLinkThread()) {
+      // Nothing is queued ahead and this is the link's thread: send now, skipping a post.
+      // Held under out_mu_, so a frame queued meanwhile by another thread goes after it.
+      link_->Send(frame);
+      return;
+    }
     out_.push_back(std::move(frame));
     post = !flush_scheduled_;
     flush_scheduled_ = true;
   }
   // One post per batch: frames queued meanwhile ride along with it.
   if (post) boost::asio::post(executor_, [self = shared_from_this()] { self->Flush(); });
+}
+
+bool Session::OnLinkThread() const {
+  const auto* io = executor_.target<boost::asio::io_context::executor_type>();
+  return io != nullptr && io->running_in_this_thread();
 }
 
 void Session::GoAwayAndClose(mesh::v1::GoAway::Reason reason) {

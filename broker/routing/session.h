@@ -30,6 +30,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   friend class Router;
   void Flush();
+  bool OnLinkThread() const;
 
   std::shared_ptr<peer::Link> link_;
   const peer::Link::Socket::executor_type executor_;
