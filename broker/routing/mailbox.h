@@ -1,0 +1,180 @@
+// Routing's state, shared by router.cc (sends, acks, delivery, sessions) and mailbox_store.cc
+// (writes, reads back, expiry, recovery): one recipient's Mailbox and what it holds, the
+// stripes that guard them, and the sender ledger. Internal to broker/routing/.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "broker/routing/session.h"
+#include "crypto/crypto.h"
+#include "store/store.h"
+
+namespace mesh::broker::routing {
+
+using Clock = std::chrono::steady_clock;
+using mesh::v1::SendAck;
+
+constexpr int kStripes = 64;
+constexpr size_t kRefillBatch = 256;
+constexpr size_t kRefillBytes = size_t{4} << 20;
+constexpr size_t kSweepBatch = 1024;
+// Key + the envelope's fields around the payload: what a stored message costs beyond its payload.
+constexpr uint64_t kEnvelopeOverhead = 160;
+
+// What a message counts against quotas; the same at accept, reload, expiry and recovery.
+inline uint64_t AccountedBytes(size_t payload) { return kEnvelopeOverhead + payload; }
+
+inline uint64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+inline uint64_t WallMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+inline std::string_view AsText(const crypto::Fingerprint& f) {
+  return {reinterpret_cast<const char*>(f.data()), f.size()};
+}
+
+inline crypto::ByteSpan AsBytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// Key of Mailbox::pending: from ‖ id, inline (no allocation per message).
+using PendingKey = std::array<char, store::kIdSize + store::kMessageIdSize>;
+
+inline PendingKey PendingKeyOf(std::string_view from, std::string_view id) {
+  PendingKey key{};
+  std::copy_n(from.begin(), std::min(from.size(), store::kIdSize), key.begin());
+  std::copy_n(id.begin(), std::min(id.size(), store::kMessageIdSize), key.begin() + store::kIdSize);
+  return key;
+}
+
+inline PendingKey PendingKeyOf(const mesh::v1::StoredEnvelope& envelope) {
+  return PendingKeyOf(envelope.from(), envelope.id());
+}
+
+// A sender waiting for the SendAck of a message not yet owned (written or acknowledged).
+struct Waiter {
+  std::weak_ptr<Session> session;
+  std::string id;
+  SendAck::Status status;  // what to say once owned: ACCEPTED, or DUPLICATE for a retry
+};
+
+enum class State : uint8_t {
+  kWriting,  // commit queued, not yet covered by the sync policy
+  kStored,   // in the store
+  kFast,     // delivered, not written: owned once acknowledged, else written at the deadline
+};
+
+// A message of a mailbox held in memory: recent arrivals for an online peer, or read back.
+struct Entry {
+  mesh::v1::StoredEnvelope envelope;
+  uint64_t bytes = 0;  // as counted against quotas
+  State state = State::kWriting;
+  bool acked = false;     // acknowledged while its write was in progress
+  uint64_t link_seq = 0;  // in flight on the current session; 0 = not delivered
+  Clock::time_point accepted;
+};
+
+// A message not yet owned; a retry with the same (from, id) joins its waiters.
+struct Pending {
+  uint64_t seq = 0;
+  // Of (to, payload), taken when the message is first written. Until then its entry is in
+  // `loaded` with its payload, so a retry is compared with that; most online messages are
+  // acknowledged before any write and never need a digest.
+  std::optional<crypto::Fingerprint> digest;
+  std::vector<Waiter> waiters;
+};
+
+inline crypto::Fingerprint DigestOf(std::string_view to, std::string_view payload) {
+  return crypto::FingerprintOf({AsBytes(to), AsBytes(payload)});
+}
+
+// One recipient's queue. Every message it holds is either in `loaded` or in the store at a seq
+// >= spill_seq (while `spilled`), never only in neither.
+struct Mailbox {
+  std::string recipient;
+  uint64_t next_seq = 0;
+  uint64_t count = 0;  // messages accepted and not yet acknowledged or expired
+  uint64_t bytes = 0;
+  std::map<uint64_t, Entry> loaded;
+  bool spilled = false;
+  uint64_t spill_seq = 0;
+  uint64_t deliver_from = 0;  // no undelivered loaded entry has a lower seq
+  uint64_t writes_in_flight = 0;
+  uint64_t min_expire_ms = UINT64_MAX;
+  absl::flat_hash_map<std::string, uint64_t> per_sender;
+  absl::flat_hash_map<PendingKey, Pending> pending;
+  std::shared_ptr<Session> session;
+
+  void Spill(uint64_t seq) {
+    spill_seq = spilled ? std::min(spill_seq, seq) : seq;
+    spilled = true;
+  }
+  bool Idle() const {
+    return count == 0 && pending.empty() && !session && loaded.empty() && writes_in_flight == 0;
+  }
+};
+
+struct FastDeadline {
+  Clock::time_point at;
+  std::array<char, store::kIdSize> recipient;  // inline: one per online message
+  uint64_t seq;
+};
+
+struct Stripe {
+  std::mutex mu;
+  absl::flat_hash_map<std::string, std::unique_ptr<Mailbox>> mailboxes;
+  std::deque<FastDeadline> fast;  // in deadline order: one ack window after delivery
+};
+
+// Messages each sender holds across all mailboxes, for the sender quota.
+class SenderLedger {
+ public:
+  bool TryAdd(const std::string& sender, uint64_t limit) {
+    Part& part = PartOf(sender);
+    std::lock_guard lock(part.mu);
+    uint64_t& n = part.counts[sender];
+    if (n >= limit) return false;
+    ++n;
+    return true;
+  }
+  void Add(const std::string& sender) {
+    Part& part = PartOf(sender);
+    std::lock_guard lock(part.mu);
+    ++part.counts[sender];
+  }
+  void Remove(const std::string& sender) {
+    Part& part = PartOf(sender);
+    std::lock_guard lock(part.mu);
+    auto it = part.counts.find(sender);
+    if (it != part.counts.end() && --it->second == 0) part.counts.erase(it);
+  }
+
+ private:
+  struct Part {
+    std::mutex mu;
+    absl::flat_hash_map<std::string, uint64_t> counts;
+  };
+  Part& PartOf(const std::string& sender) { return parts_[absl::HashOf(sender) % kStripes]; }
+  std::array<Part, kStripes> parts_;
+};
+
+}  // namespace mesh::broker::routing

@@ -1,0 +1,219 @@
+// Routing and the store: writing messages, reading spilled mailboxes back, expiry, recovery.
+#include <boost/asio/post.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "broker/log.h"
+#include "broker/routing/router_impl.h"
+
+namespace mesh::broker {
+
+using namespace routing;  // NOLINT(google-build-using-namespace): this module's own internals
+
+// Writes a message to its mailbox; its waiters get their SendAck once the sync policy covers
+// it.
+void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope) {
+  // Set here, not at accept: most online messages are never written.
+  envelope.set_ingress_node(config.node_id);
+  const PendingKey key = PendingKeyOf(envelope);
+  // Every message not yet owned has its pending entry, which keeps the digest once taken.
+  crypto::Fingerprint digest;
+  if (auto pending = mailbox.pending.find(key); pending != mailbox.pending.end()) {
+    if (!pending->second.digest) {
+      pending->second.digest = DigestOf(envelope.to(), envelope.payload());
+    }
+    digest = *pending->second.digest;
+  } else {
+    digest = DigestOf(envelope.to(), envelope.payload());
+  }
+  store::Batch batch;
+  batch.PutMessage(mailbox.recipient, seq, envelope);
+  mesh::v1::DedupRecord dedup;
+  dedup.set_digest(std::string(AsText(digest)));
+  dedup.set_expire_at_ms(WallMs() + std::chrono::milliseconds(config.dedup_window).count());
+  batch.PutDedup(envelope.from(), envelope.id(), dedup);
+  ++mailbox.writes_in_flight;
+  stats.stored.fetch_add(1, std::memory_order_relaxed);
+  store.Commit(std::move(batch), store::Store::Durability::kDurable,
+               [this, recipient = mailbox.recipient, seq, key](absl::Status status) {
+                 OnWritten(recipient, seq, key, status);
+               });
+}
+
+void Router::Impl::DeleteStored(Mailbox& mailbox, uint64_t seq) {
+  store::Batch batch;
+  batch.DeleteMessage(mailbox.recipient, seq);
+  store.Commit(std::move(batch), store::Store::Durability::kLazy, [](absl::Status) {});
+}
+
+// On the store's writer thread, once a Persist is durable (or failed).
+void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
+                             absl::Status status) {
+  Stripe& stripe = StripeOf(recipient);
+  std::lock_guard lock(stripe.mu);
+  Mailbox* mailbox = Find(stripe, recipient);
+  if (mailbox == nullptr) return;  // cannot happen: writes_in_flight keeps it
+  --mailbox->writes_in_flight;
+  std::vector<Waiter> waiters;
+  if (auto node = mailbox->pending.extract(key)) waiters = std::move(node.mapped().waiters);
+  auto it = mailbox->loaded.find(seq);
+  if (!status.ok()) {
+    // Not owned: nobody was told otherwise, so the senders may retry elsewhere or later.
+    if (it != mailbox->loaded.end()) {
+      Release(*mailbox, it->second.envelope.from(), it->second.bytes);
+      mailbox->loaded.erase(it);
+    }
+    Notify(waiters, SendAck::STORE_UNAVAILABLE, std::string(status.message()));
+  } else {
+    if (it != mailbox->loaded.end()) {
+      if (it->second.acked) {
+        DeleteStored(*mailbox, seq);
+        Release(*mailbox, it->second.envelope.from(), it->second.bytes);
+        mailbox->loaded.erase(it);
+      } else {
+        it->second.state = State::kStored;
+      }
+    }
+    Notify(waiters, std::nullopt);
+  }
+  if (mailbox->session && mailbox->spilled) ScheduleRefill(*mailbox);
+  MaybeErase(stripe, *mailbox);
+}
+
+// On the session's executor: reads the next messages of a spilled mailbox from the store.
+void Router::Impl::Refill(const std::string& recipient, Session& session) {
+  Stripe& stripe = StripeOf(recipient);
+  std::lock_guard lock(stripe.mu);
+  Mailbox* mailbox = Find(stripe, recipient);
+  if (mailbox == nullptr || mailbox->session.get() != &session) return;
+  session.refill_scheduled_ = false;
+  const uint64_t now_ms = WallMs();
+  while (mailbox->spilled && HasCapacity(session) && !UndeliveredLoaded(*mailbox) &&
+         mailbox->loaded.size() < config.max_loaded) {
+    const size_t want = std::min(kRefillBatch, config.max_loaded - mailbox->loaded.size());
+    auto read = store.ReadMailbox(recipient, mailbox->spill_seq, want, kRefillBytes);
+    if (!read.ok()) {
+      Log(spdlog::level::err, "mailbox_read_failed",
+          {{"error", std::string(read.status().message())}});
+      return;
+    }
+    if (read->empty()) {
+      // Everything written is loaded; a write still in progress calls back when done.
+      if (mailbox->writes_in_flight == 0) mailbox->spilled = false;
+      break;
+    }
+    for (auto& message : *read) {
+      mailbox->spill_seq = message.seq + 1;
+      if (mailbox->loaded.contains(message.seq)) continue;
+      Entry entry;
+      entry.envelope = std::move(message.envelope);
+      entry.bytes = AccountedBytes(entry.envelope.payload().size());
+      entry.state = State::kStored;
+      entry.accepted = Clock::now();
+      auto it = mailbox->loaded.emplace(message.seq, std::move(entry)).first;
+      if (it->second.envelope.expire_at_ms() <= now_ms) DropExpired(*mailbox, it);
+    }
+    mailbox->deliver_from = std::min(mailbox->deliver_from, read->front().seq);
+    TryDeliver(*mailbox);
+  }
+  TryDeliver(*mailbox);
+}
+
+void Router::Impl::Tick() {
+  const auto now = Clock::now();
+  const bool sweep = now >= next_sweep;
+  if (sweep) next_sweep = now + config.expiry_sweep_interval;
+  const uint64_t now_ms = WallMs();
+  for (Stripe& stripe : stripes) {
+    std::lock_guard lock(stripe.mu);
+    while (!stripe.fast.empty() && stripe.fast.front().at <= now) {
+      FastDeadline deadline = std::move(stripe.fast.front());
+      stripe.fast.pop_front();
+      Mailbox* mailbox = Find(stripe, {deadline.recipient.data(), deadline.recipient.size()});
+      if (mailbox == nullptr) continue;
+      auto it = mailbox->loaded.find(deadline.seq);
+      if (it == mailbox->loaded.end() || it->second.state != State::kFast) continue;
+      it->second.state = State::kWriting;
+      Persist(*mailbox, deadline.seq, it->second.envelope);
+    }
+    if (!sweep) continue;
+    std::vector<Mailbox*> due;
+    for (auto& [recipient, mailbox] : stripe.mailboxes) {
+      if (mailbox->min_expire_ms <= now_ms) due.push_back(mailbox.get());
+    }
+    for (Mailbox* mailbox : due) {
+      Sweep(*mailbox, now_ms);
+      MaybeErase(stripe, *mailbox);
+    }
+  }
+}
+
+// Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
+void Router::Impl::Sweep(Mailbox& mailbox, uint64_t now_ms) {
+  uint64_t next_min = UINT64_MAX;
+  for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {
+    const Entry& entry = it->second;
+    if (entry.envelope.expire_at_ms() <= now_ms && entry.state == State::kStored &&
+        entry.link_seq == 0) {
+      it = DropExpired(mailbox, it);
+      continue;
+    }
+    next_min = std::min(next_min, entry.envelope.expire_at_ms());
+    ++it;
+  }
+  if (mailbox.spilled) {
+    store::Batch batch;
+    uint64_t from_seq = mailbox.spill_seq;
+    for (;;) {
+      auto read = store.ReadMailbox(mailbox.recipient, from_seq, kSweepBatch, SIZE_MAX);
+      if (!read.ok()) break;
+      for (const auto& message : *read) {
+        if (mailbox.loaded.contains(message.seq)) continue;
+        if (message.envelope.expire_at_ms() <= now_ms) {
+          batch.DeleteMessage(mailbox.recipient, message.seq);
+          Release(mailbox, message.envelope.from(),
+                  AccountedBytes(message.envelope.payload().size()));
+          stats.expired.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          next_min = std::min(next_min, message.envelope.expire_at_ms());
+        }
+      }
+      if (read->size() < kSweepBatch) break;
+      from_seq = read->back().seq + 1;
+    }
+    if (!batch.empty()) {
+      store.Commit(std::move(batch), store::Store::Durability::kLazy, [](absl::Status) {});
+    }
+  }
+  // Writes in progress are not visible yet: look again at the next sweep.
+  mailbox.min_expire_ms = mailbox.writes_in_flight > 0 ? now_ms : next_min;
+}
+
+absl::Status Router::Impl::Recover() {
+  uint64_t messages = 0;
+  auto status =
+      store.ForEachMessage([&](std::string_view recipient, const store::StoredMessage& message) {
+        Stripe& stripe = StripeOf(recipient);
+        Mailbox& mailbox = Get(stripe, std::string(recipient));
+        if (!mailbox.spilled) {
+          mailbox.spilled = true;
+          mailbox.spill_seq = message.seq;  // the head: seeks start here, above the tombstones
+        }
+        mailbox.next_seq = std::max(mailbox.next_seq, message.seq + 1);
+        const uint64_t bytes = AccountedBytes(message.envelope.payload().size());
+        Account(mailbox, message.envelope.from(), bytes, message.envelope.expire_at_ms());
+        ledger.Add(message.envelope.from());
+        ++messages;
+      });
+  if (!status.ok()) return status;
+  Log(spdlog::level::info, "store_recovered",
+      {{"messages", messages},
+       {"bytes", stats.queued_bytes.load()},
+       {"mailboxes", [&] {
+          size_t n = 0;
+          for (auto& stripe : stripes) n += stripe.mailboxes.size();
+          return n;
+        }()}});
+  return absl::OkStatus();
+}
+
+}  // namespace mesh::broker

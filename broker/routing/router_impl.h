@@ -1,0 +1,123 @@
+// Router::Impl: the router's state and its operations, defined in router.cc (sends, acks,
+// delivery, sessions) and mailbox_store.cc (writes, reads back, expiry, recovery). Internal to
+// broker/routing/.
+#pragma once
+
+#include "broker/routing/mailbox.h"
+#include "broker/routing/router.h"
+
+namespace mesh::broker {
+
+struct Router::Impl {
+  using Clock = routing::Clock;
+  using Entry = routing::Entry;
+  using Mailbox = routing::Mailbox;
+  using Pending = routing::Pending;
+  using PendingKey = routing::PendingKey;
+  using SendAck = mesh::v1::SendAck;
+  using Stripe = routing::Stripe;
+  using Waiter = routing::Waiter;
+
+  Impl(const RouterConfig& config, RouterStats& stats, store::Store& store)
+      : config(config), stats(stats), store(store) {}
+
+  const RouterConfig& config;
+  RouterStats& stats;
+  store::Store& store;
+  std::array<Stripe, routing::kStripes> stripes;
+  routing::SenderLedger ledger;
+  Clock::time_point next_sweep = Clock::now();
+
+  Stripe& StripeOf(std::string_view peer) {
+    return stripes[absl::HashOf(peer) % routing::kStripes];
+  }
+
+  Mailbox* Find(Stripe& stripe, std::string_view recipient) {
+    auto it = stripe.mailboxes.find(absl::string_view(recipient.data(), recipient.size()));
+    return it == stripe.mailboxes.end() ? nullptr : it->second.get();
+  }
+
+  Mailbox& Get(Stripe& stripe, const std::string& recipient) {
+    auto& slot = stripe.mailboxes[recipient];
+    if (!slot) {
+      slot = std::make_unique<Mailbox>();
+      slot->recipient = recipient;
+      // Seqs of a new mailbox start above any an earlier one with this recipient used, so its
+      // keys never land among that one's tombstones.
+      slot->next_seq = routing::WallMicros();
+    }
+    return *slot;
+  }
+
+  void MaybeErase(Stripe& stripe, Mailbox& mailbox) {
+    if (mailbox.Idle()) stripe.mailboxes.erase(mailbox.recipient);
+  }
+
+  void Ack(Session& session, std::string id, SendAck::Status status, std::string_view detail = {});
+
+  void Notify(std::vector<Waiter>& waiters, std::optional<SendAck::Status> override_status,
+              std::string_view detail = {});
+
+  void Account(Mailbox& mailbox, const std::string& from, uint64_t bytes, uint64_t expire_ms);
+
+  void Release(Mailbox& mailbox, const std::string& from, uint64_t bytes);
+
+  // Writes a message to its mailbox; its waiters get their SendAck once the sync policy covers
+  // it.
+  void Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope);
+
+  void DeleteStored(Mailbox& mailbox, uint64_t seq);
+
+  // On the store's writer thread, once a Persist is durable (or failed).
+  void OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
+                 absl::Status status);
+
+  bool HasCapacity(const Session& session) const;
+
+  void DeliverEntry(Session& session, uint64_t seq, Entry& entry);
+
+  // Delivers loaded entries in seq order while the session has room; asks for a read from the
+  // store when the loaded ones are all out and more wait there.
+  void TryDeliver(Mailbox& mailbox);
+
+  std::map<uint64_t, Entry>::iterator DropExpired(Mailbox& mailbox,
+                                                  std::map<uint64_t, Entry>::iterator it);
+
+  bool UndeliveredLoaded(const Mailbox& mailbox) const;
+
+  void ScheduleRefill(Mailbox& mailbox);
+
+  // On the session's executor: reads the next messages of a spilled mailbox from the store.
+  void Refill(const std::string& recipient, Session& session);
+
+  bool TakeToken(Session& session);
+
+  // Whether a retried Send carries the message its pending (from, id) stands for.
+  bool SameMessage(const Mailbox& mailbox, const Pending& pending, const mesh::v1::Send& send);
+
+  void OnSend(Session& sender, mesh::v1::Send& send);
+
+  std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
+                                                      uint64_t bytes);
+
+  void OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ack);
+
+  void OnCredit(Session& session, uint32_t n);
+
+  // The mailbox's session goes: what it had in flight returns to the queue, fast-path messages
+  // are written, and stored ones leave memory until the next session reads them back.
+  void Unbind(Mailbox& mailbox);
+
+  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link);
+
+  void Detach(Session& session);
+
+  void Tick();
+
+  // Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
+  void Sweep(Mailbox& mailbox, uint64_t now_ms);
+
+  absl::Status Recover();
+};
+
+}  // namespace mesh::broker
