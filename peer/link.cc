@@ -26,7 +26,7 @@ using mesh::v1::ErrorCode;
 // Room for one whole transport message and its length prefix.
 constexpr size_t kReadBufferSize = kLengthPrefixSize + kMaxNoiseMessage;
 // Buffers above this are given back once drained, so idle links stay small.
-constexpr size_t kKeepBufferSize = 16 * 1024;
+constexpr size_t kKeepBufferSize = size_t{16} * 1024;
 // How long a closing link may take to flush its Error frame.
 constexpr std::chrono::milliseconds kCloseGrace{2000};
 // How often a link paused by the frame memory budget retries.
@@ -461,13 +461,13 @@ void Link::WakeWriter() {
 void Link::Close(absl::Status reason) {
   if (closing_) return;
   closing_ = true;
-  close_reason_ = reason;
+  close_reason_ = std::move(reason);
   close_started_ = Clock::now();
-  const ErrorCode code = ErrorCodeOf(reason);
+  const ErrorCode code = ErrorCodeOf(close_reason_);
   if (established_ && code != mesh::v1::ERROR_CODE_UNSPECIFIED && socket_.is_open()) {
     mesh::v1::Frame error;
     error.mutable_error()->set_code(code);
-    error.mutable_error()->set_message(std::string(reason.message()));
+    error.mutable_error()->set_message(std::string(close_reason_.message()));
     (void)AppendFrameRecords(error, send_, scratch_, out_);
   }
   write_signal_.cancel();

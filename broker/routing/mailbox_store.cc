@@ -34,7 +34,7 @@ void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvel
   ++mailbox.writes_in_flight;
   stats.stored.fetch_add(1, std::memory_order_relaxed);
   store.Commit(std::move(batch), store::Store::Durability::kDurable,
-               [this, recipient = mailbox.recipient, seq, key](absl::Status status) {
+               [this, recipient = mailbox.recipient, seq, key](const absl::Status& status) {
                  OnWritten(recipient, seq, key, status);
                });
 }
@@ -42,12 +42,17 @@ void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvel
 void Router::Impl::DeleteStored(Mailbox& mailbox, uint64_t seq) {
   store::Batch batch;
   batch.DeleteMessage(mailbox.recipient, seq);
-  store.Commit(std::move(batch), store::Store::Durability::kLazy, [](absl::Status) {});
+  CommitDeletes(std::move(batch));
+}
+
+// Deletes are not waited for: one lost to a crash means a redelivery, never a loss.
+void Router::Impl::CommitDeletes(store::Batch batch) {
+  store.Commit(std::move(batch), store::Store::Durability::kLazy, [](const absl::Status&) {});
 }
 
 // On the store's writer thread, once a Persist is durable (or failed).
 void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
-                             absl::Status status) {
+                             const absl::Status& status) {
   Stripe& stripe = StripeOf(recipient);
   std::lock_guard lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, recipient);
@@ -126,7 +131,7 @@ void Router::Impl::Tick() {
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     while (!stripe.fast.empty() && stripe.fast.front().at <= now) {
-      FastDeadline deadline = std::move(stripe.fast.front());
+      const FastDeadline deadline = stripe.fast.front();
       stripe.fast.pop_front();
       Mailbox* mailbox = Find(stripe, {deadline.recipient.data(), deadline.recipient.size()});
       if (mailbox == nullptr) continue;
@@ -181,7 +186,7 @@ void Router::Impl::Sweep(Mailbox& mailbox, uint64_t now_ms) {
       from_seq = read->back().seq + 1;
     }
     if (!batch.empty()) {
-      store.Commit(std::move(batch), store::Store::Durability::kLazy, [](absl::Status) {});
+      CommitDeletes(std::move(batch));
     }
   }
   // Writes in progress are not visible yet: look again at the next sweep.

@@ -323,7 +323,7 @@ void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ac
     }
   }
   if (!deletes.empty()) {
-    store.Commit(std::move(deletes), store::Store::Durability::kLazy, [](absl::Status) {});
+    CommitDeletes(std::move(deletes));
   }
   TryDeliver(*mailbox);
 }

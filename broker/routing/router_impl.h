@@ -67,10 +67,11 @@ struct Router::Impl {
   void Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope);
 
   void DeleteStored(Mailbox& mailbox, uint64_t seq);
+  void CommitDeletes(store::Batch batch);
 
   // On the store's writer thread, once a Persist is durable (or failed).
   void OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
-                 absl::Status status);
+                 const absl::Status& status);
 
   bool HasCapacity(const Session& session) const;
 
