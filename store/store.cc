@@ -2,6 +2,8 @@
 
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
@@ -13,6 +15,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "store/store_testing.h"
 
 namespace mesh::store {
 namespace {
@@ -112,6 +115,9 @@ void Batch::PutDedup(std::string_view from, std::string_view id,
 }
 
 struct Store::Db {
+  // A test's file system (store_testing.h) wrapped as an Env; null on RocksDB's default.
+  // Declared before `db`, so it is destroyed after the database that uses it.
+  std::unique_ptr<rocksdb::Env> env;
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::ColumnFamilyHandle* mailbox = nullptr;
   rocksdb::ColumnFamilyHandle* outbox = nullptr;
@@ -135,11 +141,24 @@ struct Store::Db {
 
 Store::Store(const StoreOptions& options) : options_(options), db_(std::make_unique<Db>()) {}
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+namespace internal {
+
+struct StoreOpener {
+  // `fs` null: RocksDB's default file system (Store::Open).
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options,
+                                                     std::shared_ptr<rocksdb::FileSystem> fs);
+};
+
+absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& options,
+                                                         std::shared_ptr<rocksdb::FileSystem> fs) {
   std::unique_ptr<Store> store(new Store(options));
-  Db& d = *store->db_;
+  Store::Db& d = *store->db_;
 
   rocksdb::DBOptions db_options;
+  if (fs) {
+    d.env = rocksdb::NewCompositeEnv(fs);
+    db_options.env = d.env.get();
+  }
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
@@ -191,6 +210,17 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   }
   d.writer = std::thread([s = store.get()] { s->WriterLoop(); });
   return store;
+}
+
+}  // namespace internal
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  return internal::StoreOpener::Open(options, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Store>> testing::OpenWithFileSystem(
+    const StoreOptions& options, std::shared_ptr<rocksdb::FileSystem> fs) {
+  return internal::StoreOpener::Open(options, std::move(fs));
 }
 
 Store::~Store() {

@@ -83,6 +83,11 @@ class Batch {
   std::vector<Op> ops_;
 };
 
+namespace internal {
+struct StoreOpener;  // store.cc: opens a Store on RocksDB's file system or a test's
+                     // (store_testing.h)
+}  // namespace internal
+
 class Store {
  public:
   // durable: `done` waits for the sync policy (a message a sender will be told is owned).
@@ -121,6 +126,7 @@ class Store {
   uint64_t EstimatedLiveBytes() const;
 
  private:
+  friend struct internal::StoreOpener;
   struct Db;
   explicit Store(const StoreOptions& options);
   void WriterLoop();
