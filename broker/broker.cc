@@ -23,6 +23,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "broker/control/control_service.h"
+#include "broker/control/grpc_server.h"
 #include "broker/log.h"
 
 namespace mesh::broker {
@@ -102,6 +104,18 @@ struct Shard {
   std::thread thread;
 };
 
+constexpr const char* kVersion = MESH_VERSION;
+
+// Whether a listen address only accepts connections from this machine.
+bool IsLoopback(const std::string& address) {
+  auto host = peer::SplitHostPort(address);
+  if (!host.ok()) return false;
+  if (host->first == "localhost") return true;
+  error_code ec;
+  const auto ip = asio::ip::make_address(host->first, ec);
+  return !ec && ip.is_loopback();
+}
+
 }  // namespace
 
 class Broker::Impl {
@@ -138,6 +152,7 @@ class Broker::Impl {
     if (auto status = router_->Recover(); !status.ok()) return status;
     Log(spdlog::level::info, "store_open",
         {{"path", config_.store.path}, {"sync", store::SyncPolicyName(config_.store.sync)}});
+    if (auto status = StartControlPlane(); !status.ok()) return status;
     auto endpoint = ParseEndpoint(config_.listen_peer);
     if (!endpoint.ok()) return endpoint.status();
     Shard& first = *shards_.front();
@@ -175,6 +190,23 @@ class Broker::Impl {
     for (auto& shard : shards_) {
       if (shard->thread.joinable()) shard->thread.join();
     }
+    if (grpc_) grpc_->Shutdown();
+  }
+
+  // Not ready while draining or stopping, or once the store cannot write.
+  bool Ready() const { return !stopping_ && !draining_ && store_->available(); }
+
+  // Readiness false, GoAway{DRAINING} to every peer, new links refused. With no other member
+  // to hand mailboxes to, they stay in the store for this broker's next start.
+  bool StartDrain() {
+    if (draining_.exchange(true)) return false;
+    Log(spdlog::level::info, "drain_started",
+        {{"peers", router_->GoAwayAll(mesh::v1::GoAway::DRAINING)}});
+    mesh::v1::Event event;
+    event.mutable_drain_started();
+    router_->events().Publish(std::move(event));
+    if (grpc_) grpc_->SetServing(false);
+    return true;
   }
 
   void Stop(std::string_view why) {
@@ -213,7 +245,47 @@ class Broker::Impl {
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       router_->Tick();
+      if (grpc_) {
+        const bool ready = Ready();
+        if (ready != serving_) grpc_->SetServing(serving_ = ready);
+      }
     }
+  }
+
+  absl::Status StartControlPlane() {
+    if (config_.listen_grpc.empty()) return absl::OkStatus();
+    auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
+    if (!token.ok()) return token.status();
+    ControlContext context;
+    context.router = router_.get();
+    context.links = &stats_;
+    context.store = store_.get();
+    context.node_id = key_.public_key;
+    context.node_name = config_.node_name;
+    context.version = kVersion;
+    context.ready = [this] { return Ready(); };
+    context.draining = [this] { return draining_.load(); };
+    context.start_drain = [this] { return StartDrain(); };
+    control_ = std::make_unique<ControlService>(std::move(context), *token);
+    const TlsFiles tls{config_.tls_cert_file, config_.tls_key_file};
+    auto server = GrpcServer::Start(*control_, config_.listen_grpc, tls);
+    if (!server.ok()) return server.status();
+    grpc_ = *std::move(server);
+    serving_ = Ready();
+    Log(spdlog::level::info, "listening",
+        {{"listener", "grpc"},
+         {"addr", config_.listen_grpc},
+         {"port", grpc_->port()},
+         {"tls", tls.enabled()}});
+    if (!tls.enabled() && !IsLoopback(config_.listen_grpc)) {
+      Log(spdlog::level::warn, "control_plane_plaintext",
+          {{"listener", "grpc"},
+           {"addr", config_.listen_grpc},
+           {"hint",
+            "the admin token crosses the network in clear; pass --tls-cert-file and "
+            "--tls-key-file"}});
+    }
+    return absl::OkStatus();
   }
 
   // Waits (bounded) for the links to flush their GoAway, then lets every shard's thread end.
@@ -305,6 +377,14 @@ class Broker::Impl {
     }
     std::shared_ptr<peer::Link> link = *std::move(accepted);
     if (stopping_) co_return;
+    if (draining_) {
+      mesh::v1::Frame go_away;
+      go_away.mutable_go_away()->set_reason(mesh::v1::GoAway::DRAINING);
+      link->Send(go_away);
+      link->Close(absl::OkStatus());
+      (void)co_await link->Run([](mesh::v1::Frame&) { return absl::OkStatus(); });
+      co_return;
+    }
     const std::string peer_id = link->remote_id().ToString();
     Log(spdlog::level::info, "link_up",
         {{"peer", peer_id},
@@ -312,12 +392,14 @@ class Broker::Impl {
          {"agent", link->remote_hello().agent()},
          {"suite", crypto::CipherName(link->suite())}});
     shard.links.insert(link);
-    std::shared_ptr<Session> session = router_->Attach(link);
+    std::shared_ptr<Session> session = router_->Attach(link, remote.address().to_string());
     absl::Status ended = co_await link->Run(
         [&](mesh::v1::Frame& frame) { return router_->OnFrame(*session, frame); });
-    router_->Detach(*session);
-    shard.links.erase(link);
     const mesh::v1::ErrorCode code = peer::ErrorCodeOf(ended);
+    router_->Detach(*session, code == mesh::v1::ERROR_CODE_UNSPECIFIED
+                                  ? std::string_view("closed")
+                                  : std::string_view(peer::ReasonName(code)));
+    shard.links.erase(link);
     Log(code == mesh::v1::ERROR_CODE_UNSPECIFIED ? spdlog::level::info : spdlog::level::warn,
         "link_down",
         {{"peer", peer_id},
@@ -366,6 +448,11 @@ class Broker::Impl {
   // stops.
   std::unique_ptr<Router> router_;
   std::unique_ptr<store::Store> store_;
+  // Declared after the router, so destroyed before it: calls may be running until Shutdown.
+  std::unique_ptr<ControlService> control_;
+  std::unique_ptr<GrpcServer> grpc_;
+  bool serving_ = false;  // last readiness told to gRPC health; first shard only
+  std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard

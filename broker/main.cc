@@ -46,6 +46,16 @@ int main(int argc, char** argv) {
     return app.add_option("--" + name, value, help)->envname(EnvName(name))->capture_default_str();
   };
   flag("listen-peer", config.listen_peer, "Address for peer links (HOST:PORT; port 0 picks one)");
+  flag("listen-grpc", config.listen_grpc,
+       "Address for the gRPC control plane (HOST:PORT; port 0 picks one; empty: off)");
+  flag("admin-token-file", config.admin_token_file,
+       "File holding the control plane's bearer token (default: admin.token in the data dir, "
+       "created on first start)");
+  auto* tls_cert = flag("tls-cert-file", config.tls_cert_file,
+                        "PEM certificate: serve the control plane over TLS");
+  auto* tls_key = flag("tls-key-file", config.tls_key_file, "PEM private key for --tls-cert-file");
+  tls_cert->needs(tls_key);
+  tls_key->needs(tls_cert);
   flag("data-dir", config.data_dir, "Directory for the node key and the store");
   flag("node-name", config.node_name, "Name announced to peers (default: the host name)");
   flag("threads", config.threads, "I/O threads, one io_context each (0: one per core)")

@@ -12,6 +12,8 @@ find_package(GTest CONFIG REQUIRED)
 find_package(benchmark CONFIG REQUIRED)
 find_package(RocksDB CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)
 
 # jemalloc for the binaries (not the libraries, not sanitizer builds, which bring their own
 # allocator): the data path allocates many small protobuf strings on one thread and frees them

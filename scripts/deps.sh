@@ -9,8 +9,10 @@ PACKAGES=(
   # libraries
   libsodium-dev libprotobuf-dev protobuf-compiler libabsl-dev libboost-dev libspdlog-dev libcli11-dev
   librocksdb-dev nlohmann-json3-dev libjemalloc-dev
+  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
+  python3-grpcio python3-grpc-tools prometheus curl wrk
 )
 
 missing=()

@@ -152,45 +152,83 @@ void Router::Impl::Tick() {
   }
 }
 
+// Deletes the messages of a mailbox that `drop` selects, in memory and in the store: loaded ones
+// that are stored and not in flight, and those still only in the store. `keep` sees every
+// message that stays. Returns how many went.
+uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
+                                    const EnvelopeVisit& keep) {
+  uint64_t dropped = 0;
+  store::Batch batch;
+  for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {
+    const Entry& entry = it->second;
+    if (entry.state == State::kStored && entry.link_seq == 0 && drop(entry.envelope)) {
+      batch.DeleteMessage(mailbox.recipient, it->first);
+      Release(mailbox, entry.envelope.from(), entry.bytes);
+      it = mailbox.loaded.erase(it);
+      ++dropped;
+      continue;
+    }
+    keep(entry.envelope);
+    ++it;
+  }
+  // The head moves to the first message left, so later reads skip the new tombstones.
+  std::optional<uint64_t> first_left;
+  uint64_t next_seq = mailbox.spill_seq;
+  for (uint64_t from_seq = mailbox.spill_seq; mailbox.spilled;) {
+    auto read = store.ReadMailbox(mailbox.recipient, from_seq, kSweepBatch, SIZE_MAX);
+    if (!read.ok()) break;
+    for (const auto& message : *read) {
+      next_seq = message.seq + 1;
+      if (mailbox.loaded.contains(message.seq)) {
+        if (!first_left) first_left = message.seq;
+        continue;
+      }
+      if (drop(message.envelope)) {
+        batch.DeleteMessage(mailbox.recipient, message.seq);
+        Release(mailbox, message.envelope.from(),
+                AccountedBytes(message.envelope.payload().size()));
+        ++dropped;
+      } else {
+        if (!first_left) first_left = message.seq;
+        keep(message.envelope);
+      }
+    }
+    if (read->size() < kSweepBatch) break;
+    from_seq = read->back().seq + 1;
+  }
+  // A write in flight may land below what was read (a fast-path message written late).
+  if (mailbox.spilled && mailbox.writes_in_flight == 0) {
+    mailbox.spill_seq = first_left.value_or(next_seq);
+  }
+  if (!batch.empty()) CommitDeletes(std::move(batch));
+  return dropped;
+}
+
 // Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
 void Router::Impl::Sweep(Mailbox& mailbox, uint64_t now_ms) {
   uint64_t next_min = UINT64_MAX;
-  for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {
-    const Entry& entry = it->second;
-    if (entry.envelope.expire_at_ms() <= now_ms && entry.state == State::kStored &&
-        entry.link_seq == 0) {
-      it = DropExpired(mailbox, it);
-      continue;
-    }
-    next_min = std::min(next_min, entry.envelope.expire_at_ms());
-    ++it;
-  }
-  if (mailbox.spilled) {
-    store::Batch batch;
-    uint64_t from_seq = mailbox.spill_seq;
-    for (;;) {
-      auto read = store.ReadMailbox(mailbox.recipient, from_seq, kSweepBatch, SIZE_MAX);
-      if (!read.ok()) break;
-      for (const auto& message : *read) {
-        if (mailbox.loaded.contains(message.seq)) continue;
-        if (message.envelope.expire_at_ms() <= now_ms) {
-          batch.DeleteMessage(mailbox.recipient, message.seq);
-          Release(mailbox, message.envelope.from(),
-                  AccountedBytes(message.envelope.payload().size()));
-          stats.expired.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          next_min = std::min(next_min, message.envelope.expire_at_ms());
-        }
-      }
-      if (read->size() < kSweepBatch) break;
-      from_seq = read->back().seq + 1;
-    }
-    if (!batch.empty()) {
-      CommitDeletes(std::move(batch));
-    }
-  }
+  const uint64_t expired = DropMessages(
+      mailbox,
+      [&](const mesh::v1::StoredEnvelope& envelope) { return envelope.expire_at_ms() <= now_ms; },
+      [&](const mesh::v1::StoredEnvelope& envelope) {
+        next_min = std::min(next_min, envelope.expire_at_ms());
+      });
+  stats.expired.fetch_add(expired, std::memory_order_relaxed);
   // Writes in progress are not visible yet: look again at the next sweep.
   mailbox.min_expire_ms = mailbox.writes_in_flight > 0 ? now_ms : next_min;
+}
+
+absl::StatusOr<uint64_t> Router::Impl::PurgeMailbox(std::string_view id) {
+  Stripe& stripe = StripeOf(id);
+  std::lock_guard lock(stripe.mu);
+  Mailbox* mailbox = Find(stripe, id);
+  if (mailbox == nullptr) return 0;
+  if (!store.available()) return absl::UnavailableError("the store cannot write");
+  const uint64_t purged = DropMessages(
+      *mailbox, [](const mesh::v1::StoredEnvelope&) { return true; },
+      [](const mesh::v1::StoredEnvelope&) {});
+  MaybeErase(stripe, *mailbox);
+  return purged;
 }
 
 absl::Status Router::Impl::Recover() {

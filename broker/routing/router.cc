@@ -20,6 +20,14 @@ void Router::Impl::Ack(Session& session, std::string id, SendAck::Status status,
   if (!detail.empty()) ack->set_detail(std::string(detail));
   session.Queue(std::move(frame));
   stats.acks[status].fetch_add(1, std::memory_order_relaxed);
+  if (status != SendAck::ACCEPTED && status != SendAck::DUPLICATE && events.has_watchers()) {
+    mesh::v1::Event event;
+    auto* rejected = event.mutable_message_rejected();
+    rejected->set_from(session.peer_id().ToString());
+    rejected->set_status(status);
+    rejected->set_detail(std::string(detail));
+    events.Publish(std::move(event));
+  }
 }
 
 void Router::Impl::Notify(std::vector<Waiter>& waiters,
@@ -174,7 +182,7 @@ void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
         sender, id, SendAck::INVALID,
         absl::StrCat("ttl_s ", send.ttl_s(), " is over the maximum ", config.max_ttl.count()));
   }
-  if (!TakeToken(sender)) {
+  if (!sender.local() && !TakeToken(sender)) {
     return Ack(sender, id, SendAck::RATE_LIMITED,
                absl::StrCat("over ", config.send_rate, " messages/s"));
   }
@@ -362,8 +370,9 @@ void Router::Impl::Unbind(Mailbox& mailbox) {
   stats.sessions.fetch_sub(1, std::memory_order_relaxed);
 }
 
-std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link) {
-  auto session = std::make_shared<Session>(std::move(link));
+std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link,
+                                              std::string remote_address) {
+  auto session = std::make_shared<Session>(std::move(link), std::move(remote_address));
   Stripe& stripe = StripeOf(session->peer());
   std::shared_ptr<Session> replaced;
   {
@@ -381,28 +390,118 @@ std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link) 
     stats.sessions_total.fetch_add(1, std::memory_order_relaxed);
   }
   if (replaced) replaced->GoAwayAndClose(mesh::v1::GoAway::REPLACED);
+  if (events.has_watchers()) {
+    mesh::v1::Event event;
+    event.mutable_peer_connected()->set_peer(session->peer_id().ToString());
+    event.mutable_peer_connected()->set_remote_address(session->remote_address());
+    events.Publish(std::move(event));
+  }
   return session;
 }
 
-void Router::Impl::Detach(Session& session) {
-  Stripe& stripe = StripeOf(session.peer());
-  std::lock_guard lock(stripe.mu);
-  Mailbox* mailbox = Find(stripe, session.peer());
-  if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
-  Unbind(*mailbox);
-  MaybeErase(stripe, *mailbox);
+void Router::Impl::Detach(Session& session, std::string_view reason) {
+  {
+    Stripe& stripe = StripeOf(session.peer());
+    std::lock_guard lock(stripe.mu);
+    Mailbox* mailbox = Find(stripe, session.peer());
+    if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
+    Unbind(*mailbox);
+    MaybeErase(stripe, *mailbox);
+  }
+  if (events.has_watchers()) {
+    mesh::v1::Event event;
+    event.mutable_peer_disconnected()->set_peer(session.peer_id().ToString());
+    event.mutable_peer_disconnected()->set_reason(std::string(reason));
+    events.Publish(std::move(event));
+  }
+}
+
+PeerView Router::Impl::ViewOf(const Mailbox& mailbox) const {
+  PeerView view;
+  view.id = mailbox.recipient;
+  view.mailbox_messages = mailbox.count;
+  view.mailbox_bytes = mailbox.bytes;
+  if (const Session* session = mailbox.session.get()) {
+    view.connected = true;
+    view.remote_address = session->remote_address();
+    view.connected_at = session->connected_at();
+    view.in_flight = session->in_flight_.size();
+    view.credit = session->credit_;
+  }
+  return view;
 }
 
 Router::Router(RouterConfig config, store::Store& store) : config_(std::move(config)) {
-  impl_ = std::make_unique<Impl>(config_, stats_, store);
+  impl_ = std::make_unique<Impl>(config_, stats_, events_, store);
+}
+
+std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {
+  std::vector<PeerView> peers;
+  for (auto& stripe : impl_->stripes) {
+    std::lock_guard lock(stripe.mu);
+    for (const auto& [id, mailbox] : stripe.mailboxes) {
+      if (mailbox->session && std::string_view(id) > after)
+        peers.push_back(impl_->ViewOf(*mailbox));
+    }
+  }
+  std::sort(peers.begin(), peers.end(),
+            [](const PeerView& a, const PeerView& b) { return a.id < b.id; });
+  if (peers.size() > limit) peers.resize(limit);
+  return peers;
+}
+
+std::optional<PeerView> Router::GetPeer(std::string_view id) const {
+  auto& stripe = impl_->StripeOf(id);
+  std::lock_guard lock(stripe.mu);
+  const Mailbox* mailbox = impl_->Find(stripe, id);
+  if (mailbox == nullptr) return std::nullopt;
+  return impl_->ViewOf(*mailbox);
+}
+
+bool Router::Disconnect(std::string_view id) {
+  std::shared_ptr<Session> session;
+  {
+    auto& stripe = impl_->StripeOf(id);
+    std::lock_guard lock(stripe.mu);
+    if (const Mailbox* mailbox = impl_->Find(stripe, id)) session = mailbox->session;
+  }
+  if (!session) return false;
+  session->GoAwayAndClose(mesh::v1::GoAway::ADMIN);
+  return true;
+}
+
+size_t Router::GoAwayAll(mesh::v1::GoAway::Reason reason) {
+  std::vector<std::shared_ptr<Session>> sessions;
+  for (auto& stripe : impl_->stripes) {
+    std::lock_guard lock(stripe.mu);
+    for (const auto& [id, mailbox] : stripe.mailboxes) {
+      if (mailbox->session) sessions.push_back(mailbox->session);
+    }
+  }
+  for (auto& session : sessions) session->GoAwayAndClose(reason);
+  return sessions.size();
+}
+
+size_t Router::MailboxCount() const {
+  size_t count = 0;
+  for (auto& stripe : impl_->stripes) {
+    std::lock_guard lock(stripe.mu);
+    count += stripe.mailboxes.size();
+  }
+  return count;
+}
+
+absl::StatusOr<uint64_t> Router::PurgeMailbox(std::string_view id) {
+  return impl_->PurgeMailbox(id);
 }
 
 Router::~Router() = default;
 
 absl::Status Router::Recover() { return impl_->Recover(); }
 
-std::shared_ptr<Session> Router::Attach(std::shared_ptr<peer::Link> link) {
-  return impl_->Attach(std::move(link));
+std::shared_ptr<Session> Router::Attach(std::shared_ptr<peer::Link> link,
+                                        std::string remote_address) {
+  return impl_->Attach(std::move(link), std::move(remote_address));
 }
 
 absl::Status Router::OnFrame(Session& session, mesh::v1::Frame& frame) {
@@ -425,7 +524,7 @@ absl::Status Router::OnFrame(Session& session, mesh::v1::Frame& frame) {
   }
 }
 
-void Router::Detach(Session& session) { impl_->Detach(session); }
+void Router::Detach(Session& session, std::string_view reason) { impl_->Detach(session, reason); }
 
 void Router::Tick() { impl_->Tick(); }
 

@@ -12,10 +12,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "broker/routing/events.h"
 #include "broker/routing/session.h"
 #include "peer/counter.h"
 #include "store/store.h"
@@ -63,6 +65,18 @@ struct RouterStats {
   ShardedCounter<uint64_t> delivery_micros;  // summed accept -> DeliverAck over acked messages
 };
 
+// What the control plane sees of one peer on this broker.
+struct PeerView {
+  std::string id;  // 32 raw bytes
+  bool connected = false;
+  std::string remote_address;
+  Session::Clock::time_point connected_at{};
+  uint64_t in_flight = 0;  // deliveries not yet acknowledged
+  uint64_t credit = 0;     // Credit granted on the current link
+  uint64_t mailbox_messages = 0;
+  uint64_t mailbox_bytes = 0;
+};
+
 class Router {
  public:
   Router(RouterConfig config, store::Store& store);
@@ -75,11 +89,31 @@ class Router {
 
   // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
   // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.
-  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link);
-  // A frame from the session's link; a non-OK status closes the link with it.
+  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link,
+                                  std::string remote_address = {});
+  // A frame from the session's link (or a local sender's Send); a non-OK status closes the link
+  // with it.
   absl::Status OnFrame(Session& session, mesh::v1::Frame& frame);
-  // The link ended: unacknowledged deliveries go back to the mailbox for the next session.
-  void Detach(Session& session);
+  // The link ended (`reason`, for watchers): unacknowledged deliveries go back to the mailbox
+  // for the next session.
+  void Detach(Session& session, std::string_view reason = "closed");
+
+  // ---- for the control plane; thread-safe ----
+  // Connected peers ordered by ID, those after `after` (raw bytes; empty: from the first).
+  std::vector<PeerView> ListPeers(std::string_view after, size_t limit) const;
+  // The peer's session and mailbox here; nullopt when it has neither.
+  std::optional<PeerView> GetPeer(std::string_view id) const;
+  // GoAway{ADMIN}, then the link closes; false if the peer has no session here.
+  bool Disconnect(std::string_view id);
+  // GoAway(reason) to every session; returns how many.
+  size_t GoAwayAll(mesh::v1::GoAway::Reason reason);
+  // Drops the peer's owned messages that are not in flight, in memory and in the store; returns
+  // how many. Messages not yet acknowledged to their senders are left alone.
+  absl::StatusOr<uint64_t> PurgeMailbox(std::string_view id);
+  // Mailboxes held here (with a session, messages or writes in progress).
+  size_t MailboxCount() const;
+  // Peer connected/disconnected and rejected sends are published here.
+  EventHub& events() { return events_; }
 
   // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages.
   void Tick();
@@ -92,6 +126,7 @@ class Router {
   std::unique_ptr<Impl> impl_;
   RouterConfig config_;
   RouterStats stats_;
+  EventHub events_;
 };
 
 }  // namespace mesh::broker

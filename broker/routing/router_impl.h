@@ -18,11 +18,12 @@ struct Router::Impl {
   using Stripe = routing::Stripe;
   using Waiter = routing::Waiter;
 
-  Impl(const RouterConfig& config, RouterStats& stats, store::Store& store)
-      : config(config), stats(stats), store(store) {}
+  Impl(const RouterConfig& config, RouterStats& stats, EventHub& events, store::Store& store)
+      : config(config), stats(stats), events(events), store(store) {}
 
   const RouterConfig& config;
   RouterStats& stats;
+  EventHub& events;
   store::Store& store;
   std::array<Stripe, routing::kStripes> stripes;
   routing::SenderLedger ledger;
@@ -109,12 +110,17 @@ struct Router::Impl {
   // are written, and stored ones leave memory until the next session reads them back.
   void Unbind(Mailbox& mailbox);
 
-  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link);
+  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link, std::string remote_address);
 
-  void Detach(Session& session);
+  void Detach(Session& session, std::string_view reason);
+  PeerView ViewOf(const Mailbox& mailbox) const;
+  absl::StatusOr<uint64_t> PurgeMailbox(std::string_view id);
 
   void Tick();
 
+  using EnvelopeTest = std::function<bool(const mesh::v1::StoredEnvelope&)>;
+  using EnvelopeVisit = std::function<void(const mesh::v1::StoredEnvelope&)>;
+  uint64_t DropMessages(Mailbox& mailbox, const EnvelopeTest& drop, const EnvelopeVisit& keep);
   // Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
   void Sweep(Mailbox& mailbox, uint64_t now_ms);
 

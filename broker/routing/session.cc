@@ -5,13 +5,29 @@
 
 namespace mesh::broker {
 
-Session::Session(std::shared_ptr<peer::Link> link)
+namespace {
+
+std::string RawBytes(const crypto::PeerId& id) {
+  return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
+}
+
+}  // namespace
+
+Session::Session(std::shared_ptr<peer::Link> link, std::string remote_address)
     : link_(std::move(link)),
       executor_(link_->get_executor()),
-      peer_(reinterpret_cast<const char*>(link_->remote_id().bytes.data()),
-            link_->remote_id().bytes.size()) {}
+      id_(link_->remote_id()),
+      peer_(RawBytes(id_)),
+      remote_address_(std::move(remote_address)) {}
+
+Session::Session(const crypto::PeerId& id, Sink sink)
+    : sink_(std::move(sink)), id_(id), peer_(RawBytes(id_)), remote_address_("local") {}
 
 void Session::Queue(mesh::v1::Frame frame) {
+  if (local()) {
+    sink_(std::move(frame));
+    return;
+  }
   bool post = false;
   {
     std::lock_guard lock(out_mu_);

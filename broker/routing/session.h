@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,7 +17,14 @@ namespace mesh::broker {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  explicit Session(std::shared_ptr<peer::Link> link);
+  using Clock = std::chrono::steady_clock;
+  using Sink = std::function<void(mesh::v1::Frame)>;
+
+  explicit Session(std::shared_ptr<peer::Link> link, std::string remote_address = {});
+  // A sender without a link, for messages the broker sends as itself (the control plane's
+  // SendMessage): frames meant for it go to `sink`, on whichever thread produced them. It is
+  // never attached to a mailbox and not rate limited.
+  Session(const crypto::PeerId& id, Sink sink);
 
   // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
   void Queue(mesh::v1::Frame frame);
@@ -24,17 +32,24 @@ class Session : public std::enable_shared_from_this<Session> {
   void GoAwayAndClose(mesh::v1::GoAway::Reason reason);
 
   const std::string& peer() const { return peer_; }  // 32 raw bytes
-  const crypto::PeerId& peer_id() const { return link_->remote_id(); }
+  const crypto::PeerId& peer_id() const { return id_; }
   peer::Link::Socket::executor_type executor() const { return executor_; }
+  bool local() const { return link_ == nullptr; }
+  const std::string& remote_address() const { return remote_address_; }
+  Clock::time_point connected_at() const { return connected_at_; }
 
  private:
   friend class Router;
   void Flush();
   bool OnLinkThread() const;
 
-  std::shared_ptr<peer::Link> link_;
+  std::shared_ptr<peer::Link> link_;  // null for a local sender
+  const Sink sink_;
   const peer::Link::Socket::executor_type executor_;
+  const crypto::PeerId id_;
   const std::string peer_;
+  const std::string remote_address_;
+  const Clock::time_point connected_at_ = Clock::now();
   std::mutex out_mu_;
   std::vector<mesh::v1::Frame> out_;
   bool flush_scheduled_ = false;

@@ -33,6 +33,9 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
   if (std::find(args.begin(), args.end(), "--listen-peer") == args.end()) {
     argv.insert(argv.end(), {"--listen-peer", "127.0.0.1:0"});
   }
+  if (std::find(args.begin(), args.end(), "--listen-grpc") == args.end()) {
+    argv.insert(argv.end(), {"--listen-grpc", "127.0.0.1:0"});
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = fork();
   if (pid_ == 0) {
@@ -49,7 +52,7 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
     execv(raw[0], raw.data());
     _exit(127);
   }
-  const std::regex port_re(R"("event":"listening".*"port":(\d+))");
+  const std::regex port_re(R"("event":"listening","listener":"peer".*"port":(\d+))");
   const auto deadline = std::chrono::steady_clock::now() + kDeadline;
   while (std::chrono::steady_clock::now() < deadline) {
     std::smatch m;

@@ -70,13 +70,13 @@ def main():
         log_path = os.path.join(tmp, "broker.log")
         with open(log_path, "w") as log:
             proc = subprocess.Popen([broker, "--data-dir", os.path.join(tmp, "data"),
-                                     "--listen-peer", "127.0.0.1:0"], stderr=log,
+                                     "--listen-peer", "127.0.0.1:0", "--listen-grpc", "127.0.0.1:0"], stderr=log,
                                     stdout=subprocess.DEVNULL)
         try:
             port = None
             end = time.time() + DEADLINE
             while port is None and time.time() < end and proc.poll() is None:
-                m = re.search(r'"event":"listening".*"port":(\d+)', open(log_path).read())
+                m = re.search(r'"event":"listening","listener":"peer".*"port":(\d+)', open(log_path).read())
                 port = int(m.group(1)) if m else time.sleep(0.01)
             assert port, "broker did not start: " + open(log_path).read()
             key_line = [l for l in open(os.path.join(tmp, "data", "node.key")) if not l.startswith("#")][0]

@@ -1,0 +1,336 @@
+#include "broker/control/control_service.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace mesh::broker {
+namespace {
+
+using mesh::v1::SendAck;
+
+constexpr uint32_t kDefaultPageSize = 100;
+constexpr uint32_t kMaxPageSize = 1000;
+
+uint64_t WallMs(std::chrono::steady_clock::time_point at) {
+  const auto since = std::chrono::steady_clock::now() - at;
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch() - since)
+                                   .count());
+}
+
+std::string Base64Url(std::string_view bytes) {
+  std::string text(
+      sodium_base64_ENCODED_LEN(bytes.size(), sodium_base64_VARIANT_URLSAFE_NO_PADDING), '\0');
+  sodium_bin2base64(text.data(), text.size(), reinterpret_cast<const unsigned char*>(bytes.data()),
+                    bytes.size(), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+  text.resize(text.find('\0'));
+  return text;
+}
+
+std::string Raw(const crypto::PeerId& id) {
+  return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
+}
+
+std::string Text(std::string_view raw) {
+  auto id = crypto::PeerId::FromBytes({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()});
+  return id.ok() ? id->ToString() : std::string();
+}
+
+// A peer or node ID from a request: `field` names it in the error.
+absl::StatusOr<std::string> ParseId(const char* field, const std::string& text) {
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  auto id = crypto::PeerId::Parse(text);
+  if (!id.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " is not a peer ID (43 characters of unpadded base64url): ", id.status().message()));
+  }
+  return Raw(*id);
+}
+
+mesh::v1::Peer PeerOf(const PeerView& view, const crypto::PeerId& node_id) {
+  mesh::v1::Peer peer;
+  peer.set_id(Text(view.id));
+  peer.set_connected(view.connected);
+  if (view.connected) {
+    peer.set_node_id(node_id.ToString());
+    peer.set_remote_address(view.remote_address);
+    peer.set_connected_at_ms(WallMs(view.connected_at));
+  }
+  peer.set_in_flight(view.in_flight);
+  peer.set_credit(view.credit);
+  peer.set_mailbox_messages(view.mailbox_messages);
+  peer.set_mailbox_bytes(view.mailbox_bytes);
+  return peer;
+}
+
+// How a SendAck status reads as a call status: rejections are errors a caller can act on.
+absl::Status StatusOfAck(const SendAck& ack) {
+  const std::string detail = absl::StrCat(SendAck::Status_Name(ack.status()),
+                                          ack.detail().empty() ? "" : ": ", ack.detail());
+  switch (ack.status()) {
+    case SendAck::ACCEPTED:
+    case SendAck::DUPLICATE:
+      return absl::OkStatus();
+    case SendAck::TOO_LARGE:
+    case SendAck::INVALID:
+      return absl::InvalidArgumentError(detail);
+    case SendAck::MAILBOX_FULL:
+    case SendAck::SENDER_QUOTA:
+    case SendAck::STORE_FULL:
+    case SendAck::RATE_LIMITED:
+      return absl::ResourceExhaustedError(detail);
+    case SendAck::STORE_UNAVAILABLE:
+      return absl::UnavailableError(detail);
+    default:
+      return absl::InternalError(detail);
+  }
+}
+
+// The SendAck a local sender is waiting for.
+class AckWait {
+ public:
+  void Set(const SendAck& ack) {
+    {
+      std::lock_guard lock(mu_);
+      if (ack_) return;
+      ack_ = ack;
+    }
+    done_.notify_all();
+  }
+  std::optional<SendAck> Wait(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    done_.wait_for(lock, timeout, [&] { return ack_.has_value(); });
+    return ack_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::optional<SendAck> ack_;
+};
+
+}  // namespace
+
+ControlService::ControlService(ControlContext context, const std::string& admin_token)
+    : context_(std::move(context)), expected_authorization_("Bearer " + admin_token) {}
+
+bool ControlService::Authorized(std::string_view authorization) const {
+  return authorization.size() == expected_authorization_.size() &&
+         sodium_memcmp(authorization.data(), expected_authorization_.data(),
+                       authorization.size()) == 0;
+}
+
+absl::StatusOr<mesh::v1::Stats> ControlService::GetStats(const mesh::v1::GetStatsRequest&) const {
+  mesh::v1::Stats stats;
+  stats.set_node_id(context_.node_id.ToString());
+  stats.set_node_name(context_.node_name);
+  stats.set_version(context_.version);
+  stats.set_uptime_s(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                               std::chrono::steady_clock::now() - context_.started)
+                                               .count()));
+  stats.set_ready(ready());
+  stats.set_draining(context_.draining && context_.draining());
+  const RouterStats& routed = context_.router->stats();
+  stats.set_peers_connected(static_cast<uint64_t>(std::max<int64_t>(0, routed.sessions.load())));
+  stats.set_peers_total(routed.sessions_total.load());
+  stats.set_handshakes_started(context_.links->handshakes_started.load());
+  stats.set_handshakes_completed(context_.links->handshakes_completed.load());
+  stats.set_messages_sent(routed.sends.load());
+  stats.set_messages_accepted(routed.acks[SendAck::ACCEPTED].load());
+  stats.set_messages_delivered(routed.delivered.load());
+  stats.set_messages_acked(routed.acked.load());
+  stats.set_messages_fast_path(routed.fast_path.load());
+  stats.set_messages_stored(routed.stored.load());
+  stats.set_messages_expired(routed.expired.load());
+  stats.set_messages_queued(static_cast<uint64_t>(std::max<int64_t>(0, routed.queued.load())));
+  stats.set_queued_bytes(static_cast<uint64_t>(std::max<int64_t>(0, routed.queued_bytes.load())));
+  for (int status = 0; status < RouterStats::kStatuses; ++status) {
+    if (!SendAck::Status_IsValid(status) || status == SendAck::STATUS_UNSPECIFIED ||
+        status == SendAck::ACCEPTED || status == SendAck::DUPLICATE) {
+      continue;
+    }
+    (*stats.mutable_rejected())[SendAck::Status_Name(static_cast<SendAck::Status>(status))] =
+        routed.acks[status].load();
+  }
+  const store::StoreStats& stored = context_.store->stats();
+  stats.set_store_writes(stored.writes.load());
+  stats.set_store_syncs(stored.syncs.load());
+  stats.set_store_live_bytes(context_.store->EstimatedLiveBytes());
+  stats.set_store_available(context_.store->available());
+  return stats;
+}
+
+absl::StatusOr<mesh::v1::ListPeersResponse> ControlService::ListPeers(
+    const mesh::v1::ListPeersRequest& request) const {
+  if (request.page_size() > kMaxPageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size ", request.page_size(), " is over the maximum ", kMaxPageSize));
+  }
+  const uint32_t page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  std::string after;
+  if (!request.page_token().empty()) {
+    auto id = ParseId("page_token", request.page_token());
+    if (!id.ok()) return id.status();
+    after = *std::move(id);
+  }
+  // One more than asked: whether another page follows.
+  std::vector<PeerView> views = context_.router->ListPeers(after, page_size + 1);
+  mesh::v1::ListPeersResponse response;
+  for (size_t i = 0; i < views.size() && i < page_size; ++i) {
+    *response.add_peers() = PeerOf(views[i], context_.node_id);
+  }
+  if (views.size() > page_size) response.set_next_page_token(response.peers().rbegin()->id());
+  return response;
+}
+
+absl::StatusOr<mesh::v1::Peer> ControlService::GetPeer(
+    const mesh::v1::GetPeerRequest& request) const {
+  auto id = ParseId("id", request.id());
+  if (!id.ok()) return id.status();
+  auto view = context_.router->GetPeer(*id);
+  if (!view || (!view->connected && view->mailbox_messages == 0)) {
+    return absl::NotFoundError(
+        absl::StrCat("peer ", request.id(), " is not connected here and has no mailbox"));
+  }
+  return PeerOf(*view, context_.node_id);
+}
+
+absl::StatusOr<mesh::v1::DisconnectPeerResponse> ControlService::DisconnectPeer(
+    const mesh::v1::DisconnectPeerRequest& request) {
+  auto id = ParseId("id", request.id());
+  if (!id.ok()) return id.status();
+  if (!context_.router->Disconnect(*id)) {
+    return absl::NotFoundError(absl::StrCat("peer ", request.id(), " is not connected here"));
+  }
+  return mesh::v1::DisconnectPeerResponse();
+}
+
+absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
+    const mesh::v1::SendMessageRequest& request, std::chrono::milliseconds timeout) {
+  auto to = ParseId("to", request.to());
+  if (!to.ok()) return to.status();
+  std::string id(store::kMessageIdSize, '\0');
+  randombytes_buf(id.data(), id.size());
+  auto wait = std::make_shared<AckWait>();
+  auto sender =
+      std::make_shared<Session>(context_.node_id, [wait, id](const mesh::v1::Frame& frame) {
+        if (frame.has_send_ack() && frame.send_ack().id() == id) wait->Set(frame.send_ack());
+      });
+  mesh::v1::Frame frame;
+  auto* send = frame.mutable_send();
+  send->set_id(id);
+  send->set_to(*to);
+  send->set_payload(request.payload());
+  send->set_ttl_s(request.ttl_s());
+  (void)context_.router->OnFrame(*sender, frame);
+  auto ack = wait->Wait(timeout);
+  if (!ack) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("no SendAck within ", timeout.count(), " ms; the message may still arrive"));
+  }
+  if (auto status = StatusOfAck(*ack); !status.ok()) return status;
+  mesh::v1::SendMessageResponse response;
+  response.set_id(Base64Url(id));
+  response.set_status(ack->status());
+  response.set_detail(ack->detail());
+  return response;
+}
+
+absl::StatusOr<mesh::v1::Mailbox> ControlService::GetMailbox(
+    const mesh::v1::GetMailboxRequest& request) const {
+  auto id = ParseId("id", request.id());
+  if (!id.ok()) return id.status();
+  mesh::v1::Mailbox mailbox;
+  mailbox.set_id(request.id());
+  if (auto view = context_.router->GetPeer(*id)) {
+    mailbox.set_messages(view->mailbox_messages);
+    mailbox.set_bytes(view->mailbox_bytes);
+    mailbox.set_online(view->connected);
+    mailbox.set_in_flight(view->in_flight);
+  }
+  return mailbox;
+}
+
+absl::StatusOr<mesh::v1::PurgeMailboxResponse> ControlService::PurgeMailbox(
+    const mesh::v1::PurgeMailboxRequest& request) {
+  auto id = ParseId("id", request.id());
+  if (!id.ok()) return id.status();
+  auto purged = context_.router->PurgeMailbox(*id);
+  if (!purged.ok()) return purged.status();
+  mesh::v1::PurgeMailboxResponse response;
+  response.set_purged(*purged);
+  return response;
+}
+
+absl::StatusOr<mesh::v1::ListMembersResponse> ControlService::ListMembers(
+    const mesh::v1::ListMembersRequest&) const {
+  // One node until the mesh exists: this broker.
+  mesh::v1::ListMembersResponse response;
+  auto* self = response.add_members();
+  self->set_node_id(context_.node_id.ToString());
+  self->set_name(context_.node_name);
+  const bool draining = context_.draining && context_.draining();
+  self->set_state(draining ? mesh::v1::Member::DRAINING : mesh::v1::Member::ALIVE);
+  self->set_mailboxes_homed(context_.router->MailboxCount());
+  self->set_self(true);
+  return response;
+}
+
+absl::StatusOr<mesh::v1::DrainResponse> ControlService::Drain(const mesh::v1::DrainRequest&) {
+  mesh::v1::DrainResponse response;
+  response.set_started(context_.start_drain && context_.start_drain());
+  response.set_detail(response.started()
+                          ? "draining: not ready, peers told to go; no other member to hand "
+                            "mailboxes to, so they stay in the data dir"
+                          : "a drain is already under way");
+  return response;
+}
+
+std::shared_ptr<EventWatcher> ControlService::WatchEvents(const mesh::v1::WatchEventsRequest&) {
+  return context_.router->events().Watch();
+}
+
+absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path,
+                                                   const std::string& data_dir) {
+  const std::string file = path.empty() ? data_dir + "/admin.token" : path;
+  struct stat info {};
+  if (path.empty() && ::stat(file.c_str(), &info) != 0) {
+    std::string secret(32, '\0');
+    randombytes_buf(secret.data(), secret.size());
+    const std::string text = Base64Url(secret);
+    const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot create ", file));
+    const std::string line = text + "\n";
+    const bool written = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    ::close(fd);
+    if (!written) return absl::UnavailableError(absl::StrCat("cannot write ", file));
+    return text;
+  }
+  if (::stat(file.c_str(), &info) == 0 && (info.st_mode & S_IROTH) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("admin token file ", file, " is readable by everyone; chmod o-r it"));
+  }
+  std::ifstream in(file);
+  if (!in) return absl::UnavailableError(absl::StrCat("cannot read admin token file ", file));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(text.str()));
+  if (token.size() < 16) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("admin token in ", file, " is shorter than 16 characters"));
+  }
+  return token;
+}
+
+}  // namespace mesh::broker

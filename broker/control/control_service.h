@@ -1,0 +1,73 @@
+// The control plane's operations (DESIGN §6), written once: the gRPC and REST adapters only
+// translate requests and statuses. Every operation but health needs the admin token.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "broker/routing/router.h"
+#include "crypto/crypto.h"
+#include "mesh/v1/control.pb.h"
+#include "peer/peer.h"
+#include "store/store.h"
+
+namespace mesh::broker {
+
+// What the control service sees of the broker it runs in.
+struct ControlContext {
+  Router* router = nullptr;
+  const peer::LinkStats* links = nullptr;
+  store::Store* store = nullptr;
+  crypto::PeerId node_id;
+  std::string node_name;
+  std::string version;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::function<bool()> ready;     // serving and accepting
+  std::function<bool()> draining;  // a drain is under way
+  // Starts a drain; false if one was already under way.
+  std::function<bool()> start_drain;
+};
+
+class ControlService {
+ public:
+  ControlService(ControlContext context, const std::string& admin_token);
+
+  // True for "Bearer <the admin token>", compared in constant time.
+  bool Authorized(std::string_view authorization) const;
+
+  absl::StatusOr<mesh::v1::Stats> GetStats(const mesh::v1::GetStatsRequest& request) const;
+  absl::StatusOr<mesh::v1::ListPeersResponse> ListPeers(
+      const mesh::v1::ListPeersRequest& request) const;
+  absl::StatusOr<mesh::v1::Peer> GetPeer(const mesh::v1::GetPeerRequest& request) const;
+  absl::StatusOr<mesh::v1::DisconnectPeerResponse> DisconnectPeer(
+      const mesh::v1::DisconnectPeerRequest& request);
+  // Waits for the SendAck (at most `timeout`).
+  absl::StatusOr<mesh::v1::SendMessageResponse> SendMessage(
+      const mesh::v1::SendMessageRequest& request,
+      std::chrono::milliseconds timeout = std::chrono::seconds(15));
+  absl::StatusOr<mesh::v1::Mailbox> GetMailbox(const mesh::v1::GetMailboxRequest& request) const;
+  absl::StatusOr<mesh::v1::PurgeMailboxResponse> PurgeMailbox(
+      const mesh::v1::PurgeMailboxRequest& request);
+  absl::StatusOr<mesh::v1::ListMembersResponse> ListMembers(
+      const mesh::v1::ListMembersRequest& request) const;
+  absl::StatusOr<mesh::v1::DrainResponse> Drain(const mesh::v1::DrainRequest& request);
+  // A new watcher of the broker's events; cancel it when the stream ends.
+  std::shared_ptr<EventWatcher> WatchEvents(const mesh::v1::WatchEventsRequest& request);
+
+  bool ready() const { return context_.ready && context_.ready(); }
+
+ private:
+  ControlContext context_;
+  std::string expected_authorization_;  // "Bearer <token>"
+};
+
+// Reads the admin token from `path`, or, when `path` is empty, from <data_dir>/admin.token,
+// creating it (32 random bytes, base64url, mode 0600) on first start.
+absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path,
+                                                   const std::string& data_dir);
+
+}  // namespace mesh::broker

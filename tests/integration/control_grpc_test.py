@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+"""The gRPC control plane, through a client this project's build did not generate: Debian's
+python3-grpcio with stubs that protoc makes from proto/ at test time. Every RPC, the token,
+bad arguments, not-found, health, reflection and the event stream, against the real mesh-broker
+with real peers (mesh-cli). Usage: control_grpc_test.py MESH_BROKER MESH_CLI PROTO_DIR"""
+import base64, json, os, queue, re, shutil, subprocess, sys, tempfile, threading, time, unittest
+
+import grpc
+
+BROKER, CLI, PROTO_DIR = sys.argv[1:4]
+DEADLINE = 15.0
+WORK = tempfile.mkdtemp(prefix="mesh-grpc-test-")
+
+# Stubs generated now, from the same .proto files, by Debian's protoc and grpc_python_plugin.
+subprocess.run(["protoc", "-I", PROTO_DIR, "--python_out", WORK, "--grpc_python_out", WORK,
+                "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
+                "mesh/v1/control.proto", "mesh/v1/wire.proto"], check=True)
+sys.path.insert(0, WORK)
+from mesh.v1 import control_pb2 as pb, control_pb2_grpc as pb_grpc, wire_pb2  # noqa: E402
+
+
+def wait_for(predicate, what):
+    end = time.time() + DEADLINE
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Broker:
+    def __init__(self, name):
+        self.dir = os.path.join(WORK, name)
+        os.makedirs(self.dir)
+        self.log_path = os.path.join(self.dir, "broker.log")
+        self.proc = subprocess.Popen(
+            [BROKER, "--data-dir", os.path.join(self.dir, "data"), "--listen-peer", "127.0.0.1:0",
+             "--listen-grpc", "127.0.0.1:0", "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
+        ports = wait_for(self._ports, "the broker to listen")
+        self.peer_address = "127.0.0.1:%d" % ports["peer"]
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % ports["grpc"])
+        self.stub = pb_grpc.ControlStub(self.channel)
+        token = open(os.path.join(self.dir, "data", "admin.token")).read().strip()
+        self.auth = [("authorization", "Bearer " + token)]
+
+    def _ports(self):
+        found = {}
+        for line in open(self.log_path):
+            event = json.loads(line)
+            if event.get("event") == "listening":
+                found[event["listener"]] = event["port"]
+        return found if {"peer", "grpc"} <= found.keys() else None
+
+    def call(self, method, request, **kwargs):
+        return getattr(self.stub, method)(request, metadata=self.auth, timeout=DEADLINE, **kwargs)
+
+    def stop(self):
+        self.channel.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=DEADLINE)
+
+
+class Peer:
+    """A real peer: mesh-cli listen with its own key, printing each message as a JSON line."""
+
+    def __init__(self, broker, name, count=0):
+        self.key = os.path.join(broker.dir, name + ".key")
+        out = subprocess.run([CLI, "keygen", "--out", self.key], check=True, capture_output=True,
+                             text=True).stdout
+        self.id = re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
+        args = [CLI, "listen", "--broker", broker.peer_address, "--key", self.key]
+        if count:
+            args += ["--count", str(count)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def next_message(self):
+        return self.lines.get(timeout=DEADLINE)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=DEADLINE)
+
+
+def offline_id():
+    """A peer ID with no session anywhere."""
+    path = os.path.join(WORK, "offline-%d.key" % time.monotonic_ns())
+    out = subprocess.run([CLI, "keygen", "--out", path], check=True, capture_output=True,
+                         text=True).stdout
+    return re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
+
+
+class ControlTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker("main")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.broker.stop()
+
+    def assertCode(self, code, fn):
+        with self.assertRaises(grpc.RpcError) as caught:
+            fn()
+        self.assertEqual(caught.exception.code(), code, caught.exception.details())
+        self.assertTrue(caught.exception.details())  # a message a person can act on
+        return caught.exception
+
+    def test_every_call_but_health_needs_the_token(self):
+        stub = self.broker.stub
+        self.assertCode(grpc.StatusCode.UNAUTHENTICATED,
+                        lambda: stub.GetStats(pb.GetStatsRequest(), timeout=DEADLINE))
+        self.assertCode(grpc.StatusCode.UNAUTHENTICATED, lambda: stub.GetStats(
+            pb.GetStatsRequest(), metadata=[("authorization", "Bearer wrong")], timeout=DEADLINE))
+        events = stub.WatchEvents(pb.WatchEventsRequest(), timeout=DEADLINE)
+        self.assertCode(grpc.StatusCode.UNAUTHENTICATED, lambda: next(events))
+
+    def test_health_follows_readiness_without_a_token(self):
+        check = self.broker.channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=lambda r: r,
+            response_deserializer=lambda r: r)
+        # HealthCheckResponse{status: SERVING}: field 1, varint 1.
+        self.assertEqual(check(b"", timeout=DEADLINE), b"\x08\x01")
+
+    def test_reflection_lists_the_control_service(self):
+        reflect = self.broker.channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda r: r, response_deserializer=lambda r: r)
+        # ServerReflectionRequest{list_services: ""}: field 7, length 0.
+        answer = next(reflect(iter([b"\x3a\x00"]), timeout=DEADLINE))
+        self.assertIn(b"mesh.v1.Control", answer)
+        self.assertIn(b"grpc.health.v1.Health", answer)
+
+    def test_stats_and_members_describe_this_node(self):
+        stats = self.broker.call("GetStats", pb.GetStatsRequest())
+        self.assertEqual(len(stats.node_id), 43)
+        self.assertTrue(stats.ready)
+        self.assertFalse(stats.draining)
+        self.assertTrue(stats.store_available)
+        self.assertIn("MAILBOX_FULL", stats.rejected)
+        members = self.broker.call("ListMembers", pb.ListMembersRequest()).members
+        self.assertEqual(len(members), 1)
+        self.assertEqual(members[0].node_id, stats.node_id)
+        self.assertEqual(members[0].state, pb.Member.ALIVE)
+        self.assertTrue(members[0].self)
+
+    def test_bad_arguments_are_invalid_argument(self):
+        call = self.broker.call
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: call("GetPeer", pb.GetPeerRequest(id="not-an-id")))
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT, lambda: call("GetPeer", pb.GetPeerRequest()))
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: call("ListPeers", pb.ListPeersRequest(page_size=1001)))
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: call("ListPeers", pb.ListPeersRequest(page_token="x")))
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT, lambda: call(
+            "SendMessage", pb.SendMessageRequest(to="A" * 43, payload=b"x")))  # not canonical
+        self.assertCode(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: call("PurgeMailbox", pb.PurgeMailboxRequest(id="")))
+
+    def test_unknown_peers_are_not_found(self):
+        nobody = offline_id()
+        self.assertCode(grpc.StatusCode.NOT_FOUND,
+                        lambda: self.broker.call("GetPeer", pb.GetPeerRequest(id=nobody)))
+        self.assertCode(grpc.StatusCode.NOT_FOUND, lambda: self.broker.call(
+            "DisconnectPeer", pb.DisconnectPeerRequest(id=nobody)))
+
+    def test_a_peer_is_listed_sent_to_watched_and_disconnected(self):
+        events = self.broker.stub.WatchEvents(pb.WatchEventsRequest(), metadata=self.broker.auth,
+                                              timeout=4 * DEADLINE)
+        seen = queue.Queue()
+
+        def pump():
+            try:
+                for event in events:
+                    seen.put(event)
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+        # The stream is open once a first event reaches it; a throwaway peer makes one.
+        warmup = Peer(self.broker, "warmup")
+        wait_for(lambda: not seen.empty(), "the event stream to open")
+        warmup.stop()
+
+        alice = Peer(self.broker, "alice")
+        peer = wait_for(lambda: self._connected(alice.id), "alice in ListPeers")
+        self.assertTrue(peer.connected)
+        self.assertEqual(peer.remote_address, "127.0.0.1")
+        self.assertGreater(peer.credit, 0)
+
+        node = self.broker.call("GetStats", pb.GetStatsRequest()).node_id
+        sent = self.broker.call("SendMessage", pb.SendMessageRequest(to=alice.id, payload=b"hi"))
+        self.assertEqual(sent.status, wire_pb2.SendAck.ACCEPTED)
+        message = alice.next_message()
+        self.assertEqual(message["from"], node)  # from the broker's own identity
+        self.assertEqual(message["payload"], "hi")
+
+        # GoAway{ADMIN}: the link closes (mesh-cli then reconnects, as clients do).
+        self.broker.call("DisconnectPeer", pb.DisconnectPeerRequest(id=alice.id))
+        kinds = []
+        while True:
+            event = seen.get(timeout=DEADLINE)
+            kind = event.WhichOneof("kind")
+            peer_of = getattr(event, kind).peer if kind.startswith("peer_") else None
+            if peer_of == alice.id:
+                kinds.append(kind)
+            if kinds == ["peer_connected", "peer_disconnected"]:
+                break
+        self.assertGreater(event.at_ms, 0)
+        events.cancel()
+        alice.stop()
+
+    def _connected(self, peer_id):
+        try:
+            peer = self.broker.call("GetPeer", pb.GetPeerRequest(id=peer_id))
+        except grpc.RpcError:
+            return None
+        return peer if peer.connected else None
+
+    def test_peers_are_paged_in_id_order(self):
+        # In the order of the IDs' bytes (which base64url text does not keep).
+        raw = lambda peer_id: base64.urlsafe_b64decode(peer_id + "=")
+        peers = [Peer(self.broker, "page%d" % i) for i in range(3)]
+        ids = sorted((p.id for p in peers), key=raw)
+        for peer_id in ids:
+            wait_for(lambda: self._connected(peer_id), "a peer to connect")
+        listed, token = [], ""
+        while True:
+            page = self.broker.call("ListPeers", pb.ListPeersRequest(page_size=1, page_token=token))
+            self.assertLessEqual(len(page.peers), 1)
+            listed += [p.id for p in page.peers]
+            token = page.next_page_token
+            if not token:
+                break
+        self.assertEqual([i for i in listed if i in ids], ids)
+        self.assertEqual(listed, sorted(listed, key=raw))
+        for peer in peers:
+            peer.stop()
+
+    def test_an_offline_mailbox_is_counted_and_purged(self):
+        bob = offline_id()
+        for text in (b"one", b"two"):
+            sent = self.broker.call("SendMessage", pb.SendMessageRequest(to=bob, payload=text))
+            self.assertEqual(sent.status, wire_pb2.SendAck.ACCEPTED)
+            self.assertEqual(len(sent.id), 22)
+        mailbox = self.broker.call("GetMailbox", pb.GetMailboxRequest(id=bob))
+        self.assertEqual(mailbox.messages, 2)
+        self.assertFalse(mailbox.online)
+        self.assertGreater(mailbox.bytes, 0)
+        self.assertEqual(self.broker.call("PurgeMailbox", pb.PurgeMailboxRequest(id=bob)).purged, 2)
+        self.assertEqual(self.broker.call("GetMailbox", pb.GetMailboxRequest(id=bob)).messages, 0)
+
+
+class DrainTest(unittest.TestCase):
+    def test_drain_turns_readiness_off_and_sends_peers_away(self):
+        broker = Broker("drain")
+        try:
+            carol = Peer(broker, "carol")
+            wait_for(lambda: broker.call("GetStats", pb.GetStatsRequest()).peers_connected == 1,
+                     "carol to connect")
+            first = broker.call("Drain", pb.DrainRequest())
+            self.assertTrue(first.started)
+            self.assertTrue(first.detail)
+            self.assertFalse(broker.call("Drain", pb.DrainRequest()).started)
+            stats = broker.call("GetStats", pb.GetStatsRequest())
+            self.assertTrue(stats.draining)
+            self.assertFalse(stats.ready)
+            members = broker.call("ListMembers", pb.ListMembersRequest()).members
+            self.assertEqual(members[0].state, pb.Member.DRAINING)
+            check = broker.channel.unary_unary(
+                "/grpc.health.v1.Health/Check", request_serializer=lambda r: r,
+                response_deserializer=lambda r: r)
+            # NOT_SERVING (2) once the broker's tick has seen the drain.
+            wait_for(lambda: check(b"", timeout=DEADLINE) == b"\x08\x02", "health NOT_SERVING")
+            wait_for(lambda: broker.call("GetStats", pb.GetStatsRequest()).peers_connected == 0,
+                     "carol to be sent away")
+            carol.stop()
+        finally:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    try:
+        unittest.main(argv=[sys.argv[0]], verbosity=2)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
