@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/control/control_service.h"
 #include "broker/control/grpc_server.h"
+#include "broker/control/http_server.h"
 #include "broker/log.h"
 
 namespace mesh::broker {
@@ -141,6 +142,8 @@ class Broker::Impl {
     config_.routing.node_id.assign(reinterpret_cast<const char*>(key_.public_key.bytes.data()),
                                    key_.public_key.bytes.size());
     if (config_.store.path.empty()) config_.store.path = config_.data_dir + "/store";
+    config_.store.on_write = [this](std::chrono::microseconds d) { store_write_.Observe(d); };
+    config_.store.on_sync = [this](std::chrono::microseconds d) { store_sync_.Observe(d); };
   }
 
   absl::Status Start() {
@@ -191,6 +194,7 @@ class Broker::Impl {
       if (shard->thread.joinable()) shard->thread.join();
     }
     if (grpc_) grpc_->Shutdown();
+    if (http_) http_->Shutdown();
   }
 
   // Not ready while draining or stopping, or once the store cannot write.
@@ -253,13 +257,15 @@ class Broker::Impl {
   }
 
   absl::Status StartControlPlane() {
-    if (config_.listen_grpc.empty()) return absl::OkStatus();
+    if (config_.listen_grpc.empty() && config_.listen_http.empty()) return absl::OkStatus();
     auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
     if (!token.ok()) return token.status();
     ControlContext context;
     context.router = router_.get();
     context.links = &stats_;
     context.store = store_.get();
+    context.store_write_duration = &store_write_;
+    context.store_sync_duration = &store_sync_;
     context.node_id = key_.public_key;
     context.node_name = config_.node_name;
     context.version = kVersion;
@@ -267,8 +273,24 @@ class Broker::Impl {
     context.draining = [this] { return draining_.load(); };
     context.start_drain = [this] { return StartDrain(); };
     control_ = std::make_unique<ControlService>(std::move(context), *token);
+    request_metrics_ = std::make_unique<monitoring::RequestMetrics>(registry_);
+    if (!config_.listen_http.empty()) {
+      HttpOptions options;
+      options.address = config_.listen_http;
+      options.exposition = [this] {
+        auto families = monitoring::Families(control_->MetricsSnapshot());
+        for (auto& family : registry_.Collect()) families.push_back(std::move(family));
+        return monitoring::Exposition(families);
+      };
+      auto http = HttpServer::Start(*control_, *request_metrics_, std::move(options));
+      if (!http.ok()) return http.status();
+      http_ = *std::move(http);
+      Log(spdlog::level::info, "listening",
+          {{"listener", "http"}, {"addr", config_.listen_http}, {"port", http_->port()}});
+    }
+    if (config_.listen_grpc.empty()) return absl::OkStatus();
     const TlsFiles tls{config_.tls_cert_file, config_.tls_key_file};
-    auto server = GrpcServer::Start(*control_, config_.listen_grpc, tls);
+    auto server = GrpcServer::Start(*control_, *request_metrics_, config_.listen_grpc, tls);
     if (!server.ok()) return server.status();
     grpc_ = *std::move(server);
     serving_ = Ready();
@@ -449,8 +471,13 @@ class Broker::Impl {
   std::unique_ptr<Router> router_;
   std::unique_ptr<store::Store> store_;
   // Declared after the router, so destroyed before it: calls may be running until Shutdown.
+  LatencyHistogram store_write_;
+  LatencyHistogram store_sync_;
+  prometheus::Registry registry_;  // the control plane's request counters
+  std::unique_ptr<monitoring::RequestMetrics> request_metrics_;
   std::unique_ptr<ControlService> control_;
   std::unique_ptr<GrpcServer> grpc_;
+  std::unique_ptr<HttpServer> http_;
   bool serving_ = false;  // last readiness told to gRPC health; first shard only
   std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;

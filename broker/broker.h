@@ -18,6 +18,7 @@ namespace mesh::broker {
 struct BrokerConfig {
   std::string listen_peer = "0.0.0.0:7700";
   std::string listen_grpc = "0.0.0.0:50051";  // empty: no gRPC control plane
+  std::string listen_http = "0.0.0.0:8080";   // REST, /metrics, health; empty: off
   std::string admin_token_file;               // empty: <data_dir>/admin.token, created once
   std::string tls_cert_file;                  // PEM; with tls_key_file: TLS for the control plane
   std::string tls_key_file;

@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
   flag("listen-peer", config.listen_peer, "Address for peer links (HOST:PORT; port 0 picks one)");
   flag("listen-grpc", config.listen_grpc,
        "Address for the gRPC control plane (HOST:PORT; port 0 picks one; empty: off)");
+  flag("listen-http", config.listen_http,
+       "Address for REST, /metrics and the health endpoints (HOST:PORT; port 0 picks one; "
+       "empty: off)");
   flag("admin-token-file", config.admin_token_file,
        "File holding the control plane's bearer token (default: admin.token in the data dir, "
        "created on first start)");

@@ -234,9 +234,10 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
   established_ = true;
   last_received_ = last_sent_ = Clock::now();
   stats_.handshakes_completed.fetch_add(1, std::memory_order_relaxed);
-  stats_.handshake_micros_total.fetch_add(
-      std::chrono::duration_cast<std::chrono::microseconds>(last_received_ - started_).count(),
-      std::memory_order_relaxed);
+  const auto handshake =
+      std::chrono::duration_cast<std::chrono::microseconds>(last_received_ - started_);
+  stats_.handshake_micros_total.fetch_add(handshake.count(), std::memory_order_relaxed);
+  stats_.handshake_duration.Observe(handshake);
   stats_.links_open.fetch_add(1, std::memory_order_relaxed);
   watchdog_timer_.cancel();  // the handshake deadline is over; heartbeats start
   asio::co_spawn(socket_.get_executor(), WriteLoop(), asio::detached);

@@ -20,6 +20,11 @@
 namespace mesh::store {
 namespace {
 
+std::chrono::microseconds MicrosSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
+                                                               start);
+}
+
 using Clock = std::chrono::steady_clock;
 
 constexpr char kFormatKey[] = "format";
@@ -291,7 +296,9 @@ void Store::WriterLoop() {
       write_options.sync = sync_each_write;
       absl::Status status = absl::OkStatus();
       if (writing.Count() > 0) {
+        const auto write_started = Clock::now();
         status = FromRocks(d.db->Write(write_options, &writing), "write");
+        if (options_.on_write) options_.on_write(MicrosSince(write_started));
         stats_.writes.fetch_add(1, std::memory_order_relaxed);
         if (sync_each_write) stats_.syncs.fetch_add(1, std::memory_order_relaxed);
       }
@@ -314,9 +321,11 @@ void Store::WriterLoop() {
     }
     const auto now = Clock::now();
     if (!unsynced.empty() && (now >= last_sync + options_.sync_interval || stopping)) {
+      const auto sync_started = Clock::now();
       absl::Status status = FromRocks(d.db->SyncWAL(), "sync");
       stats_.syncs.fetch_add(1, std::memory_order_relaxed);
       last_sync = Clock::now();
+      if (options_.on_sync) options_.on_sync(MicrosSince(sync_started));
       if (!status.ok()) {
         available_.store(false, std::memory_order_relaxed);
         stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);

@@ -43,6 +43,10 @@ struct StoreOptions {
   SyncPolicy sync = SyncPolicy::kBatch;
   std::chrono::microseconds sync_interval{2000};
   size_t block_cache_bytes = size_t{64} << 20;
+  // Called on the writer thread with how long each RocksDB write (fsync included under
+  // `always`) and each batch fsync took: the broker keeps the histograms.
+  std::function<void(std::chrono::microseconds)> on_write;
+  std::function<void(std::chrono::microseconds)> on_sync;
 };
 
 // Counters the broker exports as metrics.

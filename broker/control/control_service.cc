@@ -13,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "peer/record.h"
 
 namespace mesh::broker {
 namespace {
@@ -299,6 +300,92 @@ absl::StatusOr<mesh::v1::DrainResponse> ControlService::Drain(const mesh::v1::Dr
 
 std::shared_ptr<EventWatcher> ControlService::WatchEvents(const mesh::v1::WatchEventsRequest&) {
   return context_.router->events().Watch();
+}
+
+namespace {
+
+monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram) {
+  const auto snapshot = histogram.Load();
+  monitoring::Histogram out;
+  out.bounds_micros.assign(LatencyHistogram::kBoundsMicros.begin(),
+                           LatencyHistogram::kBoundsMicros.end());
+  out.counts.assign(snapshot.counts.begin(), snapshot.counts.end());
+  out.sum_micros = snapshot.sum_micros;
+  return out;
+}
+
+}  // namespace
+
+monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
+  monitoring::BrokerSnapshot s;
+  const RouterStats& routed = context_.router->stats();
+  const peer::LinkStats& links = *context_.links;
+  const store::StoreStats& stored = context_.store->stats();
+  s.version = context_.version;
+  s.ready = ready();
+  s.uptime_s = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                         std::chrono::steady_clock::now() - context_.started)
+                                         .count());
+  s.peers_total = routed.sessions_total.load();
+  s.peers_connected = routed.sessions.load();
+  s.handshakes_started = links.handshakes_started.load();
+  s.handshakes_completed = links.handshakes_completed.load();
+  s.handshake_duration = ToMonitoring(links.handshake_duration);
+  for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
+    if (!mesh::v1::ErrorCode_IsValid(code)) continue;
+    s.frames_rejected[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] =
+        links.failures[code].load();
+  }
+  s.messages_sent = routed.sends.load();
+  s.messages_accepted = routed.acks[SendAck::ACCEPTED].load();
+  s.messages_delivered = routed.acked.load();
+  s.messages_expired = routed.expired.load();
+  uint64_t rejected = 0;
+  for (int status = 0; status < RouterStats::kStatuses; ++status) {
+    if (!SendAck::Status_IsValid(status) || status == SendAck::STATUS_UNSPECIFIED ||
+        status == SendAck::ACCEPTED || status == SendAck::DUPLICATE) {
+      continue;
+    }
+    const uint64_t n = routed.acks[status].load();
+    s.messages_rejected[SendAck::Status_Name(static_cast<SendAck::Status>(status))] = n;
+    rejected += n;
+  }
+  s.messages_failed = rejected + s.messages_expired;
+  s.messages_fast_path = routed.fast_path.load();
+  s.messages_stored = routed.stored.load();
+  s.queue_size = routed.queued.load();
+  s.queued_bytes = routed.queued_bytes.load();
+  s.delivery_latency = ToMonitoring(routed.delivery_latency);
+  {
+    // Over the last minute: against the newest sample at least 60 s old (or the oldest).
+    std::lock_guard lock(rate_mu_);
+    const auto now = std::chrono::steady_clock::now();
+    rate_samples_.push_back({now, s.messages_delivered, s.messages_failed});
+    while (rate_samples_.size() > 2 && now - rate_samples_[1].at >= std::chrono::seconds(60)) {
+      rate_samples_.pop_front();
+    }
+    const RateSample& base = rate_samples_.front();
+    const double delivered = static_cast<double>(s.messages_delivered - base.delivered);
+    const double failed = static_cast<double>(s.messages_failed - base.failed);
+    s.success_rate = delivered + failed > 0 ? delivered / (delivered + failed) : 1.0;
+  }
+  s.store_writes = stored.writes.load();
+  s.store_syncs = stored.syncs.load();
+  s.store_failed_writes = stored.failed_writes.load();
+  s.store_size_bytes = context_.store->EstimatedLiveBytes();
+  if (context_.store_write_duration) {
+    s.store_write_duration = ToMonitoring(*context_.store_write_duration);
+  }
+  if (context_.store_sync_duration) {
+    s.store_sync_duration = ToMonitoring(*context_.store_sync_duration);
+  }
+  const bool draining = context_.draining && context_.draining();
+  for (const char* state : {"alive", "suspect", "dead", "draining", "left"}) {
+    s.cluster_members[state] = 0;
+  }
+  s.cluster_members[draining ? "draining" : "alive"] = 1;
+  s.messages_forwarded = {{"in", 0}, {"out", 0}};
+  return s;
 }
 
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path,

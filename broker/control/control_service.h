@@ -3,8 +3,10 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -12,6 +14,8 @@
 #include "broker/routing/router.h"
 #include "crypto/crypto.h"
 #include "mesh/v1/control.pb.h"
+#include "monitoring/metrics.h"
+#include "peer/counter.h"
 #include "peer/peer.h"
 #include "store/store.h"
 
@@ -22,6 +26,8 @@ struct ControlContext {
   Router* router = nullptr;
   const peer::LinkStats* links = nullptr;
   store::Store* store = nullptr;
+  const LatencyHistogram* store_write_duration = nullptr;
+  const LatencyHistogram* store_sync_duration = nullptr;
   crypto::PeerId node_id;
   std::string node_name;
   std::string version;
@@ -60,9 +66,20 @@ class ControlService {
 
   bool ready() const { return context_.ready && context_.ready(); }
 
+  // Every broker series for a scrape; the success rate is over the last minute.
+  monitoring::BrokerSnapshot MetricsSnapshot();
+
  private:
+  struct RateSample {
+    std::chrono::steady_clock::time_point at;
+    uint64_t delivered;
+    uint64_t failed;
+  };
+
   ControlContext context_;
   std::string expected_authorization_;  // "Bearer <token>"
+  std::mutex rate_mu_;
+  std::deque<RateSample> rate_samples_;  // one per scrape, the last minute and one before it
 };
 
 // Reads the admin token from `path`, or, when `path` is empty, from <data_dir>/admin.token,

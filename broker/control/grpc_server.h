@@ -20,6 +20,7 @@ class GrpcServer {
  public:
   // Binds `address` (port 0 picks one) and starts serving on gRPC's own threads.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(ControlService& service,
+                                                           monitoring::RequestMetrics& metrics,
                                                            const std::string& address,
                                                            const TlsFiles& tls);
   ~GrpcServer();

@@ -305,9 +305,10 @@ void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ac
     if (it == mailbox->loaded.end()) continue;
     Entry& entry = it->second;
     stats.acked.fetch_add(1, std::memory_order_relaxed);
-    stats.delivery_micros.fetch_add(
-        std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted).count(),
-        std::memory_order_relaxed);
+    const auto latency =
+        std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted);
+    stats.delivery_micros.fetch_add(latency.count(), std::memory_order_relaxed);
+    stats.delivery_latency.Observe(latency);
     switch (entry.state) {
       case State::kFast: {
         // Owned now: the recipient has it. No write at all.

@@ -63,6 +63,7 @@ struct RouterStats {
   ShardedCounter<uint64_t> sessions_total;
   ShardedCounter<uint64_t> replaced;
   ShardedCounter<uint64_t> delivery_micros;  // summed accept -> DeliverAck over acked messages
+  LatencyHistogram delivery_latency;         // accept -> DeliverAck
 };
 
 // What the control plane sees of one peer on this broker.

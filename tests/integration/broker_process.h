@@ -14,7 +14,7 @@ namespace mesh::testing {
 
 class BrokerProcess {
  public:
-  // Starts mesh-broker with --data-dir, --listen-peer and --listen-grpc 127.0.0.1:0 plus `args`
+  // Starts mesh-broker with --data-dir, --listen-peer/-grpc/-http 127.0.0.1:0 plus `args`
   // (which may name other addresses), and waits
   // (15 s at most) until it listens. With an empty `data_dir` a fresh one is made and removed.
   explicit BrokerProcess(std::vector<std::string> args = {}, std::string data_dir = "");

@@ -3,13 +3,16 @@
 python3-grpcio with stubs that protoc makes from proto/ at test time. Every RPC, the token,
 bad arguments, not-found, health, reflection and the event stream, against the real mesh-broker
 with real peers (mesh-cli). Usage: control_grpc_test.py MESH_BROKER MESH_CLI PROTO_DIR"""
-import base64, json, os, queue, re, shutil, subprocess, sys, tempfile, threading, time, unittest
+import base64, os, queue, subprocess, sys, threading, time, unittest
 
 import grpc
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mesh_test_support as support  # noqa: E402
+from mesh_test_support import DEADLINE, Peer, offline_id, wait_for  # noqa: E402
+
 BROKER, CLI, PROTO_DIR = sys.argv[1:4]
-DEADLINE = 15.0
-WORK = tempfile.mkdtemp(prefix="mesh-grpc-test-")
+WORK = support.setup(BROKER, CLI, "mesh-grpc-test-")
 
 # Stubs generated now, from the same .proto files, by Debian's protoc and grpc_python_plugin.
 subprocess.run(["protoc", "-I", PROTO_DIR, "--python_out", WORK, "--grpc_python_out", WORK,
@@ -19,84 +22,21 @@ sys.path.insert(0, WORK)
 from mesh.v1 import control_pb2 as pb, control_pb2_grpc as pb_grpc, wire_pb2  # noqa: E402
 
 
-def wait_for(predicate, what):
-    end = time.time() + DEADLINE
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+class Broker(support.Broker):
+    """The broker, with a gRPC stub that sends the admin token."""
 
-
-class Broker:
     def __init__(self, name):
-        self.dir = os.path.join(WORK, name)
-        os.makedirs(self.dir)
-        self.log_path = os.path.join(self.dir, "broker.log")
-        self.proc = subprocess.Popen(
-            [BROKER, "--data-dir", os.path.join(self.dir, "data"), "--listen-peer", "127.0.0.1:0",
-             "--listen-grpc", "127.0.0.1:0", "--log-level", "debug"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
-        ports = wait_for(self._ports, "the broker to listen")
-        self.peer_address = "127.0.0.1:%d" % ports["peer"]
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % ports["grpc"])
+        super().__init__(name)
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.ports["grpc"])
         self.stub = pb_grpc.ControlStub(self.channel)
-        token = open(os.path.join(self.dir, "data", "admin.token")).read().strip()
-        self.auth = [("authorization", "Bearer " + token)]
-
-    def _ports(self):
-        found = {}
-        for line in open(self.log_path):
-            event = json.loads(line)
-            if event.get("event") == "listening":
-                found[event["listener"]] = event["port"]
-        return found if {"peer", "grpc"} <= found.keys() else None
+        self.auth = [("authorization", "Bearer " + self.token)]
 
     def call(self, method, request, **kwargs):
         return getattr(self.stub, method)(request, metadata=self.auth, timeout=DEADLINE, **kwargs)
 
     def stop(self):
         self.channel.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=DEADLINE)
-
-
-class Peer:
-    """A real peer: mesh-cli listen with its own key, printing each message as a JSON line."""
-
-    def __init__(self, broker, name, count=0):
-        self.key = os.path.join(broker.dir, name + ".key")
-        out = subprocess.run([CLI, "keygen", "--out", self.key], check=True, capture_output=True,
-                             text=True).stdout
-        self.id = re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
-        args = [CLI, "listen", "--broker", broker.peer_address, "--key", self.key]
-        if count:
-            args += ["--count", str(count)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-
-    def next_message(self):
-        return self.lines.get(timeout=DEADLINE)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=DEADLINE)
-
-
-def offline_id():
-    """A peer ID with no session anywhere."""
-    path = os.path.join(WORK, "offline-%d.key" % time.monotonic_ns())
-    out = subprocess.run([CLI, "keygen", "--out", path], check=True, capture_output=True,
-                         text=True).stdout
-    return re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
+        super().stop()
 
 
 class ControlTest(unittest.TestCase):
@@ -290,7 +230,4 @@ class DrainTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    try:
-        unittest.main(argv=[sys.argv[0]], verbosity=2)
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)
+    support.run_tests()

@@ -1,0 +1,452 @@
+#include "broker/control/http_server.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "peer/peer.h"
+
+namespace mesh::broker {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using asio::use_awaitable;
+using tcp = asio::ip::tcp;
+using Request = http::request<http::string_body>;
+
+constexpr auto kIdleTimeout = std::chrono::seconds(60);
+constexpr auto kEventHeartbeat = std::chrono::seconds(15);
+constexpr const char* kJson = "application/json";
+
+struct Reply {
+  Reply(http::status status = http::status::ok, std::string body = {},
+        std::string content_type = kJson)
+      : status(status), body(std::move(body)), content_type(std::move(content_type)) {}
+  http::status status;
+  std::string body;
+  std::string content_type;
+  std::string allow;  // for 405
+};
+
+http::status HttpStatusOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return http::status::ok;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return http::status::bad_request;
+    case absl::StatusCode::kUnauthenticated:
+      return http::status::unauthorized;
+    case absl::StatusCode::kPermissionDenied:
+      return http::status::forbidden;
+    case absl::StatusCode::kNotFound:
+      return http::status::not_found;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kAborted:
+      return http::status::conflict;
+    case absl::StatusCode::kResourceExhausted:
+      return http::status::too_many_requests;
+    case absl::StatusCode::kUnavailable:
+      return http::status::service_unavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return http::status::gateway_timeout;
+    case absl::StatusCode::kUnimplemented:
+      return http::status::not_implemented;
+    default:
+      return http::status::internal_server_error;
+  }
+}
+
+// {code, message}: the google.rpc code name and a sentence a person can act on.
+Reply Error(absl::StatusCode code, std::string_view message,
+            std::optional<http::status> status = std::nullopt) {
+  nlohmann::json body;
+  body["code"] = absl::StatusCodeToString(code);
+  body["message"] = std::string(message);
+  return {status.value_or(HttpStatusOf(code)), body.dump() + "\n"};
+}
+
+Reply Error(const absl::Status& status) {
+  return Error(status.code(), std::string(status.message()));
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out + "\n";
+}
+
+template <typename Response>
+Reply Answer(const absl::StatusOr<Response>& result) {
+  if (!result.ok()) return Error(result.status());
+  return {http::status::ok, ToJson(*result)};
+}
+
+// The request body as `message` (proto3 JSON); an empty body is an empty message.
+absl::Status ParseBody(const Request& request, google::protobuf::Message& message) {
+  if (request.body().empty()) return absl::OkStatus();
+  google::protobuf::util::JsonParseOptions options;
+  auto status = google::protobuf::util::JsonStringToMessage(request.body(), &message, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the body is not a JSON ", message.GetTypeName(),
+                                                   ": ", std::string(status.message())));
+  }
+  return absl::OkStatus();
+}
+
+// Splits "/a/b?x=1&y=2" into the path and its query parameters.
+std::pair<std::string, std::map<std::string, std::string>> SplitTarget(std::string_view target) {
+  std::map<std::string, std::string> query;
+  const size_t mark = target.find('?');
+  if (mark != std::string_view::npos) {
+    for (absl::string_view pair :
+         absl::StrSplit(absl::string_view(target.data() + mark + 1, target.size() - mark - 1), '&',
+                        absl::SkipEmpty())) {
+      const size_t eq = pair.find('=');
+      query[std::string(pair.substr(0, eq))] =
+          eq == absl::string_view::npos ? "" : std::string(pair.substr(eq + 1));
+    }
+  }
+  return {std::string(target.substr(0, mark)), std::move(query)};
+}
+
+// One route: its template (the metrics label), the methods it takes, and the path's {id}.
+struct Match {
+  std::string endpoint;  // "/api/v1/peers/{id}"; "other" when nothing matched
+  std::vector<http::verb> methods;
+  std::string id;
+};
+
+Match MatchPath(const std::string& path) {
+  static const std::vector<std::pair<std::string, std::vector<http::verb>>> kFixed = {
+      {"/healthz", {http::verb::get}},        {"/readyz", {http::verb::get}},
+      {"/metrics", {http::verb::get}},        {"/api/v1/stats", {http::verb::get}},
+      {"/api/v1/peers", {http::verb::get}},   {"/api/v1/messages", {http::verb::post}},
+      {"/api/v1/members", {http::verb::get}}, {"/api/v1/drain", {http::verb::post}},
+      {"/api/v1/events", {http::verb::get}},
+  };
+  for (const auto& [endpoint, methods] : kFixed) {
+    if (path == endpoint) return {endpoint, methods, {}};
+  }
+  for (const std::string prefix : {"/api/v1/peers/", "/api/v1/mailboxes/"}) {
+    if (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
+        path.find('/', prefix.size()) == std::string::npos) {
+      return {prefix + "{id}", {http::verb::get, http::verb::delete_}, path.substr(prefix.size())};
+    }
+  }
+  return {"other", {}, {}};
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  Impl(ControlService& service, monitoring::RequestMetrics& metrics, HttpOptions options)
+      : service(service), metrics(metrics), options(std::move(options)), acceptor(io) {}
+
+  ControlService& service;
+  monitoring::RequestMetrics& metrics;
+  HttpOptions options;
+  asio::io_context io;
+  tcp::acceptor acceptor;
+  std::thread thread;
+  int port = 0;
+
+  Reply Handle(const Request& request, const Match& match,
+               const std::map<std::string, std::string>& query) {
+    const http::verb method = request.method();
+    if (match.endpoint == "/healthz") return {http::status::ok, "ok\n", "text/plain"};
+    if (match.endpoint == "/readyz") {
+      return service.ready()
+                 ? Reply{http::status::ok, "ready\n", "text/plain"}
+                 : Reply{http::status::service_unavailable, "not ready\n", "text/plain"};
+    }
+    if (match.endpoint == "/metrics") {
+      return {http::status::ok, options.exposition ? options.exposition() : std::string(),
+              "text/plain; version=0.0.4; charset=utf-8"};
+    }
+    if (match.endpoint == "/api/v1/stats") return Answer(service.GetStats({}));
+    if (match.endpoint == "/api/v1/peers") {
+      mesh::v1::ListPeersRequest list;
+      if (auto it = query.find("page_size"); it != query.end()) {
+        uint32_t size = 0;
+        if (!absl::SimpleAtoi(it->second, &size)) {
+          return Error(absl::StatusCode::kInvalidArgument,
+                       absl::StrCat("page_size '", it->second, "' is not a number"));
+        }
+        list.set_page_size(size);
+      }
+      if (auto it = query.find("page_token"); it != query.end()) list.set_page_token(it->second);
+      return Answer(service.ListPeers(list));
+    }
+    if (match.endpoint == "/api/v1/peers/{id}") {
+      if (method == http::verb::get) {
+        mesh::v1::GetPeerRequest get;
+        get.set_id(match.id);
+        return Answer(service.GetPeer(get));
+      }
+      mesh::v1::DisconnectPeerRequest disconnect;
+      disconnect.set_id(match.id);
+      return Answer(service.DisconnectPeer(disconnect));
+    }
+    if (match.endpoint == "/api/v1/mailboxes/{id}") {
+      if (method == http::verb::get) {
+        mesh::v1::GetMailboxRequest get;
+        get.set_id(match.id);
+        return Answer(service.GetMailbox(get));
+      }
+      mesh::v1::PurgeMailboxRequest purge;
+      purge.set_id(match.id);
+      return Answer(service.PurgeMailbox(purge));
+    }
+    if (match.endpoint == "/api/v1/messages") {
+      mesh::v1::SendMessageRequest send;
+      if (auto status = ParseBody(request, send); !status.ok()) return Error(status);
+      return Answer(service.SendMessage(send));
+    }
+    if (match.endpoint == "/api/v1/members") return Answer(service.ListMembers({}));
+    if (match.endpoint == "/api/v1/drain") {
+      mesh::v1::DrainRequest drain;
+      if (auto status = ParseBody(request, drain); !status.ok()) return Error(status);
+      return Answer(service.Drain(drain));
+    }
+    return Error(absl::StatusCode::kNotFound, "no such endpoint");
+  }
+
+  // Routing, method and token checks around Handle; `events` is set for a stream to start.
+  Reply Route(const Request& request, const Match& match,
+              const std::map<std::string, std::string>& query, bool& events) {
+    if (match.methods.empty()) {
+      return Error(absl::StatusCode::kNotFound,
+                   absl::StrCat("no endpoint ",
+                                std::string(SplitTarget(std::string_view(request.target().data(),
+                                                                         request.target().size()))
+                                                .first),
+                                "; the API is under /api/v1 (docs/API.md)"));
+    }
+    if (std::find(match.methods.begin(), match.methods.end(), request.method()) ==
+        match.methods.end()) {
+      std::string allow;
+      for (auto method : match.methods) {
+        absl::StrAppend(&allow, allow.empty() ? "" : ", ", std::string(http::to_string(method)));
+      }
+      Reply reply = Error(absl::StatusCode::kInvalidArgument,
+                          absl::StrCat(std::string(request.method_string()), " is not allowed on ",
+                                       match.endpoint, "; use ", allow),
+                          http::status::method_not_allowed);
+      reply.allow = allow;
+      return reply;
+    }
+    if (match.endpoint.rfind("/api/", 0) == 0) {
+      const auto header = request.find(http::field::authorization);
+      const std::string_view authorization =
+          header == request.end()
+              ? std::string_view()
+              : std::string_view(header->value().data(), header->value().size());
+      if (!service.Authorized(authorization)) {
+        return Error(absl::StatusCode::kUnauthenticated,
+                     "missing or wrong admin token: send 'Authorization: Bearer <token>' (the "
+                     "token is in --admin-token-file, or admin.token in the data dir)");
+      }
+    }
+    if (match.endpoint == "/api/v1/events") {
+      events = true;
+      return {};
+    }
+    return Handle(request, match, query);
+  }
+
+  awaitable<void> Serve(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer;
+    for (;;) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(options.header_limit);
+      parser.body_limit(options.body_limit);
+      stream.expires_after(kIdleTimeout);
+      beast::error_code ec;
+      co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+      if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+          ec == asio::error::eof || ec == asio::error::connection_reset) {
+        break;
+      }
+      const auto started = std::chrono::steady_clock::now();
+      Reply reply;
+      Match match{"other", {}, {}};
+      bool keep_alive = false;
+      bool events = false;
+      if (ec == http::error::body_limit) {
+        reply = Error(absl::StatusCode::kInvalidArgument,
+                      absl::StrCat("the body is over ", options.body_limit, " bytes"),
+                      http::status::payload_too_large);
+      } else if (ec == http::error::header_limit) {
+        reply = Error(absl::StatusCode::kInvalidArgument,
+                      absl::StrCat("the headers are over ", options.header_limit, " bytes"),
+                      http::status::request_header_fields_too_large);
+      } else if (ec) {
+        reply = Error(absl::StatusCode::kInvalidArgument,
+                      absl::StrCat("not an HTTP/1.1 request: ", ec.message()));
+      } else {
+        const Request& request = parser.get();
+        auto [path, query] =
+            SplitTarget(std::string_view(request.target().data(), request.target().size()));
+        match = MatchPath(path);
+        keep_alive = request.keep_alive();
+        reply = Route(request, match, query, events);
+        if (events) {
+          metrics.CountHttp("GET", match.endpoint, 200, {});
+          co_await StreamEvents(stream, request.version());
+          break;
+        }
+      }
+      http::response<http::string_body> response{reply.status, parser.get().version()};
+      response.set(http::field::server, "mesh-broker");
+      response.set(http::field::content_type, reply.content_type);
+      if (!reply.allow.empty()) response.set(http::field::allow, reply.allow);
+      response.keep_alive(keep_alive);
+      response.body() = std::move(reply.body);
+      response.prepare_payload();
+      const std::string method = ec ? "OTHER" : std::string(parser.get().method_string());
+      co_await http::async_write(stream, response, asio::redirect_error(use_awaitable, ec));
+      metrics.CountHttp(method, match.endpoint, static_cast<int>(reply.status),
+                        std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - started));
+      if (ec || !keep_alive) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  // Server-Sent Events: one "data:" line of proto3 JSON per event, a comment line every 15 s
+  // (so a gone client is noticed), until the client leaves or the server stops.
+  awaitable<void> StreamEvents(beast::tcp_stream& stream, unsigned version) {
+    auto watcher = service.WatchEvents({});
+    struct CancelOnExit {
+      std::shared_ptr<EventWatcher> watcher;
+      ~CancelOnExit() { watcher->Cancel(); }
+    } cancel{watcher};
+    auto wake = std::make_shared<asio::steady_timer>(io);
+    watcher->OnReady([weak = std::weak_ptr<asio::steady_timer>(wake), this] {
+      asio::post(io, [weak] {
+        if (auto timer = weak.lock()) timer->cancel();
+      });
+    });
+    http::response<http::empty_body> response{http::status::ok, version};
+    response.set(http::field::server, "mesh-broker");
+    response.set(http::field::content_type, "text/event-stream");
+    response.set(http::field::cache_control, "no-cache");
+    response.keep_alive(false);
+    http::response_serializer<http::empty_body> serializer{response};
+    beast::error_code ec;
+    stream.expires_never();
+    co_await http::async_write_header(stream, serializer, asio::redirect_error(use_awaitable, ec));
+    while (!ec) {
+      std::string out;
+      while (auto event = watcher->TryNext()) {
+        google::protobuf::util::JsonPrintOptions options;
+        std::string json;
+        (void)google::protobuf::util::MessageToJsonString(*event, &json, options);
+        absl::StrAppend(&out, "data: ", json, "\n\n");
+      }
+      if (!out.empty()) {
+        co_await asio::async_write(stream, asio::buffer(out),
+                                   asio::redirect_error(use_awaitable, ec));
+        continue;
+      }
+      wake->expires_after(kEventHeartbeat);
+      beast::error_code waited;
+      co_await wake->async_wait(asio::redirect_error(use_awaitable, waited));
+      if (!waited) {  // the heartbeat, not an event
+        static const std::string kComment = ": still here\n\n";
+        co_await asio::async_write(stream, asio::buffer(kComment),
+                                   asio::redirect_error(use_awaitable, ec));
+      }
+    }
+  }
+
+  awaitable<void> AcceptLoop() {
+    for (;;) {
+      beast::error_code ec;
+      tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec) continue;
+      asio::co_spawn(io, Serve(std::move(socket)), asio::detached);
+    }
+  }
+};
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& service,
+                                                              monitoring::RequestMetrics& metrics,
+                                                              HttpOptions options) {
+  auto host = peer::SplitHostPort(options.address);
+  if (!host.ok()) return host.status();
+  beast::error_code ec;
+  const auto ip = asio::ip::make_address(host->first.empty() ? "0.0.0.0" : host->first, ec);
+  uint32_t port = 0;
+  if (ec || !absl::SimpleAtoi(host->second, &port) || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("HTTP listen address '", options.address, "' is not HOST:PORT"));
+  }
+  auto impl = std::make_unique<Impl>(service, metrics, std::move(options));
+  const tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
+  impl->acceptor.open(endpoint.protocol(), ec);
+  if (!ec) impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) impl->acceptor.bind(endpoint, ec);
+  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve HTTP on ", impl->options.address, ": ", ec.message()));
+  }
+  impl->port = impl->acceptor.local_endpoint().port();
+  for (const char* route : {"/healthz", "/readyz", "/metrics", "/api/v1/stats", "/api/v1/peers",
+                            "/api/v1/members", "/api/v1/events"}) {
+    metrics.DeclareHttpRoute("GET", route, {200});
+  }
+  metrics.DeclareHttpRoute("GET", "/api/v1/peers/{id}", {200, 404});
+  metrics.DeclareHttpRoute("DELETE", "/api/v1/peers/{id}", {200, 404});
+  metrics.DeclareHttpRoute("GET", "/api/v1/mailboxes/{id}", {200});
+  metrics.DeclareHttpRoute("DELETE", "/api/v1/mailboxes/{id}", {200});
+  metrics.DeclareHttpRoute("POST", "/api/v1/messages", {200, 400, 429});
+  metrics.DeclareHttpRoute("POST", "/api/v1/drain", {200});
+  Impl& self = *impl;
+  asio::co_spawn(self.io, self.AcceptLoop(), asio::detached);
+  self.thread = std::thread([&self] { self.io.run(); });
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+int HttpServer::port() const { return impl_->port; }
+
+void HttpServer::Shutdown() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  asio::post(impl_->io, [impl = impl_.get()] {
+    beast::error_code ec;
+    impl->acceptor.close(ec);
+    impl->io.stop();
+  });
+  impl_->thread.join();
+}
+
+}  // namespace mesh::broker

@@ -1,0 +1,40 @@
+// The control service over HTTP (port 8080): the REST twin of every gRPC operation in the
+// proto3 JSON mapping, WatchEvents as Server-Sent Events, and /metrics, /healthz, /readyz.
+// Boost.Beast on its own thread, away from the data path's shards.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "broker/control/control_service.h"
+#include "monitoring/metrics.h"
+
+namespace mesh::broker {
+
+struct HttpOptions {
+  std::string address;                      // HOST:PORT; port 0 picks one
+  size_t body_limit = size_t{2} << 20;      // larger bodies: 413
+  uint32_t header_limit = 16 * 1024;        // larger headers: 431
+  std::function<std::string()> exposition;  // the text of GET /metrics
+};
+
+class HttpServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(ControlService& service,
+                                                           monitoring::RequestMetrics& metrics,
+                                                           HttpOptions options);
+  ~HttpServer();
+
+  int port() const;
+  // Closes the listener and every connection (event streams too), then joins the thread.
+  void Shutdown();
+
+ private:
+  struct Impl;
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mesh::broker

@@ -1,0 +1,193 @@
+#include "monitoring/metrics.h"
+
+#include <limits>
+#include <sstream>
+
+#include "prometheus/text_serializer.h"
+
+namespace mesh::monitoring {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+// Buckets for HTTP request durations: 100 µs to 10 s.
+const std::vector<double> kHttpBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                          0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                          1,      2.5,     5,      10};
+
+MetricFamily Single(const std::string& name, const std::string& help, MetricType type,
+                    double value) {
+  ClientMetric metric;
+  if (type == MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  return {name, help, type, {metric}};
+}
+
+MetricFamily Counter(const std::string& name, const std::string& help, uint64_t value) {
+  return Single(name, help, MetricType::Counter, static_cast<double>(value));
+}
+
+MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+  return Single(name, help, MetricType::Gauge, value);
+}
+
+template <typename Value>
+MetricFamily ByLabel(const std::string& name, const std::string& help, MetricType type,
+                     const std::string& label, const std::map<std::string, Value>& values) {
+  MetricFamily family{name, help, type, {}};
+  for (const auto& [key, value] : values) {
+    ClientMetric metric;
+    metric.label.push_back({label, key});
+    if (type == MetricType::Counter) {
+      metric.counter.value = static_cast<double>(value);
+    } else {
+      metric.gauge.value = static_cast<double>(value);
+    }
+    family.metric.push_back(std::move(metric));
+  }
+  return family;
+}
+
+MetricFamily Seconds(const std::string& name, const std::string& help, const Histogram& h) {
+  ClientMetric metric;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.counts.size(); ++i) {
+    cumulative += h.counts[i];
+    ClientMetric::Bucket bucket;
+    bucket.cumulative_count = cumulative;
+    bucket.upper_bound = i < h.bounds_micros.size() ? static_cast<double>(h.bounds_micros[i]) / 1e6
+                                                    : std::numeric_limits<double>::infinity();
+    metric.histogram.bucket.push_back(bucket);
+  }
+  metric.histogram.sample_count = cumulative;
+  metric.histogram.sample_sum = static_cast<double>(h.sum_micros) / 1e6;
+  return {name, help, MetricType::Histogram, {metric}};
+}
+
+}  // namespace
+
+std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
+  std::vector<MetricFamily> out;
+  out.push_back(ByLabel<int>("mesh_build_info", "Build of this broker (always 1)",
+                             MetricType::Gauge, "version", {{s.version, 1}}));
+  out.push_back(
+      Gauge("mesh_ready", "1 while the broker is ready to serve (not draining)", s.ready ? 1 : 0));
+  out.push_back(Gauge("mesh_uptime_seconds", "Seconds since the broker started",
+                      static_cast<double>(s.uptime_s)));
+
+  out.push_back(Counter("mesh_peers_total", "Peer sessions established", s.peers_total));
+  out.push_back(Gauge("mesh_peers_connected", "Peers with a session on this broker",
+                      static_cast<double>(s.peers_connected)));
+  out.push_back(Counter("mesh_handshakes_started_total", "Noise handshakes begun (peer links)",
+                        s.handshakes_started));
+  out.push_back(Counter("mesh_handshakes_completed_total", "Noise handshakes completed",
+                        s.handshakes_completed));
+  out.push_back(Seconds("mesh_handshake_duration_seconds",
+                        "From accept to the last handshake message", s.handshake_duration));
+  out.push_back(ByLabel("mesh_frames_rejected_total",
+                        "Links closed for a protocol violation or failure, by reason",
+                        MetricType::Counter, "reason", s.frames_rejected));
+
+  out.push_back(
+      Counter("mesh_messages_sent_total", "Send frames received from peers", s.messages_sent));
+  out.push_back(Counter("mesh_messages_accepted_total",
+                        "Messages the broker took ownership of (SendAck ACCEPTED)",
+                        s.messages_accepted));
+  out.push_back(Counter("mesh_messages_delivered_total", "Messages acknowledged by their recipient",
+                        s.messages_delivered));
+  out.push_back(
+      Counter("mesh_messages_failed_total", "Messages rejected or expired", s.messages_failed));
+  out.push_back(ByLabel("mesh_messages_rejected_total", "Sends rejected, by SendAck status",
+                        MetricType::Counter, "reason", s.messages_rejected));
+  out.push_back(
+      Counter("mesh_messages_expired_total", "Messages dropped at their TTL", s.messages_expired));
+  out.push_back(Counter("mesh_messages_fast_path_total",
+                        "Messages acknowledged by an online recipient before any store write",
+                        s.messages_fast_path));
+  out.push_back(
+      Counter("mesh_messages_stored_total", "Messages written to a mailbox", s.messages_stored));
+  out.push_back(Gauge("mesh_messages_queue_size", "Messages owned and not yet acknowledged",
+                      static_cast<double>(s.queue_size)));
+  out.push_back(Gauge("mesh_messages_queued_bytes",
+                      "Bytes of the queued messages (as quotas count)",
+                      static_cast<double>(s.queued_bytes)));
+  out.push_back(Gauge("mesh_success_rate",
+                      "Delivered / (delivered + failed) over the last minute (1 when idle)",
+                      s.success_rate));
+  out.push_back(Seconds("mesh_delivery_latency_seconds",
+                        "From accepting a message to its recipient's DeliverAck",
+                        s.delivery_latency));
+
+  out.push_back(Counter("mesh_store_writes_total", "RocksDB writes (each a group of commits)",
+                        s.store_writes));
+  out.push_back(Counter("mesh_store_syncs_total", "WAL fsyncs", s.store_syncs));
+  out.push_back(Counter("mesh_store_failed_writes_total", "Failed store writes or syncs",
+                        s.store_failed_writes));
+  out.push_back(Gauge("mesh_store_size_bytes", "Live data in the store (RocksDB's estimate)",
+                      static_cast<double>(s.store_size_bytes)));
+  out.push_back(
+      Seconds("mesh_store_write_duration_seconds", "One RocksDB write", s.store_write_duration));
+  out.push_back(Seconds("mesh_store_sync_duration_seconds", "One WAL fsync (batch policy)",
+                        s.store_sync_duration));
+
+  out.push_back(ByLabel("mesh_cluster_members", "Members of the mesh by state", MetricType::Gauge,
+                        "state", s.cluster_members));
+  out.push_back(ByLabel("mesh_messages_forwarded_total",
+                        "Messages forwarded between brokers, by direction", MetricType::Counter,
+                        "direction", s.messages_forwarded));
+  return out;
+}
+
+RequestMetrics::RequestMetrics(prometheus::Registry& registry)
+    : http_requests_(prometheus::BuildCounter()
+                         .Name("mesh_http_requests_total")
+                         .Help("HTTP requests by method, route template and status")
+                         .Register(registry)),
+      http_duration_(prometheus::BuildHistogram()
+                         .Name("mesh_http_request_duration_seconds")
+                         .Help("HTTP request handling time by route template")
+                         .Register(registry)),
+      grpc_requests_(prometheus::BuildCounter()
+                         .Name("mesh_grpc_requests_total")
+                         .Help("gRPC calls by method and status code")
+                         .Register(registry)) {}
+
+void RequestMetrics::DeclareHttpRoute(const std::string& method, const std::string& endpoint,
+                                      const std::vector<int>& statuses) {
+  for (int status : statuses) {
+    http_requests_.Add(
+        {{"method", method}, {"endpoint", endpoint}, {"status", std::to_string(status)}});
+  }
+  http_duration_.Add({{"endpoint", endpoint}}, kHttpBuckets);
+}
+
+void RequestMetrics::DeclareGrpcMethod(const std::string& method,
+                                       const std::vector<std::string>& codes) {
+  for (const auto& code : codes) grpc_requests_.Add({{"method", method}, {"code", code}});
+}
+
+void RequestMetrics::CountHttp(const std::string& method, const std::string& endpoint, int status,
+                               std::chrono::microseconds duration) {
+  http_requests_
+      .Add({{"method", method}, {"endpoint", endpoint}, {"status", std::to_string(status)}})
+      .Increment();
+  http_duration_.Add({{"endpoint", endpoint}}, kHttpBuckets)
+      .Observe(static_cast<double>(duration.count()) / 1e6);
+}
+
+void RequestMetrics::CountGrpc(const std::string& method, const std::string& code) {
+  grpc_requests_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+std::string Exposition(const std::vector<MetricFamily>& families) {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+}  // namespace mesh::monitoring

@@ -1,0 +1,200 @@
+#!/usr/bin/python3
+"""The REST twin of the control plane, /metrics and the health endpoints, with curl as the
+client, against the real mesh-broker and real mesh-cli peers: every endpoint and every error
+case (no token, bad JSON, unknown path, wrong method, oversized body and headers, garbage), and
+`promtool check metrics` (Debian's prometheus) on the live exposition.
+Usage: control_rest_test.py MESH_BROKER MESH_CLI"""
+import json, os, re, socket, subprocess, sys, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mesh_test_support as support  # noqa: E402
+from mesh_test_support import DEADLINE, Broker, Peer, offline_id, wait_for  # noqa: E402
+
+BROKER, CLI = sys.argv[1:3]
+WORK = support.setup(BROKER, CLI, "mesh-rest-test-")
+
+# Every series DESIGN §7 names, present from the start.
+SERIES = ["mesh_peers_total", "mesh_peers_connected", "mesh_messages_queue_size",
+          "mesh_messages_sent_total", "mesh_messages_delivered_total",
+          "mesh_messages_failed_total", "mesh_success_rate", "mesh_http_requests_total",
+          "mesh_grpc_requests_total", "mesh_http_request_duration_seconds_bucket",
+          "mesh_handshakes_completed_total", "mesh_handshake_duration_seconds_bucket",
+          "mesh_delivery_latency_seconds_bucket", "mesh_store_write_duration_seconds_bucket",
+          "mesh_store_size_bytes", "mesh_messages_forwarded_total", "mesh_cluster_members",
+          "mesh_frames_rejected_total", "mesh_messages_rejected_total"]
+
+
+def curl(broker, method, path, token=None, body=None, headers=(), timeout=DEADLINE):
+    """(status, headers text, body text) of one request made by curl."""
+    args = ["curl", "-sS", "-D", "-", "-X", method, "--max-time", str(timeout),
+            "http://127.0.0.1:%d%s" % (broker.ports["http"], path)]
+    if token is not None:
+        args += ["-H", "Authorization: Bearer " + token]
+    for header in headers:
+        args += ["-H", header]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+    out = subprocess.run(args, input=body.encode() if isinstance(body, str) else body,
+                         capture_output=True, check=True).stdout.decode()
+    head, _, text = out.partition("\r\n\r\n")
+    return int(head.split()[1]), head, text
+
+
+class RestTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker("main")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.broker.stop()
+
+    def api(self, method, path, body=None, expect=200):
+        status, _, text = curl(self.broker, method, path, self.broker.token, body)
+        self.assertEqual(status, expect, text)
+        return json.loads(text)
+
+    def assertError(self, status, text, code, expect_status):
+        self.assertEqual(status, expect_status, text)
+        error = json.loads(text)
+        self.assertEqual(error["code"], code)
+        self.assertTrue(error["message"])
+
+    def test_health_needs_no_token(self):
+        self.assertEqual(curl(self.broker, "GET", "/healthz")[0], 200)
+        self.assertEqual(curl(self.broker, "GET", "/readyz")[0], 200)
+
+    def test_metrics_pass_promtool_and_name_every_series(self):
+        status, head, text = curl(self.broker, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn("text/plain; version=0.0.4", head)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                               capture_output=True)
+        self.assertEqual(check.returncode, 0, check.stdout.decode() + check.stderr.decode())
+        names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+                 if line and not line.startswith("#")}
+        for series in SERIES:
+            self.assertIn(series, names)
+        # No label carries a peer ID (43 characters of base64url).
+        labels = " ".join(re.findall(r"\{[^}]*\}", text))
+        self.assertIsNone(re.search(r'"[A-Za-z0-9_-]{43}"', labels))
+
+    def test_the_api_needs_the_token(self):
+        status, _, text = curl(self.broker, "GET", "/api/v1/stats")
+        self.assertError(status, text, "UNAUTHENTICATED", 401)
+        status, _, text = curl(self.broker, "GET", "/api/v1/stats", token="wrong")
+        self.assertError(status, text, "UNAUTHENTICATED", 401)
+        status, _, text = curl(self.broker, "POST", "/api/v1/messages", body="{}")
+        self.assertError(status, text, "UNAUTHENTICATED", 401)
+
+    def test_unknown_paths_wrong_methods_and_bad_json(self):
+        token = self.broker.token
+        status, _, text = curl(self.broker, "GET", "/api/v1/nothing", token)
+        self.assertError(status, text, "NOT_FOUND", 404)
+        status, head, text = curl(self.broker, "POST", "/api/v1/stats", token)
+        self.assertError(status, text, "INVALID_ARGUMENT", 405)
+        self.assertIn("Allow: GET", head)
+        status, head, text = curl(self.broker, "PUT", "/api/v1/peers/x", token)
+        self.assertEqual(status, 405)
+        self.assertIn("Allow: GET, DELETE", head)
+        status, _, text = curl(self.broker, "POST", "/api/v1/messages", token, body="{not json")
+        self.assertError(status, text, "INVALID_ARGUMENT", 400)
+        status, _, text = curl(self.broker, "POST", "/api/v1/messages", token,
+                               body='{"to": 5, "payload": "aGk="}')
+        self.assertError(status, text, "INVALID_ARGUMENT", 400)
+        status, _, text = curl(self.broker, "GET", "/api/v1/peers?page_size=many", token)
+        self.assertError(status, text, "INVALID_ARGUMENT", 400)
+        status, _, text = curl(self.broker, "GET", "/api/v1/peers?page_size=1001", token)
+        self.assertError(status, text, "INVALID_ARGUMENT", 400)
+        status, _, text = curl(self.broker, "GET", "/api/v1/peers/not-an-id", token)
+        self.assertError(status, text, "INVALID_ARGUMENT", 400)
+        status, _, text = curl(self.broker, "GET", "/api/v1/peers/" + offline_id(), token)
+        self.assertError(status, text, "NOT_FOUND", 404)
+        status, _, text = curl(self.broker, "DELETE", "/api/v1/peers/" + offline_id(), token)
+        self.assertError(status, text, "NOT_FOUND", 404)
+
+    def test_oversized_bodies_and_headers_are_refused(self):
+        status, _, text = curl(self.broker, "POST", "/api/v1/messages", self.broker.token,
+                               body=b"{" + b" " * (3 << 20) + b"}")
+        self.assertError(status, text, "INVALID_ARGUMENT", 413)
+        status, _, text = curl(self.broker, "GET", "/api/v1/stats", self.broker.token,
+                               headers=["X-Filler: " + "x" * 20000])
+        self.assertEqual(status, 431, text)
+        self.assertTrue(self.broker.alive())
+
+    def test_garbage_gets_400_and_the_broker_carries_on(self):
+        with socket.create_connection(("127.0.0.1", self.broker.ports["http"]),
+                                      timeout=DEADLINE) as sock:
+            sock.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+            answer = sock.recv(4096)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400"), answer)
+        self.assertEqual(curl(self.broker, "GET", "/healthz")[0], 200)
+
+    def test_keep_alive_serves_several_requests_on_one_connection(self):
+        url = "http://127.0.0.1:%d/healthz" % self.broker.ports["http"]
+        out = subprocess.run(["curl", "-sv", url, url], capture_output=True, text=True)
+        self.assertEqual(out.stdout, "ok\nok\n")
+        self.assertIn("Re-using existing connection", out.stderr)
+
+    def test_stats_members_and_an_offline_mailbox(self):
+        stats = self.api("GET", "/api/v1/stats")
+        self.assertEqual(len(stats["nodeId"]), 43)
+        self.assertTrue(stats["ready"])
+        members = self.api("GET", "/api/v1/members")["members"]
+        self.assertEqual(members[0]["state"], "ALIVE")
+        bob = offline_id()
+        sent = self.api("POST", "/api/v1/messages", body=json.dumps({"to": bob, "payload": "aGk="}))
+        self.assertEqual(sent["status"], "ACCEPTED")
+        self.assertEqual(self.api("GET", "/api/v1/mailboxes/" + bob)["messages"], "1")
+        self.assertEqual(self.api("DELETE", "/api/v1/mailboxes/" + bob)["purged"], "1")
+        self.assertEqual(self.api("GET", "/api/v1/mailboxes/" + bob)["messages"], "0")
+
+    def test_a_peer_over_rest_and_its_events_over_sse(self):
+        events = subprocess.Popen(
+            ["curl", "-sN", "--max-time", str(DEADLINE), "-H",
+             "Authorization: Bearer " + self.broker.token,
+             "http://127.0.0.1:%d/api/v1/events" % self.broker.ports["http"]],
+            stdout=subprocess.PIPE, text=True)
+        # The stream is open once a first event reaches it; a throwaway peer makes one.
+        warmup = Peer(self.broker, "warmup")
+        first = events.stdout.readline()
+        self.assertTrue(first.startswith("data: "), first)
+        warmup.stop()
+        dave = Peer(self.broker, "dave")
+        while True:
+            line = events.stdout.readline()
+            self.assertTrue(line, "the event stream ended before dave connected")
+            if line.startswith("data: ") and dave.id in line:
+                self.assertIn("peerConnected", line)
+                break
+        events.terminate()
+        events.wait(timeout=DEADLINE)
+        events.stdout.close()
+        peer = wait_for(lambda: [p for p in self.api("GET", "/api/v1/peers?page_size=1000")["peers"]
+                                 if p["id"] == dave.id], "dave in the peer list")[0]
+        self.assertTrue(peer["connected"])
+        self.assertEqual(self.api("GET", "/api/v1/peers/" + dave.id)["id"], dave.id)
+        sent = self.api("POST", "/api/v1/messages",
+                        body=json.dumps({"to": dave.id, "payload": "aGVsbG8="}))
+        self.assertEqual(sent["status"], "ACCEPTED")
+        self.assertEqual(dave.next_message()["payload"], "hello")
+        self.api("DELETE", "/api/v1/peers/" + dave.id)
+        dave.stop()
+
+
+class RestDrainTest(unittest.TestCase):
+    def test_drain_turns_readyz_off(self):
+        broker = Broker("drain")
+        try:
+            status, _, text = curl(broker, "POST", "/api/v1/drain", broker.token)
+            self.assertEqual(status, 200, text)
+            self.assertTrue(json.loads(text)["started"])
+            self.assertEqual(curl(broker, "GET", "/readyz")[0], 503)
+            self.assertFalse(json.loads(curl(broker, "POST", "/api/v1/drain", broker.token)[2])
+                             .get("started", False))
+        finally:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    support.run_tests()
