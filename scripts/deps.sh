@@ -12,7 +12,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
-  python3-grpcio prometheus curl wrk
+  python3-grpcio prometheus curl wrk openssl
 )
 
 missing=()

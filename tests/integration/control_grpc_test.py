@@ -229,5 +229,31 @@ class DrainTest(unittest.TestCase):
             broker.stop()
 
 
+class TlsTest(unittest.TestCase):
+    def test_the_control_plane_speaks_tls_when_given_a_certificate(self):
+        tls = os.path.join(WORK, "tls-files")
+        os.makedirs(tls)
+        cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        broker = support.Broker("tls", "--tls-cert-file", cert, "--tls-key-file", key)
+        try:
+            address = "127.0.0.1:%d" % broker.ports["grpc"]
+            with open(cert, "rb") as pem:
+                credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+            with grpc.secure_channel(address, credentials) as channel:
+                stats = pb_grpc.ControlStub(channel).GetStats(
+                    pb.GetStatsRequest(), metadata=[("authorization", "Bearer " + broker.token)],
+                    timeout=DEADLINE)
+                self.assertTrue(stats.ready)
+            with grpc.insecure_channel(address) as channel:
+                with self.assertRaises(grpc.RpcError) as caught:
+                    pb_grpc.ControlStub(channel).GetStats(pb.GetStatsRequest(), timeout=5)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        finally:
+            broker.stop()
+
+
 if __name__ == "__main__":
     support.run_tests()
