@@ -277,6 +277,7 @@ class Broker::Impl {
     if (!config_.listen_http.empty()) {
       HttpOptions options;
       options.address = config_.listen_http;
+      options.tls = {config_.tls_cert_file, config_.tls_key_file};
       options.exposition = [this] {
         auto families = monitoring::Families(control_->MetricsSnapshot());
         for (auto& family : registry_.Collect()) families.push_back(std::move(family));
@@ -286,7 +287,10 @@ class Broker::Impl {
       if (!http.ok()) return http.status();
       http_ = *std::move(http);
       Log(spdlog::level::info, "listening",
-          {{"listener", "http"}, {"addr", config_.listen_http}, {"port", http_->port()}});
+          {{"listener", "http"},
+           {"addr", config_.listen_http},
+           {"port", http_->port()},
+           {"tls", !config_.tls_cert_file.empty()}});
     }
     if (config_.listen_grpc.empty()) return absl::OkStatus();
     const TlsFiles tls{config_.tls_cert_file, config_.tls_key_file};

@@ -14,6 +14,7 @@ find_package(RocksDB CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(gRPC CONFIG REQUIRED)
 find_package(prometheus-cpp CONFIG REQUIRED)
+find_package(OpenSSL REQUIRED)
 
 # jemalloc for the binaries (not the libraries, not sanitizer builds, which bring their own
 # allocator): the data path allocates many small protobuf strings on one thread and frees them

@@ -9,7 +9,7 @@ PACKAGES=(
   # libraries
   libsodium-dev libprotobuf-dev protobuf-compiler libabsl-dev libboost-dev libspdlog-dev libcli11-dev
   librocksdb-dev nlohmann-json3-dev libjemalloc-dev
-  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
+  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
   python3-grpcio prometheus curl wrk openssl

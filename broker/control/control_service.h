@@ -21,6 +21,13 @@
 
 namespace mesh::broker {
 
+// A certificate and key (PEM files) for the control plane's listeners; both empty: plaintext.
+struct TlsFiles {
+  std::string cert;
+  std::string key;
+  bool enabled() const { return !cert.empty() || !key.empty(); }
+};
+
 // What the control service sees of the broker it runs in.
 struct ControlContext {
   Router* router = nullptr;

@@ -10,12 +10,6 @@
 
 namespace mesh::broker {
 
-struct TlsFiles {
-  std::string cert;  // PEM files; both empty: plaintext
-  std::string key;
-  bool enabled() const { return !cert.empty() || !key.empty(); }
-};
-
 class GrpcServer {
  public:
   // Binds `address` (port 0 picks one) and starts serving on gRPC's own threads.

@@ -12,7 +12,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -168,6 +170,7 @@ struct HttpServer::Impl {
   HttpOptions options;
   asio::io_context io;
   tcp::acceptor acceptor;
+  std::optional<asio::ssl::context> tls;  // set: every connection starts with a TLS handshake
   std::thread thread;
   int port = 0;
 
@@ -276,13 +279,33 @@ struct HttpServer::Impl {
   }
 
   awaitable<void> Serve(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
+    if (!tls) {
+      beast::tcp_stream stream(std::move(socket));
+      co_await Exchange(stream);
+      beast::error_code ignored;
+      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
+    beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
+    beast::error_code ec;
+    co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                    asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return;  // not TLS, or a client that went away: nothing to answer
+    co_await Exchange(stream);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
+    co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+  }
+
+  // Requests and responses on one connection, plain or TLS, until it ends.
+  template <typename Stream>
+  awaitable<void> Exchange(Stream& stream) {
     beast::flat_buffer buffer;
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.header_limit(options.header_limit);
       parser.body_limit(options.body_limit);
-      stream.expires_after(kIdleTimeout);
+      beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
       beast::error_code ec;
       co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
       if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
@@ -332,13 +355,12 @@ struct HttpServer::Impl {
                             std::chrono::steady_clock::now() - started));
       if (ec || !keep_alive) break;
     }
-    beast::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
   // Server-Sent Events: one "data:" line of proto3 JSON per event, a comment line every 15 s
   // (so a gone client is noticed), until the client leaves or the server stops.
-  awaitable<void> StreamEvents(beast::tcp_stream& stream, unsigned version) {
+  template <typename Stream>
+  awaitable<void> StreamEvents(Stream& stream, unsigned version) {
     auto watcher = service.WatchEvents({});
     struct CancelOnExit {
       std::shared_ptr<EventWatcher> watcher;
@@ -357,7 +379,7 @@ struct HttpServer::Impl {
     response.keep_alive(false);
     http::response_serializer<http::empty_body> serializer{response};
     beast::error_code ec;
-    stream.expires_never();
+    beast::get_lowest_layer(stream).expires_never();
     co_await http::async_write_header(stream, serializer, asio::redirect_error(use_awaitable, ec));
     while (!ec) {
       std::string out;
@@ -411,6 +433,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& se
         absl::StrCat("HTTP listen address '", options.address, "' is not HOST:PORT"));
   }
   auto impl = std::make_unique<Impl>(service, metrics, std::move(options));
+  if (impl->options.tls.enabled()) {
+    impl->tls.emplace(asio::ssl::context::tls_server);
+    impl->tls->set_options(asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
+                           asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+    impl->tls->use_certificate_chain_file(impl->options.tls.cert, ec);
+    if (!ec) impl->tls->use_private_key_file(impl->options.tls.key, asio::ssl::context::pem, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot use TLS files ",
+                                                     impl->options.tls.cert, " and ",
+                                                     impl->options.tls.key, ": ", ec.message()));
+    }
+  }
   const tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
   impl->acceptor.open(endpoint.protocol(), ec);
   if (!ec) impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);

@@ -18,6 +18,7 @@ struct HttpOptions {
   size_t body_limit = size_t{2} << 20;      // larger bodies: 413
   uint32_t header_limit = 16 * 1024;        // larger headers: 431
   std::function<std::string()> exposition;  // the text of GET /metrics
+  TlsFiles tls;                             // HTTPS when set
 };
 
 class HttpServer {

@@ -196,5 +196,31 @@ class RestDrainTest(unittest.TestCase):
             broker.stop()
 
 
+class RestTlsTest(unittest.TestCase):
+    def test_https_with_the_given_certificate(self):
+        tls = os.path.join(WORK, "tls-files")
+        os.makedirs(tls)
+        cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        broker = Broker("tls", "--tls-cert-file", cert, "--tls-key-file", key)
+        try:
+            base = "https://127.0.0.1:%d" % broker.ports["http"]
+            out = subprocess.run(["curl", "-sS", "--cacert", cert, "--max-time", str(DEADLINE),
+                                  "-H", "Authorization: Bearer " + broker.token,
+                                  base + "/api/v1/stats"], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertTrue(json.loads(out.stdout)["ready"])
+            # Plain HTTP on the TLS port gets no answer, and the broker carries on.
+            plain = subprocess.run(["curl", "-sS", "--max-time", "5",
+                                    "http://127.0.0.1:%d/healthz" % broker.ports["http"]],
+                                   capture_output=True, text=True)
+            self.assertNotEqual(plain.returncode, 0)
+            self.assertTrue(broker.alive())
+        finally:
+            broker.stop()
+
+
 if __name__ == "__main__":
     support.run_tests()
