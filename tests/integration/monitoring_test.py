@@ -198,16 +198,16 @@ class LiveTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.broker = Broker("broker", "--send-rate", "0")
-        cls.http = "http://127.0.0.1:%d" % cls.broker.ports["http"]
-        cls.prometheus = cls.start_prometheus()
-        cls.leave_a_backlog()
         cls.stop_load = threading.Event()
-        cls.load_errors = []
-        cls.load = [threading.Thread(target=work, daemon=True)
-                    for work in (cls.online_load, cls.offline_load, cls.control_load)]
+        cls.load_errors, cls.load, cls.prometheus = [], [], None
+        cls.broker = Broker("broker", "--send-rate", "0")
         try:
+            cls.http = "http://127.0.0.1:%d" % cls.broker.ports["http"]
+            cls.prometheus = cls.start_prometheus()
+            cls.leave_a_backlog()
             wait_for(cls.target_up, "Prometheus to scrape the broker")
+            cls.load = [threading.Thread(target=work, daemon=True)
+                        for work in (cls.online_load, cls.offline_load, cls.control_load)]
             for thread in cls.load:
                 thread.start()
         except BaseException:
@@ -218,12 +218,12 @@ class LiveTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.stop_load.set()
         for thread in cls.load:
-            if thread.is_alive():
-                thread.join(timeout=DEADLINE)
-        if cls.prometheus.poll() is None:
-            cls.prometheus.terminate()
-        cls.prometheus.wait(timeout=DEADLINE)
-        cls.prometheus_log.close()
+            thread.join(timeout=DEADLINE)
+        if cls.prometheus is not None:
+            if cls.prometheus.poll() is None:
+                cls.prometheus.terminate()
+            cls.prometheus.wait(timeout=DEADLINE)
+            cls.prometheus_log.close()
         cls.broker.stop()
 
     @classmethod
