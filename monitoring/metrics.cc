@@ -53,7 +53,7 @@ MetricFamily ByLabel(const std::string& name, const std::string& help, MetricTyp
   return family;
 }
 
-MetricFamily Seconds(const std::string& name, const std::string& help, const Histogram& h) {
+ClientMetric SecondsMetric(const Histogram& h) {
   ClientMetric metric;
   uint64_t cumulative = 0;
   for (size_t i = 0; i < h.counts.size(); ++i) {
@@ -66,7 +66,23 @@ MetricFamily Seconds(const std::string& name, const std::string& help, const His
   }
   metric.histogram.sample_count = cumulative;
   metric.histogram.sample_sum = static_cast<double>(h.sum_micros) / 1e6;
-  return {name, help, MetricType::Histogram, {metric}};
+  return metric;
+}
+
+MetricFamily Seconds(const std::string& name, const std::string& help, const Histogram& h) {
+  return {name, help, MetricType::Histogram, {SecondsMetric(h)}};
+}
+
+// One histogram per value of `label`.
+MetricFamily SecondsBy(const std::string& name, const std::string& help, const std::string& label,
+                       const std::map<std::string, const Histogram*>& histograms) {
+  MetricFamily family{name, help, MetricType::Histogram, {}};
+  for (const auto& [value, histogram] : histograms) {
+    ClientMetric metric = SecondsMetric(*histogram);
+    metric.label.push_back({label, value});
+    family.metric.push_back(std::move(metric));
+  }
+  return family;
 }
 
 }  // namespace
@@ -119,17 +135,23 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(Gauge("mesh_success_rate",
                       "Delivered / (delivered + failed) over the last minute (1 when idle)",
                       s.success_rate));
-  out.push_back(Seconds("mesh_delivery_latency_seconds",
-                        "From accepting a message to its recipient's DeliverAck",
-                        s.delivery_latency));
+  out.push_back(SecondsBy(
+      "mesh_delivery_latency_seconds",
+      "From accepting a message to its recipient's DeliverAck; path=fast: delivered before any "
+      "write, path=stored: written first (time waiting in a mailbox included)",
+      "path", {{"fast", &s.delivery_latency_fast}, {"stored", &s.delivery_latency_stored}}));
 
   out.push_back(Counter("mesh_store_writes_total", "RocksDB writes (each a group of commits)",
                         s.store_writes));
   out.push_back(Counter("mesh_store_syncs_total", "WAL fsyncs", s.store_syncs));
   out.push_back(Counter("mesh_store_failed_writes_total", "Failed store writes or syncs",
                         s.store_failed_writes));
-  out.push_back(Gauge("mesh_store_size_bytes", "Live data in the store (RocksDB's estimate)",
+  out.push_back(Gauge("mesh_store_size_bytes",
+                      "Mailbox data in the store: live data on disk plus memtables (estimates)",
                       static_cast<double>(s.store_size_bytes)));
+  out.push_back(Gauge("mesh_store_available", "0 once a store write failed (disk full, I/O error)",
+                      s.store_available ? 1 : 0));
+  out.push_back(Gauge("mesh_draining", "1 while the broker drains", s.draining ? 1 : 0));
   out.push_back(
       Seconds("mesh_store_write_duration_seconds", "One RocksDB write", s.store_write_duration));
   out.push_back(Seconds("mesh_store_sync_duration_seconds", "One WAL fsync (batch policy)",

@@ -50,13 +50,16 @@ struct BrokerSnapshot {
   uint64_t messages_stored = 0;
   int64_t queue_size = 0;  // messages owned and not yet acknowledged
   int64_t queued_bytes = 0;
-  double success_rate = 1;  // delivered / (delivered + failed) over the last minute
-  Histogram delivery_latency;
+  double success_rate = 1;            // delivered / (delivered + failed) over the last minute
+  Histogram delivery_latency_fast;    // path="fast": delivered before any write
+  Histogram delivery_latency_stored;  // path="stored": written first (mailbox time included)
 
   uint64_t store_writes = 0;
   uint64_t store_syncs = 0;
   uint64_t store_failed_writes = 0;
   uint64_t store_size_bytes = 0;
+  bool store_available = true;
+  bool draining = false;
   Histogram store_write_duration;
   Histogram store_sync_duration;
 

@@ -409,9 +409,12 @@ absl::Status Store::ForEachMessage(const Visitor& visit) const {
 }
 
 uint64_t Store::EstimatedLiveBytes() const {
-  uint64_t bytes = 0;
-  db_->db->GetIntProperty(db_->mailbox, "rocksdb.estimate-live-data-size", &bytes);
-  return bytes;
+  // Flushed data alone reads 0 until the first memtable flush: memtables count too.
+  uint64_t on_disk = 0;
+  uint64_t in_memory = 0;
+  db_->db->GetIntProperty(db_->mailbox, "rocksdb.estimate-live-data-size", &on_disk);
+  db_->db->GetIntProperty(db_->mailbox, "rocksdb.cur-size-all-mem-tables", &in_memory);
+  return on_disk + in_memory;
 }
 
 }  // namespace mesh::store

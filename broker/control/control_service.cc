@@ -355,7 +355,8 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.messages_stored = routed.stored.load();
   s.queue_size = routed.queued.load();
   s.queued_bytes = routed.queued_bytes.load();
-  s.delivery_latency = ToMonitoring(routed.delivery_latency);
+  s.delivery_latency_fast = ToMonitoring(routed.delivery_latency_fast);
+  s.delivery_latency_stored = ToMonitoring(routed.delivery_latency_stored);
   {
     // Over the last minute: against the newest sample at least 60 s old (or the oldest).
     std::lock_guard lock(rate_mu_);
@@ -373,6 +374,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.store_syncs = stored.syncs.load();
   s.store_failed_writes = stored.failed_writes.load();
   s.store_size_bytes = context_.store->EstimatedLiveBytes();
+  s.store_available = context_.store->available();
   if (context_.store_write_duration) {
     s.store_write_duration = ToMonitoring(*context_.store_write_duration);
   }
@@ -380,6 +382,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
     s.store_sync_duration = ToMonitoring(*context_.store_sync_duration);
   }
   const bool draining = context_.draining && context_.draining();
+  s.draining = draining;
   for (const char* state : {"alive", "suspect", "dead", "draining", "left"}) {
     s.cluster_members[state] = 0;
   }

@@ -308,7 +308,8 @@ void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ac
     const auto latency =
         std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted);
     stats.delivery_micros.fetch_add(latency.count(), std::memory_order_relaxed);
-    stats.delivery_latency.Observe(latency);
+    (entry.state == State::kFast ? stats.delivery_latency_fast : stats.delivery_latency_stored)
+        .Observe(latency);
     switch (entry.state) {
       case State::kFast: {
         // Owned now: the recipient has it. No write at all.

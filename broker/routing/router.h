@@ -63,7 +63,10 @@ struct RouterStats {
   ShardedCounter<uint64_t> sessions_total;
   ShardedCounter<uint64_t> replaced;
   ShardedCounter<uint64_t> delivery_micros;  // summed accept -> DeliverAck over acked messages
-  LatencyHistogram delivery_latency;         // accept -> DeliverAck
+  // Accept -> DeliverAck: on the online fast path, and for messages that were written first
+  // (a recipient offline or behind; these include the time spent waiting in a mailbox).
+  LatencyHistogram delivery_latency_fast;
+  LatencyHistogram delivery_latency_stored;
 };
 
 // What the control plane sees of one peer on this broker.
