@@ -209,8 +209,7 @@ class Broker::Impl {
     mesh::v1::Event event;
     event.mutable_drain_started();
     router_->events().Publish(std::move(event));
-    if (grpc_) grpc_->SetServing(false);
-    return true;
+    return true;  // gRPC health follows on the next tick: only the first shard sets it
   }
 
   void Stop(std::string_view why) {

@@ -57,9 +57,13 @@ class Broker:
         return self.proc.poll() is None
 
     def stop(self):
+        """SIGTERM: the broker must exit 0 (a sanitizer report or a crash would not)."""
         self.proc.terminate()
-        self.proc.wait(timeout=DEADLINE)
+        code = self.proc.wait(timeout=DEADLINE)
         self.log.close()
+        if code != 0:
+            with open(self.log_path) as log:
+                raise AssertionError("mesh-broker exited %d on SIGTERM: %s" % (code, log.read()[-4000:]))
 
 
 def keygen(path):
