@@ -133,10 +133,10 @@ class ControlTest(unittest.TestCase):
         warmup.stop()
 
         alice = Peer(self.broker, "alice")
-        peer = wait_for(lambda: self._connected(alice.id), "alice in ListPeers")
-        self.assertTrue(peer.connected)
+        # Connected first, then her client grants credit: wait for both.
+        peer = wait_for(lambda: (p := self._connected(alice.id)) and p.credit > 0 and p,
+                        "alice connected with credit")
         self.assertEqual(peer.remote_address, "127.0.0.1")
-        self.assertGreater(peer.credit, 0)
 
         node = self.broker.call("GetStats", pb.GetStatsRequest()).node_id
         sent = self.broker.call("SendMessage", pb.SendMessageRequest(to=alice.id, payload=b"hi"))
