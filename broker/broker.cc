@@ -255,6 +255,17 @@ class Broker::Impl {
     }
   }
 
+  // Without TLS, a control-plane address other than loopback sends the token in clear.
+  void WarnIfPlaintext(const char* listener, const std::string& address) const {
+    if (!config_.tls_cert_file.empty() || IsLoopback(address)) return;
+    Log(spdlog::level::warn, "control_plane_plaintext",
+        {{"listener", listener},
+         {"addr", address},
+         {"hint",
+          "the admin token crosses the network in clear; pass --tls-cert-file and "
+          "--tls-key-file"}});
+  }
+
   absl::Status StartControlPlane() {
     if (config_.listen_grpc.empty() && config_.listen_http.empty()) return absl::OkStatus();
     auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
@@ -285,6 +296,7 @@ class Broker::Impl {
       auto http = HttpServer::Start(*control_, *request_metrics_, std::move(options));
       if (!http.ok()) return http.status();
       http_ = *std::move(http);
+      WarnIfPlaintext("http", config_.listen_http);
       Log(spdlog::level::info, "listening",
           {{"listener", "http"},
            {"addr", config_.listen_http},
@@ -302,14 +314,7 @@ class Broker::Impl {
          {"addr", config_.listen_grpc},
          {"port", grpc_->port()},
          {"tls", tls.enabled()}});
-    if (!tls.enabled() && !IsLoopback(config_.listen_grpc)) {
-      Log(spdlog::level::warn, "control_plane_plaintext",
-          {{"listener", "grpc"},
-           {"addr", config_.listen_grpc},
-           {"hint",
-            "the admin token crosses the network in clear; pass --tls-cert-file and "
-            "--tls-key-file"}});
-    }
+    WarnIfPlaintext("grpc", config_.listen_grpc);
     return absl::OkStatus();
   }
 
