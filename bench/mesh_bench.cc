@@ -255,17 +255,18 @@ class Bench {
     // Paced: every millisecond, the sends due by now (a steady rate, not bursts per second).
     auto timer = std::make_shared<asio::steady_timer>(*pair.sender_io);
     const double per_pair = config_.rate / config_.pairs;
+    // The tick holds itself only weakly; the pending wait holds it, so it goes with the last one.
     auto tick = std::make_shared<std::function<void()>>();
-    *tick = [this, &pair, timer, per_pair, tick] {
+    *tick = [this, &pair, timer, per_pair, weak = std::weak_ptr<std::function<void()>>(tick)] {
       const double due = Seconds(start_) * per_pair;
       while (pair.sent < due && MoreToSend(pair)) SendOne(pair);
       if (!MoreToSend(pair)) return;
       timer->expires_after(std::chrono::milliseconds(1));
-      timer->async_wait([tick](const boost::system::error_code& ec) {
-        if (!ec) (*tick)();
+      timer->async_wait([self = weak.lock()](const boost::system::error_code& ec) {
+        if (!ec && self) (*self)();
       });
     };
-    asio::post(*pair.sender_io, *tick);
+    asio::post(*pair.sender_io, [tick] { (*tick)(); });
   }
 
   void Fill() {
