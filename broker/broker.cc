@@ -290,6 +290,7 @@ class Broker::Impl {
       options.tls = {config_.tls_cert_file, config_.tls_key_file};
       options.exposition = [this] {
         auto families = monitoring::Families(control_->MetricsSnapshot());
+        for (auto& family : monitoring::ProcessFamilies()) families.push_back(std::move(family));
         for (auto& family : registry_.Collect()) families.push_back(std::move(family));
         return monitoring::Exposition(families);
       };

@@ -1,5 +1,11 @@
 #include "monitoring/metrics.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <sstream>
 
@@ -204,6 +210,47 @@ void RequestMetrics::CountHttp(const std::string& method, const std::string& end
 
 void RequestMetrics::CountGrpc(const std::string& method, const std::string& code) {
   grpc_requests_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+std::vector<MetricFamily> ProcessFamilies() {
+  std::vector<MetricFamily> out;
+  std::ifstream stat("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Fields after the command name (in parentheses, which may hold spaces): state is field 3.
+  const size_t close = text.rfind(')');
+  if (close == std::string::npos) return out;
+  std::istringstream fields(text.substr(close + 2));
+  std::vector<std::string> field((std::istream_iterator<std::string>(fields)),
+                                 std::istream_iterator<std::string>());
+  if (field.size() < 22) return out;
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  // field[0] is field 3 (state): utime is 14, stime 15, starttime 22, rss 24.
+  const double cpu = (std::stod(field[11]) + std::stod(field[12])) / ticks;
+  out.push_back(Single("process_cpu_seconds_total", "User and system CPU time spent, seconds",
+                       MetricType::Counter, cpu));
+  out.push_back(Gauge("process_resident_memory_bytes", "Resident memory, bytes",
+                      std::stod(field[21]) * page));
+  std::ifstream uptime("/proc/uptime");
+  double up = 0;
+  uptime >> up;
+  const auto now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  out.push_back(Gauge("process_start_time_seconds", "Start time since the Unix epoch, seconds",
+                      now - up + std::stod(field[19]) / ticks));
+  size_t fds = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++fds;
+  }
+  out.push_back(Gauge("process_open_fds", "Open file descriptors", static_cast<double>(fds)));
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    out.push_back(Gauge("process_max_fds", "Limit of open file descriptors",
+                        static_cast<double>(limit.rlim_cur)));
+  }
+  return out;
 }
 
 std::string Exposition(const std::vector<MetricFamily>& families) {

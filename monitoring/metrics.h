@@ -71,6 +71,11 @@ struct BrokerSnapshot {
 // The families of a snapshot, for the text exposition.
 std::vector<prometheus::MetricFamily> Families(const BrokerSnapshot& snapshot);
 
+// The process's own series under their conventional names (process_cpu_seconds_total,
+// process_resident_memory_bytes, process_open_fds, process_max_fds,
+// process_start_time_seconds), read from /proc/self; empty where /proc is not there.
+std::vector<prometheus::MetricFamily> ProcessFamilies();
+
 // The control plane's own request counters (prometheus-cpp, in `registry`): HTTP by method,
 // route template and status, gRPC by method and code, and HTTP durations.
 class RequestMetrics {

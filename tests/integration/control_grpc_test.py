@@ -127,10 +127,9 @@ class ControlTest(unittest.TestCase):
                 pass
 
         threading.Thread(target=pump, daemon=True).start()
-        # The stream is open once a first event reaches it; a throwaway peer makes one.
-        warmup = Peer(self.broker, "warmup")
-        wait_for(lambda: not seen.empty(), "the event stream to open")
-        warmup.stop()
+        # The stream is open once an event reaches it; throwaway peers make them.
+        support.open_stream(lambda n: Peer(self.broker, "warmup%d" % n), lambda: not seen.empty(),
+                            "the event stream to open")
 
         alice = Peer(self.broker, "alice")
         # Connected first, then her client grants credit: wait for both.

@@ -4,7 +4,7 @@ client, against the real mesh-broker and real mesh-cli peers: every endpoint and
 case (no token, bad JSON, unknown path, wrong method, oversized body and headers, garbage), and
 `promtool check metrics` (Debian's prometheus) on the live exposition.
 Usage: control_rest_test.py MESH_BROKER MESH_CLI"""
-import json, os, re, socket, subprocess, sys, unittest
+import json, os, queue, re, socket, subprocess, sys, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
@@ -155,20 +155,21 @@ class RestTest(unittest.TestCase):
              "Authorization: Bearer " + self.broker.token,
              "http://127.0.0.1:%d/api/v1/events" % self.broker.ports["http"]],
             stdout=subprocess.PIPE, text=True)
-        # The stream is open once a first event reaches it; a throwaway peer makes one.
-        warmup = Peer(self.broker, "warmup")
-        first = events.stdout.readline()
-        self.assertTrue(first.startswith("data: "), first)
-        warmup.stop()
+        lines = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(l) for l in events.stdout], daemon=True)
+        reader.start()
+        # The stream is open once an event reaches it; throwaway peers make them.
+        support.open_stream(lambda n: Peer(self.broker, "warmup%d" % n), lambda: not lines.empty(),
+                            "the event stream to open")
         dave = Peer(self.broker, "dave")
         while True:
-            line = events.stdout.readline()
-            self.assertTrue(line, "the event stream ended before dave connected")
+            line = lines.get(timeout=DEADLINE)
             if line.startswith("data: ") and dave.id in line:
                 self.assertIn("peerConnected", line)
                 break
         events.terminate()
         events.wait(timeout=DEADLINE)
+        reader.join(timeout=DEADLINE)
         events.stdout.close()
         peer = wait_for(lambda: [p for p in self.api("GET", "/api/v1/peers?page_size=1000")["peers"]
                                  if p["id"] == dave.id], "dave in the peer list")[0]

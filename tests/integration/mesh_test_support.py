@@ -111,3 +111,22 @@ def run_tests():
         unittest.main(module="__main__", argv=[sys.argv[0]], verbosity=2)
     finally:
         shutil.rmtree(_WORK, ignore_errors=True)
+
+
+def open_stream(make_event, has_event, what):
+    """Until a subscription sees events: `make_event(n)` makes one (a throwaway peer), and
+    `has_event()` says whether any arrived. A subscription may still be starting when the
+    first one happens, so this keeps making them (one every half second) until one shows."""
+    end = time.time() + DEADLINE
+    n = 0
+    while time.time() < end:
+        made = make_event(n)
+        n += 1
+        settle = time.time() + 0.5
+        while time.time() < settle:
+            if has_event():
+                made.stop()
+                return
+            time.sleep(0.02)
+        made.stop()
+    raise AssertionError("timed out waiting for " + what)
