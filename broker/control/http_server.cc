@@ -455,16 +455,23 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& se
         absl::StrCat("cannot serve HTTP on ", impl->options.address, ": ", ec.message()));
   }
   impl->port = impl->acceptor.local_endpoint().port();
-  for (const char* route : {"/healthz", "/readyz", "/metrics", "/api/v1/stats", "/api/v1/peers",
-                            "/api/v1/members", "/api/v1/events"}) {
-    metrics.DeclareHttpRoute("GET", route, {200});
+  // Every route's series exist at zero from the start, the answers a caller can expect
+  // included (401 without a token, 400 for bad input), so rules see a first error's rise.
+  const std::vector<int> kApiStatuses = {200, 400, 401, 404, 405, 429, 503};
+  metrics.DeclareHttpRoute("GET", "/healthz", {200});
+  metrics.DeclareHttpRoute("GET", "/readyz", {200, 503});
+  metrics.DeclareHttpRoute("GET", "/metrics", {200});
+  for (const char* route : {"/api/v1/stats", "/api/v1/peers", "/api/v1/peers/{id}",
+                            "/api/v1/mailboxes/{id}", "/api/v1/members", "/api/v1/events"}) {
+    metrics.DeclareHttpRoute("GET", route, kApiStatuses);
   }
-  metrics.DeclareHttpRoute("GET", "/api/v1/peers/{id}", {200, 404});
-  metrics.DeclareHttpRoute("DELETE", "/api/v1/peers/{id}", {200, 404});
-  metrics.DeclareHttpRoute("GET", "/api/v1/mailboxes/{id}", {200});
-  metrics.DeclareHttpRoute("DELETE", "/api/v1/mailboxes/{id}", {200});
-  metrics.DeclareHttpRoute("POST", "/api/v1/messages", {200, 400, 429});
-  metrics.DeclareHttpRoute("POST", "/api/v1/drain", {200});
+  for (const char* route : {"/api/v1/peers/{id}", "/api/v1/mailboxes/{id}"}) {
+    metrics.DeclareHttpRoute("DELETE", route, kApiStatuses);
+  }
+  for (const char* route : {"/api/v1/messages", "/api/v1/drain"}) {
+    metrics.DeclareHttpRoute("POST", route, kApiStatuses);
+  }
+  metrics.DeclareHttpRoute("GET", "other", {404});
   Impl& self = *impl;
   asio::co_spawn(self.io, self.AcceptLoop(), asio::detached);
   self.thread = std::thread([&self] { self.io.run(); });
