@@ -236,7 +236,6 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
   stats_.handshakes_completed.fetch_add(1, std::memory_order_relaxed);
   const auto handshake =
       std::chrono::duration_cast<std::chrono::microseconds>(last_received_ - started_);
-  stats_.handshake_micros_total.fetch_add(handshake.count(), std::memory_order_relaxed);
   stats_.handshake_duration.Observe(handshake);
   stats_.links_open.fetch_add(1, std::memory_order_relaxed);
   watchdog_timer_.cancel();  // the handshake deadline is over; heartbeats start

@@ -55,8 +55,7 @@ struct LinkStats {
 
   std::atomic<uint64_t> handshakes_started{0};
   std::atomic<uint64_t> handshakes_completed{0};
-  std::atomic<uint64_t> handshake_micros_total{0};  // summed over completed handshakes
-  LatencyHistogram handshake_duration;              // of completed handshakes
+  LatencyHistogram handshake_duration;  // of completed handshakes
   std::atomic<int64_t> links_open{0};
   ShardedCounter<uint64_t> frames_received;  // per frame or read: sharded
   ShardedCounter<uint64_t> frames_sent;      // per frame or read: sharded

@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -98,6 +99,20 @@ absl::Status StatusOfAck(const SendAck& ack) {
   }
 }
 
+// SendAcks other than ACCEPTED and DUPLICATE, by status name, every status present.
+std::map<std::string, uint64_t> RejectedByStatus(const RouterStats& routed) {
+  std::map<std::string, uint64_t> rejected;
+  for (int status = 0; status < RouterStats::kStatuses; ++status) {
+    if (!SendAck::Status_IsValid(status) || status == SendAck::STATUS_UNSPECIFIED ||
+        status == SendAck::ACCEPTED || status == SendAck::DUPLICATE) {
+      continue;
+    }
+    rejected[SendAck::Status_Name(static_cast<SendAck::Status>(status))] =
+        routed.acks[status].load();
+  }
+  return rejected;
+}
+
 // The SendAck a local sender is waiting for.
 class AckWait {
  public:
@@ -156,14 +171,7 @@ absl::StatusOr<mesh::v1::Stats> ControlService::GetStats(const mesh::v1::GetStat
   stats.set_messages_expired(routed.expired.load());
   stats.set_messages_queued(static_cast<uint64_t>(std::max<int64_t>(0, routed.queued.load())));
   stats.set_queued_bytes(static_cast<uint64_t>(std::max<int64_t>(0, routed.queued_bytes.load())));
-  for (int status = 0; status < RouterStats::kStatuses; ++status) {
-    if (!SendAck::Status_IsValid(status) || status == SendAck::STATUS_UNSPECIFIED ||
-        status == SendAck::ACCEPTED || status == SendAck::DUPLICATE) {
-      continue;
-    }
-    (*stats.mutable_rejected())[SendAck::Status_Name(static_cast<SendAck::Status>(status))] =
-        routed.acks[status].load();
-  }
+  for (const auto& [name, n] : RejectedByStatus(routed)) (*stats.mutable_rejected())[name] = n;
   const store::StoreStats& stored = context_.store->stats();
   stats.set_store_writes(stored.writes.load());
   stats.set_store_syncs(stored.syncs.load());
@@ -340,16 +348,9 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.messages_accepted = routed.acks[SendAck::ACCEPTED].load();
   s.messages_delivered = routed.acked.load();
   s.messages_expired = routed.expired.load();
+  s.messages_rejected = RejectedByStatus(routed);
   uint64_t rejected = 0;
-  for (int status = 0; status < RouterStats::kStatuses; ++status) {
-    if (!SendAck::Status_IsValid(status) || status == SendAck::STATUS_UNSPECIFIED ||
-        status == SendAck::ACCEPTED || status == SendAck::DUPLICATE) {
-      continue;
-    }
-    const uint64_t n = routed.acks[status].load();
-    s.messages_rejected[SendAck::Status_Name(static_cast<SendAck::Status>(status))] = n;
-    rejected += n;
-  }
+  for (const auto& [name, n] : s.messages_rejected) rejected += n;
   s.messages_failed = rejected + s.messages_expired;
   s.messages_fast_path = routed.fast_path.load();
   s.messages_stored = routed.stored.load();

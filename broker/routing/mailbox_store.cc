@@ -253,7 +253,7 @@ absl::Status Router::Impl::Recover() {
        {"bytes", stats.queued_bytes.load()},
        {"mailboxes", [&] {
           size_t n = 0;
-          for (auto& stripe : stripes) n += stripe.mailboxes.size();
+          ForEachMailbox([&](const Mailbox&) { ++n; });
           return n;
         }()}});
   return absl::OkStatus();

@@ -307,7 +307,6 @@ void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ac
     stats.acked.fetch_add(1, std::memory_order_relaxed);
     const auto latency =
         std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted);
-    stats.delivery_micros.fetch_add(latency.count(), std::memory_order_relaxed);
     (entry.state == State::kFast ? stats.delivery_latency_fast : stats.delivery_latency_stored)
         .Observe(latency);
     switch (entry.state) {
@@ -439,13 +438,11 @@ Router::Router(RouterConfig config, store::Store& store) : config_(std::move(con
 
 std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {
   std::vector<PeerView> peers;
-  for (auto& stripe : impl_->stripes) {
-    std::lock_guard lock(stripe.mu);
-    for (const auto& [id, mailbox] : stripe.mailboxes) {
-      if (mailbox->session && std::string_view(id) > after)
-        peers.push_back(impl_->ViewOf(*mailbox));
+  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
+    if (mailbox.session && std::string_view(mailbox.recipient) > after) {
+      peers.push_back(impl_->ViewOf(mailbox));
     }
-  }
+  });
   std::sort(peers.begin(), peers.end(),
             [](const PeerView& a, const PeerView& b) { return a.id < b.id; });
   if (peers.size() > limit) peers.resize(limit);
@@ -474,22 +471,16 @@ bool Router::Disconnect(std::string_view id) {
 
 size_t Router::GoAwayAll(mesh::v1::GoAway::Reason reason) {
   std::vector<std::shared_ptr<Session>> sessions;
-  for (auto& stripe : impl_->stripes) {
-    std::lock_guard lock(stripe.mu);
-    for (const auto& [id, mailbox] : stripe.mailboxes) {
-      if (mailbox->session) sessions.push_back(mailbox->session);
-    }
-  }
+  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
+    if (mailbox.session) sessions.push_back(mailbox.session);
+  });
   for (auto& session : sessions) session->GoAwayAndClose(reason);
   return sessions.size();
 }
 
 size_t Router::MailboxCount() const {
   size_t count = 0;
-  for (auto& stripe : impl_->stripes) {
-    std::lock_guard lock(stripe.mu);
-    count += stripe.mailboxes.size();
-  }
+  impl_->ForEachMailbox([&](const Mailbox&) { ++count; });
   return count;
 }
 

@@ -62,7 +62,6 @@ struct RouterStats {
   ShardedCounter<int64_t> sessions;
   ShardedCounter<uint64_t> sessions_total;
   ShardedCounter<uint64_t> replaced;
-  ShardedCounter<uint64_t> delivery_micros;  // summed accept -> DeliverAck over acked messages
   // Accept -> DeliverAck: on the online fast path, and for messages that were written first
   // (a recipient offline or behind; these include the time spent waiting in a mailbox).
   LatencyHistogram delivery_latency_fast;

@@ -54,6 +54,15 @@ struct Router::Impl {
     if (mailbox.Idle()) stripe.mailboxes.erase(mailbox.recipient);
   }
 
+  // Visits every mailbox, each under its stripe's lock (one stripe at a time).
+  template <typename Visit>
+  void ForEachMailbox(Visit visit) {
+    for (Stripe& stripe : stripes) {
+      std::lock_guard lock(stripe.mu);
+      for (const auto& [id, mailbox] : stripe.mailboxes) visit(*mailbox);
+    }
+  }
+
   void Ack(Session& session, std::string id, SendAck::Status status, std::string_view detail = {});
 
   void Notify(std::vector<Waiter>& waiters, std::optional<SendAck::Status> override_status,

@@ -230,12 +230,7 @@ class DrainTest(unittest.TestCase):
 
 class TlsTest(unittest.TestCase):
     def test_the_control_plane_speaks_tls_when_given_a_certificate(self):
-        tls = os.path.join(WORK, "tls-files")
-        os.makedirs(tls)
-        cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        cert, key = support.self_signed_certificate("tls-files")
         broker = support.Broker("tls", "--tls-cert-file", cert, "--tls-key-file", key)
         try:
             address = "127.0.0.1:%d" % broker.ports["grpc"]

@@ -199,12 +199,7 @@ class RestDrainTest(unittest.TestCase):
 
 class RestTlsTest(unittest.TestCase):
     def test_https_with_the_given_certificate(self):
-        tls = os.path.join(WORK, "tls-files")
-        os.makedirs(tls)
-        cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        cert, key = support.self_signed_certificate("tls-files")
         broker = Broker("tls", "--tls-cert-file", cert, "--tls-key-file", key)
         try:
             base = "https://127.0.0.1:%d" % broker.ports["http"]

@@ -130,3 +130,14 @@ def open_stream(make_event, has_event, what):
             time.sleep(0.02)
         made.stop()
     raise AssertionError("timed out waiting for " + what)
+
+
+def self_signed_certificate(name):
+    """(cert, key) PEM paths of a fresh self-signed certificate for 127.0.0.1 (openssl)."""
+    tls = os.path.join(_WORK, name)
+    os.makedirs(tls)
+    cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
