@@ -4,12 +4,7 @@
 // one ReadMailbox after a million deletes, from seq 0 and from the head: why the broker seeks
 // from the head of a mailbox rather than from its start.
 #include <benchmark/benchmark.h>
-#include <rocksdb/cache.h>
-#include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
-#include <rocksdb/filter_policy.h>
-#include <rocksdb/slice_transform.h>
-#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -27,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "store/store.h"
+#include "store/store_testing.h"
 
 namespace {
 
@@ -217,66 +213,25 @@ absl::Status FillMailbox(Store& store, Completions& completions, const std::stri
 
 // ---- plain RocksDB ----
 
-// The store's dedup filter (store.cc), so compactions cost the same.
-class ExpiredDedupFilter : public rocksdb::CompactionFilter {
- public:
-  bool Filter(int, const rocksdb::Slice&, const rocksdb::Slice& value, std::string*,
-              bool*) const override {
-    mesh::v1::DedupRecord record;
-    if (!record.ParseFromArray(value.data(), static_cast<int>(value.size()))) return false;
-    return record.expire_at_ms() <= WallMs();
-  }
-  const char* Name() const override { return "store_bench.ExpiredDedupFilter"; }
-};
-
-// A RocksDB opened with the store's options (Store::Open) and its mailbox and dedup families;
-// its outbox and meta families are left out, as nothing here touches them.
+// The store's own RocksDB, with its options and families (store_testing.h), written directly.
 class RawDb {
  public:
-  RawDb() = default;
-  RawDb(const RawDb&) = delete;
-  RawDb& operator=(const RawDb&) = delete;
-  ~RawDb() {
-    if (!db_) return;
-    for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
-    db_->Close();
-  }
-
   absl::Status Open(const TempDir& dir) {
     if (dir.path().empty()) return absl::InternalError("cannot make a directory under /tmp");
-    rocksdb::DBOptions db_options;
-    db_options.create_if_missing = true;
-    db_options.create_missing_column_families = true;
-    db_options.max_background_jobs = 2;
-    db_options.keep_log_file_num = 4;
-    rocksdb::BlockBasedTableOptions table;
-    table.block_cache = rocksdb::NewLRUCache(size_t{64} << 20);
-    table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-    rocksdb::ColumnFamilyOptions mailbox_options;
-    mailbox_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(mesh::store::kIdSize));
-    mailbox_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-    rocksdb::ColumnFamilyOptions dedup_options;
-    dedup_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-    dedup_options.compaction_filter = &dedup_filter_;
-    std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
-        {"mailbox", mailbox_options},
-        {"dedup", dedup_options}};
-    rocksdb::DB* raw = nullptr;
-    auto status = rocksdb::DB::Open(db_options, dir.path(), families, &handles_, &raw);
-    if (!status.ok()) return absl::UnavailableError(status.ToString());
-    db_.reset(raw);
+    StoreOptions options;
+    options.path = dir.path();
+    auto db = mesh::store::testing::RawStoreDb::Open(options);
+    if (!db.ok()) return db.status();
+    db_ = *std::move(db);
     return absl::OkStatus();
   }
 
-  rocksdb::DB* db() const { return db_.get(); }
-  rocksdb::ColumnFamilyHandle* mailbox() const { return handles_[1]; }
-  rocksdb::ColumnFamilyHandle* dedup() const { return handles_[2]; }
+  rocksdb::DB* db() const { return db_->db(); }
+  rocksdb::ColumnFamilyHandle* mailbox() const { return db_->mailbox(); }
+  rocksdb::ColumnFamilyHandle* dedup() const { return db_->dedup(); }
 
  private:
-  ExpiredDedupFilter dedup_filter_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  std::unique_ptr<rocksdb::DB> db_;
+  std::unique_ptr<mesh::store::testing::RawStoreDb> db_;
 };
 
 absl::Status FromRocks(const rocksdb::Status& status) {

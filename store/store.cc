@@ -119,6 +119,47 @@ void Batch::PutDedup(std::string_view from, std::string_view id,
   ops_.push_back(std::move(op));
 }
 
+namespace {
+
+// Opens the store's RocksDB with its options and families (default, mailbox, outbox, dedup,
+// meta). Store::Open and the raw baseline of benchmarks (store_testing.h) both open it here.
+rocksdb::Status OpenRocks(const StoreOptions& options, rocksdb::Env* env,
+                          const rocksdb::CompactionFilter* dedup_filter,
+                          std::vector<rocksdb::ColumnFamilyHandle*>* handles, rocksdb::DB** db) {
+  rocksdb::DBOptions db_options;
+  if (env != nullptr) db_options.env = env;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 4;
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  rocksdb::ColumnFamilyOptions mailbox_options;
+  // Seeks stay inside one mailbox: a prefix bloom filter skips files without it.
+  mailbox_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kIdSize));
+  mailbox_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  rocksdb::ColumnFamilyOptions dedup_options;
+  dedup_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  dedup_options.compaction_filter = dedup_filter;
+  // Nearly every lookup is for a key that is not there (a first Send): a memtable bloom
+  // answers those without walking the skiplist.
+  dedup_options.memtable_prefix_bloom_size_ratio = 0.05;
+  dedup_options.memtable_whole_key_filtering = true;
+  rocksdb::ColumnFamilyOptions plain;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, plain},
+      {"mailbox", mailbox_options},
+      {"outbox", mailbox_options},
+      {"dedup", dedup_options},
+      {"meta", plain}};
+  return rocksdb::DB::Open(db_options, options.path, families, handles, db);
+}
+
+}  // namespace
+
 struct Store::Db {
   // A test's file system (store_testing.h) wrapped as an Env; null on RocksDB's default.
   // Declared before `db`, so it is destroyed after the database that uses it.
@@ -159,40 +200,9 @@ absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& opt
   std::unique_ptr<Store> store(new Store(options));
   Store::Db& d = *store->db_;
 
-  rocksdb::DBOptions db_options;
-  if (fs) {
-    d.env = rocksdb::NewCompositeEnv(fs);
-    db_options.env = d.env.get();
-  }
-  db_options.create_if_missing = true;
-  db_options.create_missing_column_families = true;
-  db_options.max_background_jobs = 2;
-  db_options.keep_log_file_num = 4;
-
-  rocksdb::BlockBasedTableOptions table;
-  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
-  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-  rocksdb::ColumnFamilyOptions mailbox_options;
-  // Seeks stay inside one mailbox: a prefix bloom filter skips files without it.
-  mailbox_options.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kIdSize));
-  mailbox_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  rocksdb::ColumnFamilyOptions dedup_options;
-  dedup_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  dedup_options.compaction_filter = &d.dedup_filter;
-  // Nearly every lookup is for a key that is not there (a first Send): a memtable bloom
-  // answers those without walking the skiplist.
-  dedup_options.memtable_prefix_bloom_size_ratio = 0.05;
-  dedup_options.memtable_whole_key_filtering = true;
-  rocksdb::ColumnFamilyOptions plain;
-
-  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-      {rocksdb::kDefaultColumnFamilyName, plain},
-      {"mailbox", mailbox_options},
-      {"outbox", mailbox_options},
-      {"dedup", dedup_options},
-      {"meta", plain}};
+  if (fs) d.env = rocksdb::NewCompositeEnv(fs);
   rocksdb::DB* raw = nullptr;
-  auto status = rocksdb::DB::Open(db_options, options.path, families, &d.handles, &raw);
+  auto status = OpenRocks(options, d.env.get(), &d.dedup_filter, &d.handles, &raw);
   if (!status.ok()) return FromRocks(status, absl::StrCat("open ", options.path));
   d.db.reset(raw);
   d.mailbox = d.handles[1];
@@ -416,5 +426,35 @@ uint64_t Store::EstimatedLiveBytes() const {
   db_->db->GetIntProperty(db_->mailbox, "rocksdb.cur-size-all-mem-tables", &in_memory);
   return on_disk + in_memory;
 }
+
+namespace testing {
+
+struct RawStoreDb::Impl {
+  ExpiredDedupFilter dedup_filter;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  std::unique_ptr<rocksdb::DB> db;
+};
+
+absl::StatusOr<std::unique_ptr<RawStoreDb>> RawStoreDb::Open(const StoreOptions& options) {
+  std::unique_ptr<RawStoreDb> raw(new RawStoreDb);
+  raw->impl_ = std::make_unique<Impl>();
+  rocksdb::DB* db = nullptr;
+  auto status = OpenRocks(options, nullptr, &raw->impl_->dedup_filter, &raw->impl_->handles, &db);
+  if (!status.ok()) return FromRocks(status, absl::StrCat("open ", options.path));
+  raw->impl_->db.reset(db);
+  return raw;
+}
+
+RawStoreDb::~RawStoreDb() {
+  if (!impl_ || !impl_->db) return;
+  for (auto* handle : impl_->handles) impl_->db->DestroyColumnFamilyHandle(handle);
+  impl_->db->Close();
+}
+
+rocksdb::DB* RawStoreDb::db() const { return impl_->db.get(); }
+rocksdb::ColumnFamilyHandle* RawStoreDb::mailbox() const { return impl_->handles[1]; }
+rocksdb::ColumnFamilyHandle* RawStoreDb::dedup() const { return impl_->handles[3]; }
+
+}  // namespace testing
 
 }  // namespace mesh::store

@@ -8,6 +8,8 @@
 #include "store/store.h"
 
 namespace rocksdb {
+class ColumnFamilyHandle;
+class DB;
 class FileSystem;
 }  // namespace rocksdb
 
@@ -17,5 +19,24 @@ namespace mesh::store::testing {
 // drops writes). The Store keeps `fs` alive for as long as its database is open.
 absl::StatusOr<std::unique_ptr<Store>> OpenWithFileSystem(const StoreOptions& options,
                                                           std::shared_ptr<rocksdb::FileSystem> fs);
+
+// The store's RocksDB opened directly, with the very options and families Store::Open uses,
+// for baselines that bypass the Store (bench/store_bench's raw puts and drains).
+class RawStoreDb {
+ public:
+  static absl::StatusOr<std::unique_ptr<RawStoreDb>> Open(const StoreOptions& options);
+  ~RawStoreDb();
+  RawStoreDb(const RawStoreDb&) = delete;
+  RawStoreDb& operator=(const RawStoreDb&) = delete;
+
+  rocksdb::DB* db() const;
+  rocksdb::ColumnFamilyHandle* mailbox() const;
+  rocksdb::ColumnFamilyHandle* dedup() const;
+
+ private:
+  RawStoreDb() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace mesh::store::testing
