@@ -147,10 +147,10 @@ awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(Socket socket,
 
 awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
     Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
-    const LinkConfig& config, LinkStats& stats) {
+    const LinkConfig& config, LinkStats& stats, LinkKind kind) {
   std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
   absl::Status status =
-      co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, LinkKind::kPeer);
+      co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, kind);
   if (!status.ok()) co_return status;
   co_return link;
 }
@@ -158,6 +158,7 @@ awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
 awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
                                         bool initiator, crypto::CipherSuite suite, LinkKind kind) {
   stats_.handshakes_started.fetch_add(1, std::memory_order_relaxed);
+  kind_ = kind;
   asio::co_spawn(socket_.get_executor(), Watchdog(), asio::detached);
   absl::Status status = co_await [&]() -> awaitable<absl::Status> {
     Preamble preamble = EncodePreamble(suite, kind);
@@ -170,6 +171,13 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
     hs_config.initiator = initiator;
     hs_config.prologue.assign(preamble.begin(), preamble.end());
     hs_config.static_key = &key;
+    if (kind == LinkKind::kCluster) {
+      if (config_.psk == nullptr) {
+        co_return LinkError(mesh::v1::INTERNAL, "a cluster link needs the cluster secret");
+      }
+      hs_config.pattern = crypto::Pattern::kXXpsk3;
+      hs_config.psk = *config_.psk;
+    }
     auto hs = crypto::HandshakeState::Create(std::move(hs_config));
     if (!hs.ok()) co_return LinkError(mesh::v1::UNSUPPORTED_SUITE, hs.status().message());
 
@@ -419,6 +427,7 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
 }
 
 absl::Status Link::Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame) {
+  if (kind_ == LinkKind::kCluster) return DispatchCluster(frame_bytes);
   auto frame = ParseFrame(frame_bytes);
   if (!frame.ok()) return frame.status();
   stats_.frames_received.fetch_add(1, std::memory_order_relaxed);
@@ -438,7 +447,44 @@ absl::Status Link::Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame
   }
 }
 
-void Link::Send(const mesh::v1::Frame& frame) {
+absl::Status Link::DispatchCluster(crypto::ByteSpan frame_bytes) {
+  mesh::v1::ClusterFrame frame;
+  if (!frame.ParseFromArray(frame_bytes.data(), static_cast<int>(frame_bytes.size())) ||
+      frame.body_case() == mesh::v1::ClusterFrame::BODY_NOT_SET) {
+    return LinkError(mesh::v1::MALFORMED_FRAME, "record payload is not a mesh.v1.ClusterFrame");
+  }
+  stats_.frames_received.fetch_add(1, std::memory_order_relaxed);
+  switch (frame.body_case()) {
+    case mesh::v1::ClusterFrame::kPing: {
+      mesh::v1::ClusterFrame pong;
+      pong.mutable_pong()->set_nonce(frame.ping().nonce());
+      Send(pong);
+      return absl::OkStatus();
+    }
+    case mesh::v1::ClusterFrame::kPong:
+      return absl::OkStatus();
+    case mesh::v1::ClusterFrame::kError:
+      return absl::AbortedError(absl::StrCat("the other side reported ",
+                                             ReasonName(frame.error().code()), ": ",
+                                             frame.error().message()));
+    default:
+      return on_cluster_ ? on_cluster_(frame)
+                         : LinkError(mesh::v1::UNEXPECTED_FRAME, "no cluster handler");
+  }
+}
+
+awaitable<absl::Status> Link::RunCluster(ClusterHandler on_frame) {
+  on_cluster_ = std::move(on_frame);
+  co_return co_await Run([](mesh::v1::Frame&) {
+    return LinkError(mesh::v1::UNEXPECTED_FRAME, "a peer frame on a cluster link");
+  });
+}
+
+void Link::Send(const mesh::v1::Frame& frame) { SendMessage(frame); }
+
+void Link::Send(const mesh::v1::ClusterFrame& frame) { SendMessage(frame); }
+
+void Link::SendMessage(const google::protobuf::MessageLite& frame) {
   if (closing_) return;
   if (send_.nonce() >= kNonceLimit) {
     Close(LinkError(mesh::v1::NONCE_EXHAUSTED, "send nonce limit reached; reconnect"));
@@ -465,10 +511,18 @@ void Link::Close(absl::Status reason) {
   close_started_ = Clock::now();
   const ErrorCode code = ErrorCodeOf(close_reason_);
   if (established_ && code != mesh::v1::ERROR_CODE_UNSPECIFIED && socket_.is_open()) {
-    mesh::v1::Frame error;
-    error.mutable_error()->set_code(code);
-    error.mutable_error()->set_message(std::string(close_reason_.message()));
-    (void)AppendFrameRecords(error, send_, scratch_, out_);
+    mesh::v1::Error error;
+    error.set_code(code);
+    error.set_message(std::string(close_reason_.message()));
+    if (kind_ == LinkKind::kCluster) {
+      mesh::v1::ClusterFrame frame;
+      *frame.mutable_error() = std::move(error);
+      (void)AppendFrameRecords(frame, send_, scratch_, out_);
+    } else {
+      mesh::v1::Frame frame;
+      *frame.mutable_error() = std::move(error);
+      (void)AppendFrameRecords(frame, send_, scratch_, out_);
+    }
   }
   write_signal_.cancel();
   watchdog_timer_.cancel();
@@ -551,9 +605,15 @@ awaitable<void> Link::Watchdog() {
         continue;
       }
       if (now >= last_sent_ + config_.heartbeat_interval) {
-        mesh::v1::Frame ping;
-        ping.mutable_ping()->set_nonce(++ping_nonce);
-        Send(ping);
+        if (kind_ == LinkKind::kCluster) {
+          mesh::v1::ClusterFrame ping;
+          ping.mutable_ping()->set_nonce(++ping_nonce);
+          Send(ping);
+        } else {
+          mesh::v1::Frame ping;
+          ping.mutable_ping()->set_nonce(++ping_nonce);
+          Send(ping);
+        }
       }
       next = std::min(next, last_sent_ + config_.heartbeat_interval);
     }

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "crypto/crypto.h"
+#include "mesh/v1/cluster.pb.h"
 #include "mesh/v1/wire.pb.h"
 #include "peer/counter.h"
 #include "peer/record.h"
@@ -45,6 +46,8 @@ struct LinkConfig {
   std::chrono::milliseconds frame_timeout = kDefaultFrameTimeout;
   size_t max_payload = kDefaultMaxPayload;
   MemoryBudget* frame_budget = nullptr;  // borrowed; null means unbounded
+  // Cluster links (DESIGN §5): the cluster secret, mixed in as Noise_XXpsk3's PSK. Borrowed.
+  const crypto::Secret<crypto::kKeySize>* psk = nullptr;
 
   size_t max_frame() const { return max_payload + kFrameOverhead; }
 };
@@ -79,6 +82,8 @@ class Link : public std::enable_shared_from_this<Link> {
   using Socket = boost::asio::ip::tcp::socket;
   // Called for each frame but Ping (answered here); a non-OK status closes the link with it.
   using FrameHandler = std::function<absl::Status(mesh::v1::Frame&)>;
+  // The same for a cluster link, which carries ClusterFrames only.
+  using ClusterHandler = std::function<absl::Status(mesh::v1::ClusterFrame&)>;
 
   // Responder: reads the preamble (answering a refused one), runs the handshake, sending `hello`
   // in message 2. On failure the socket is closed and the status carries the reason.
@@ -87,16 +92,20 @@ class Link : public std::enable_shared_from_this<Link> {
       const LinkConfig& config, LinkStats& stats);
   // Initiator: sends the preamble and `hello` in message 3. The heartbeat interval becomes the
   // one the responder announces. A refused preamble fails with the refusal in the message.
+  // A cluster link (kind kCluster) needs config.psk, and so does its responder.
   static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Connect(
       Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
-      const LinkConfig& config, LinkStats& stats);
+      const LinkConfig& config, LinkStats& stats, LinkKind kind = LinkKind::kPeer);
   ~Link();
 
   // Reads frames until the link ends, answers Ping, pings when idle and closes a link silent
   // for kMissedHeartbeats intervals. Returns why the link ended (OK: the other side closed).
   awaitable<absl::Status> Run(FrameHandler on_frame);
+  // Run for a cluster link.
+  awaitable<absl::Status> RunCluster(ClusterHandler on_frame);
   // Queues a frame; frames go out in order, coalesced into few writes.
   void Send(const mesh::v1::Frame& frame);
+  void Send(const mesh::v1::ClusterFrame& frame);
   // Ends the link: an Error frame first when `reason` carries a protocol violation, then close.
   void Close(absl::Status reason);
 
@@ -119,6 +128,8 @@ class Link : public std::enable_shared_from_this<Link> {
   absl::Status ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
                               bool& paused);
   absl::Status Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame);
+  absl::Status DispatchCluster(crypto::ByteSpan frame_bytes);
+  void SendMessage(const google::protobuf::MessageLite& frame);
   awaitable<void> WriteLoop();
   awaitable<void> Watchdog();
   // The reason an I/O error ended the link: a deadline the watchdog enforced, or the error.
@@ -130,6 +141,8 @@ class Link : public std::enable_shared_from_this<Link> {
   Socket socket_;
   LinkConfig config_;
   LinkStats& stats_;
+  LinkKind kind_ = LinkKind::kPeer;
+  ClusterHandler on_cluster_;  // set by RunCluster
   crypto::CipherState send_;
   crypto::CipherState receive_;
   crypto::PeerId remote_id_;

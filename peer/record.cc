@@ -70,8 +70,9 @@ std::string ReasonName(mesh::v1::ErrorCode code) {
   return absl::AsciiStrToLower(mesh::v1::ErrorCode_Name(code));
 }
 
-absl::Status AppendFrameRecords(const mesh::v1::Frame& frame, crypto::CipherState& send,
-                                crypto::Bytes& scratch, crypto::Bytes& out) {
+absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
+                                crypto::CipherState& send, crypto::Bytes& scratch,
+                                crypto::Bytes& out) {
   const size_t size = frame.ByteSizeLong();
   scratch.resize(size);
   frame.SerializeWithCachedSizesToArray(scratch.data());

@@ -24,8 +24,9 @@ std::string ReasonName(mesh::v1::ErrorCode code);
 
 // Appends the frame's records (length prefix + encrypted flags and chunk) to `out`.
 // `scratch` is reused between calls to hold the serialized frame.
-absl::Status AppendFrameRecords(const mesh::v1::Frame& frame, crypto::CipherState& send,
-                                crypto::Bytes& scratch, crypto::Bytes& out);
+absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
+                                crypto::CipherState& send, crypto::Bytes& scratch,
+                                crypto::Bytes& out);
 
 // Reassembles frames from decrypted record plaintexts. Single-record frames pass through
 // without a copy.

@@ -122,7 +122,8 @@ struct Mailbox {
   uint64_t min_expire_ms = UINT64_MAX;
   absl::flat_hash_map<std::string, uint64_t> per_sender;
   absl::flat_hash_map<PendingKey, Pending> pending;
-  std::shared_ptr<Session> session;
+  std::shared_ptr<Session> session;  // a peer's link, or a forwarder to another broker
+  uint64_t placed_epoch = 0;         // the placement epoch it was last placed in
 
   void Spill(uint64_t seq) {
     spill_seq = spilled ? std::min(spill_seq, seq) : seq;

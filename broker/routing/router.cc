@@ -72,6 +72,11 @@ void Router::Impl::DeliverEntry(Session& session, uint64_t seq, Entry& entry) {
   const uint64_t size = entry.envelope.payload().size();
   session.in_flight_[link_seq] = {seq, size};
   session.in_flight_bytes_ += size;
+  if (session.forwarder()) {
+    session.forward_(link_seq, entry.envelope);
+    stats.forwarded_out.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   mesh::v1::Frame frame;
   auto* deliver = frame.mutable_deliver();
   deliver->set_seq(link_seq);
@@ -156,11 +161,12 @@ bool Router::Impl::TakeToken(Session& session) {
 
 // Whether a retried Send carries the message its pending (from, id) stands for.
 bool Router::Impl::SameMessage(const Mailbox& mailbox, const Pending& pending,
-                               const mesh::v1::Send& send) {
-  if (pending.digest) return *pending.digest == DigestOf(send.to(), send.payload());
+                               const mesh::v1::StoredEnvelope& message) {
+  if (pending.digest) return *pending.digest == DigestOf(message.to(), message.payload());
   auto it = mailbox.loaded.find(pending.seq);
   if (it == mailbox.loaded.end()) return false;  // cannot happen: see Pending::digest
-  return it->second.envelope.to() == send.to() && it->second.envelope.payload() == send.payload();
+  return it->second.envelope.to() == message.to() &&
+         it->second.envelope.payload() == message.payload();
 }
 
 void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
@@ -186,59 +192,89 @@ void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
     return Ack(sender, id, SendAck::RATE_LIMITED,
                absl::StrCat("over ", config.send_rate, " messages/s"));
   }
-  const std::string& from = sender.peer();
+  const uint64_t now_ms = WallMs();
+  const uint64_t ttl_s = send.ttl_s() == 0 ? config.default_ttl.count() : send.ttl_s();
+  mesh::v1::StoredEnvelope envelope;
+  envelope.set_version(store::kEnvelopeVersion);
+  envelope.set_from(sender.peer());
+  envelope.set_allocated_to(send.release_to());
+  envelope.set_id(id);
+  envelope.set_allocated_payload(send.release_payload());
+  envelope.set_sent_at_ms(now_ms);
+  envelope.set_expire_at_ms(now_ms + ttl_s * 1000);
+  Admit(sender, id, std::move(envelope));
+}
+
+void Router::Impl::OnForward(Session& sender, mesh::v1::StoredEnvelope envelope,
+                             std::string ack_ref) {
+  stats.forwarded_in.fetch_add(1, std::memory_order_relaxed);
+  if (envelope.id().size() != store::kMessageIdSize || envelope.from().size() != store::kIdSize ||
+      envelope.to().size() != store::kIdSize ||
+      !crypto::IsCanonicalPublicKey(AsBytes(envelope.to()))) {
+    return Ack(sender, std::move(ack_ref), SendAck::INVALID, "malformed forwarded message");
+  }
+  if (envelope.payload().size() > config.max_payload) {
+    return Ack(sender, std::move(ack_ref), SendAck::TOO_LARGE, "payload over max_payload");
+  }
+  envelope.set_version(store::kEnvelopeVersion);
+  Admit(sender, std::move(ack_ref), std::move(envelope));
+}
+
+// Takes ownership of a validated message: dedup, quotas, then the recipient's mailbox, where it
+// is delivered at once (fast path), or written first. `ack_id` is what the sender's SendAck
+// names.
+void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEnvelope envelope) {
+  const std::string& from = envelope.from();
+  const std::string& id = envelope.id();
   const PendingKey key = PendingKeyOf(from, id);
   const uint64_t now_ms = WallMs();
 
-  Stripe& stripe = StripeOf(send.to());
+  Stripe& stripe = StripeOf(envelope.to());
   std::lock_guard lock(stripe.mu);
-  Mailbox& mailbox = Get(stripe, send.to());
+  Mailbox& mailbox = Get(stripe, envelope.to());
   if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
-    if (!SameMessage(mailbox, it->second, send)) {
-      return Ack(sender, id, SendAck::INVALID, "id reused with another recipient or payload");
+    if (!SameMessage(mailbox, it->second, envelope)) {
+      return Ack(sender, std::move(ack_id), SendAck::INVALID,
+                 "id reused with another recipient or payload");
     }
-    it->second.waiters.push_back({sender.weak_from_this(), id, SendAck::DUPLICATE});
+    it->second.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::DUPLICATE});
     return;
   }
   if (!store.available()) {
     MaybeErase(stripe, mailbox);
-    return Ack(sender, id, SendAck::STORE_UNAVAILABLE, "the store cannot write");
+    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE, "the store cannot write");
   }
   auto dedup = store.GetDedup(from, id, now_ms);
   if (!dedup.ok()) {
     MaybeErase(stripe, mailbox);
-    return Ack(sender, id, SendAck::STORE_UNAVAILABLE, std::string(dedup.status().message()));
+    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
+               std::string(dedup.status().message()));
   }
   if (dedup->has_value()) {
     MaybeErase(stripe, mailbox);
-    if ((*dedup)->digest() != AsText(DigestOf(send.to(), send.payload()))) {
-      return Ack(sender, id, SendAck::INVALID, "id reused with another recipient or payload");
+    if ((*dedup)->digest() != AsText(DigestOf(envelope.to(), envelope.payload()))) {
+      return Ack(sender, std::move(ack_id), SendAck::INVALID,
+                 "id reused with another recipient or payload");
     }
-    return Ack(sender, id, SendAck::DUPLICATE);
+    return Ack(sender, std::move(ack_id), SendAck::DUPLICATE);
   }
-  const uint64_t bytes = AccountedBytes(send.payload().size());
+  const uint64_t bytes = AccountedBytes(envelope.payload().size());
   if (auto rejection = CheckQuotas(mailbox, from, bytes); rejection.first != SendAck::ACCEPTED) {
     MaybeErase(stripe, mailbox);
-    return Ack(sender, id, rejection.first, rejection.second);
+    return Ack(sender, std::move(ack_id), rejection.first, rejection.second);
   }
 
   const uint64_t seq = mailbox.next_seq++;
-  const uint64_t ttl_s = send.ttl_s() == 0 ? config.default_ttl.count() : send.ttl_s();
   Entry entry;
-  entry.envelope.set_version(store::kEnvelopeVersion);
-  entry.envelope.set_from(from);
-  entry.envelope.set_to(send.to());
-  entry.envelope.set_id(id);
-  entry.envelope.set_allocated_payload(send.release_payload());
-  entry.envelope.set_sent_at_ms(now_ms);
-  entry.envelope.set_expire_at_ms(now_ms + ttl_s * 1000);
+  entry.envelope = std::move(envelope);
   entry.bytes = bytes;
   entry.accepted = Clock::now();
-  Account(mailbox, from, bytes, entry.envelope.expire_at_ms());
+  Account(mailbox, entry.envelope.from(), bytes, entry.envelope.expire_at_ms());
   Pending& pending = mailbox.pending[key];
   pending.seq = seq;
-  pending.waiters.push_back({sender.weak_from_this(), id, SendAck::ACCEPTED});
+  pending.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::ACCEPTED});
 
+  Place(mailbox);
   Session* recipient = mailbox.session.get();
   const bool fast = config.ack_window.count() > 0 && recipient != nullptr && !mailbox.spilled &&
                     HasCapacity(*recipient) && !UndeliveredLoaded(mailbox);
@@ -259,6 +295,45 @@ void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
   } else {
     mailbox.Spill(seq);
   }
+}
+
+// A mailbox without a session asks the placement where it goes (once per placement epoch, so
+// a mailbox kept here costs one question, not one per message).
+void Router::Impl::Place(Mailbox& mailbox) {
+  if (placement == nullptr || mailbox.session) return;
+  const uint64_t epoch = placement_epoch.load(std::memory_order_relaxed);
+  if (mailbox.placed_epoch == epoch) return;
+  mailbox.placed_epoch = epoch;
+  const std::string next = placement->NextHop(mailbox.recipient);
+  if (next.empty()) return;
+  std::shared_ptr<Session> forwarder = placement->Forwarder(mailbox.recipient, next);
+  if (forwarder) Bind(mailbox, std::move(forwarder));
+}
+
+void Router::Impl::Bind(Mailbox& mailbox, std::shared_ptr<Session> session) {
+  mailbox.session = std::move(session);
+  mailbox.session->attached_ = true;
+  mailbox.deliver_from = 0;
+  if (!mailbox.session->forwarder()) {
+    stats.sessions.fetch_add(1, std::memory_order_relaxed);
+    stats.sessions_total.fetch_add(1, std::memory_order_relaxed);
+  }
+  TryDeliver(mailbox);
+}
+
+// Asks the placement again for a mailbox without a local session: a forwarder whose next hop
+// or link changed is let go (what it had in flight stays here) and another bound.
+void Router::Impl::Replace(Stripe& stripe, Mailbox& mailbox) {
+  if (placement == nullptr) return;
+  if (mailbox.session) {
+    if (!mailbox.session->forwarder()) return;
+    const std::string next = placement->NextHop(mailbox.recipient);
+    if (next == mailbox.session->next_hop() && placement->Usable(*mailbox.session)) return;
+    Unbind(mailbox);
+  }
+  mailbox.placed_epoch = 0;
+  Place(mailbox);
+  MaybeErase(stripe, mailbox);
 }
 
 std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailbox,
@@ -288,14 +363,15 @@ std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailb
   return {SendAck::ACCEPTED, {}};
 }
 
-void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ack) {
+void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link_seqs) {
   Stripe& stripe = StripeOf(session.peer());
   std::lock_guard lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, session.peer());
   if (mailbox == nullptr || mailbox->session.get() != &session) return;
   const auto now = Clock::now();
   store::Batch deletes;  // one commit for the whole ack, not one per message
-  for (uint64_t link_seq : ack.seqs()) {
+  const bool forwarded = session.forwarder();
+  for (uint64_t link_seq : link_seqs) {
     auto flight = session.in_flight_.find(link_seq);
     if (flight == session.in_flight_.end()) continue;  // a repeated ack
     const uint64_t seq = flight->second.mailbox_seq;
@@ -304,11 +380,15 @@ void Router::Impl::OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ac
     auto it = mailbox->loaded.find(seq);
     if (it == mailbox->loaded.end()) continue;
     Entry& entry = it->second;
-    stats.acked.fetch_add(1, std::memory_order_relaxed);
-    const auto latency =
-        std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted);
-    (entry.state == State::kFast ? stats.delivery_latency_fast : stats.delivery_latency_stored)
-        .Observe(latency);
+    if (forwarded) {
+      stats.forward_acked.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      stats.acked.fetch_add(1, std::memory_order_relaxed);
+      const auto latency =
+          std::chrono::duration_cast<std::chrono::microseconds>(now - entry.accepted);
+      (entry.state == State::kFast ? stats.delivery_latency_fast : stats.delivery_latency_stored)
+          .Observe(latency);
+    }
     switch (entry.state) {
       case State::kFast: {
         // Owned now: the recipient has it. No write at all.
@@ -367,8 +447,8 @@ void Router::Impl::Unbind(Mailbox& mailbox) {
     it = mailbox.loaded.erase(it);
   }
   mailbox.deliver_from = 0;
+  if (!session.forwarder()) stats.sessions.fetch_sub(1, std::memory_order_relaxed);
   mailbox.session.reset();
-  stats.sessions.fetch_sub(1, std::memory_order_relaxed);
 }
 
 std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link,
@@ -382,15 +462,12 @@ std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link,
     if (mailbox.session) {
       replaced = mailbox.session;
       Unbind(mailbox);
-      stats.replaced.fetch_add(1, std::memory_order_relaxed);
+      if (!replaced->forwarder()) stats.replaced.fetch_add(1, std::memory_order_relaxed);
     }
-    mailbox.session = session;
-    session->attached_ = true;
-    mailbox.deliver_from = 0;
-    stats.sessions.fetch_add(1, std::memory_order_relaxed);
-    stats.sessions_total.fetch_add(1, std::memory_order_relaxed);
+    Bind(mailbox, session);
   }
   if (replaced) replaced->GoAwayAndClose(mesh::v1::GoAway::REPLACED);
+  if (placement != nullptr) placement->OnSession(session->peer_id(), true);
   if (events.has_watchers()) {
     mesh::v1::Event event;
     event.mutable_peer_connected()->set_peer(session->peer_id().ToString());
@@ -407,8 +484,15 @@ void Router::Impl::Detach(Session& session, std::string_view reason) {
     Mailbox* mailbox = Find(stripe, session.peer());
     if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
     Unbind(*mailbox);
+    // A forwarder let go stays unbound until the next RebindAll (its next hop refused).
+    if (!session.forwarder()) {
+      mailbox->placed_epoch = 0;
+      Place(*mailbox);
+    }
     MaybeErase(stripe, *mailbox);
   }
+  if (session.forwarder()) return;
+  if (placement != nullptr) placement->OnSession(session.peer_id(), false);
   if (events.has_watchers()) {
     mesh::v1::Event event;
     event.mutable_peer_disconnected()->set_peer(session.peer_id().ToString());
@@ -422,7 +506,7 @@ PeerView Router::Impl::ViewOf(const Mailbox& mailbox) const {
   view.id = mailbox.recipient;
   view.mailbox_messages = mailbox.count;
   view.mailbox_bytes = mailbox.bytes;
-  if (const Session* session = mailbox.session.get()) {
+  if (const Session* session = mailbox.session.get(); session && !session->forwarder()) {
     view.connected = true;
     view.remote_address = session->remote_address();
     view.connected_at = session->connected_at();
@@ -439,7 +523,8 @@ Router::Router(RouterConfig config, store::Store& store) : config_(std::move(con
 std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {
   std::vector<PeerView> peers;
   impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    if (mailbox.session && std::string_view(mailbox.recipient) > after) {
+    if (mailbox.session && !mailbox.session->forwarder() &&
+        std::string_view(mailbox.recipient) > after) {
       peers.push_back(impl_->ViewOf(mailbox));
     }
   });
@@ -457,22 +542,22 @@ std::optional<PeerView> Router::GetPeer(std::string_view id) const {
   return impl_->ViewOf(*mailbox);
 }
 
-bool Router::Disconnect(std::string_view id) {
+bool Router::Disconnect(std::string_view id, mesh::v1::GoAway::Reason reason) {
   std::shared_ptr<Session> session;
   {
     auto& stripe = impl_->StripeOf(id);
     std::lock_guard lock(stripe.mu);
     if (const Mailbox* mailbox = impl_->Find(stripe, id)) session = mailbox->session;
   }
-  if (!session) return false;
-  session->GoAwayAndClose(mesh::v1::GoAway::ADMIN);
+  if (!session || session->forwarder()) return false;
+  session->GoAwayAndClose(reason);
   return true;
 }
 
 size_t Router::GoAwayAll(mesh::v1::GoAway::Reason reason) {
   std::vector<std::shared_ptr<Session>> sessions;
   impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    if (mailbox.session) sessions.push_back(mailbox.session);
+    if (mailbox.session && !mailbox.session->forwarder()) sessions.push_back(mailbox.session);
   });
   for (auto& session : sessions) session->GoAwayAndClose(reason);
   return sessions.size();
@@ -503,7 +588,8 @@ absl::Status Router::OnFrame(Session& session, mesh::v1::Frame& frame) {
       impl_->OnSend(session, *frame.mutable_send());
       return absl::OkStatus();
     case mesh::v1::Frame::kDeliverAck:
-      impl_->OnDeliverAck(session, frame.deliver_ack());
+      impl_->OnDeliverAck(session, {frame.deliver_ack().seqs().data(),
+                                    static_cast<size_t>(frame.deliver_ack().seqs().size())});
       return absl::OkStatus();
     case mesh::v1::Frame::kCredit:
       impl_->OnCredit(session, frame.credit().n());
@@ -518,6 +604,37 @@ absl::Status Router::OnFrame(Session& session, mesh::v1::Frame& frame) {
 }
 
 void Router::Detach(Session& session, std::string_view reason) { impl_->Detach(session, reason); }
+
+void Router::SetPlacement(Placement* placement) { impl_->placement = placement; }
+
+void Router::RebindAll() {
+  impl_->placement_epoch.fetch_add(1, std::memory_order_relaxed);
+  for (Stripe& stripe : impl_->stripes) {
+    std::lock_guard lock(stripe.mu);
+    std::vector<Mailbox*> mailboxes;
+    mailboxes.reserve(stripe.mailboxes.size());
+    for (auto& [id, mailbox] : stripe.mailboxes) mailboxes.push_back(mailbox.get());
+    for (Mailbox* mailbox : mailboxes) impl_->Replace(stripe, *mailbox);
+  }
+}
+
+void Router::Rebind(std::string_view recipient) {
+  Stripe& stripe = impl_->StripeOf(recipient);
+  std::lock_guard lock(stripe.mu);
+  if (Mailbox* mailbox = impl_->Find(stripe, recipient)) impl_->Replace(stripe, *mailbox);
+}
+
+void Router::OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref) {
+  impl_->OnForward(sender, std::move(envelope), std::move(ack_ref));
+}
+
+void Router::OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link_seqs, bool owned) {
+  if (owned) {
+    impl_->OnDeliverAck(forwarder, link_seqs);
+  } else {
+    impl_->Detach(forwarder, "refused");
+  }
+}
 
 void Router::Tick() { impl_->Tick(); }
 

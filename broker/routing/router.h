@@ -62,10 +62,31 @@ struct RouterStats {
   ShardedCounter<int64_t> sessions;
   ShardedCounter<uint64_t> sessions_total;
   ShardedCounter<uint64_t> replaced;
+  ShardedCounter<uint64_t> forwarded_out;  // handed to a forwarder (resends too)
+  ShardedCounter<uint64_t> forwarded_in;   // taken from another broker
+  ShardedCounter<uint64_t> forward_acked;  // owned by the next hop, deleted here
   // Accept -> DeliverAck: on the online fast path, and for messages that were written first
   // (a recipient offline or behind; these include the time spent waiting in a mailbox).
   LatencyHistogram delivery_latency_fast;
   LatencyHistogram delivery_latency_stored;
+};
+
+// Where mailboxes go when their recipient has no session here: the mesh (broker/cluster)
+// implements it; a single broker has none and keeps every mailbox. Called under a stripe lock,
+// so an implementation must never call back into the Router.
+class Placement {
+ public:
+  virtual ~Placement() = default;
+  // The node (ID, 32 bytes) the recipient's messages go to next; empty: keep them here.
+  virtual std::string NextHop(std::string_view recipient) = 0;
+  // A forwarder (Session) towards `node` for the recipient's mailbox; null while no link to it
+  // is up (the messages wait here, on disk once their ack window passes).
+  virtual std::shared_ptr<Session> Forwarder(std::string_view recipient,
+                                             const std::string& node) = 0;
+  // Whether a forwarder made earlier still rides a live link.
+  virtual bool Usable(const Session& forwarder) = 0;
+  // A peer session began or ended here (outside every router lock).
+  virtual void OnSession(const crypto::PeerId& peer, bool connected) = 0;
 };
 
 // What the control plane sees of one peer on this broker.
@@ -90,6 +111,22 @@ class Router {
   // Rebuilds mailbox counts from the store; call once before the first session.
   absl::Status Recover();
 
+  // ---- the mesh (DESIGN §5) ----
+  // Set once, before links start; borrowed.
+  void SetPlacement(Placement* placement);
+  // Asks the placement again for every mailbox without a local session (membership changed or
+  // a link came or went), or for one (its presence changed).
+  void RebindAll();
+  void Rebind(std::string_view recipient);
+  // A message another broker forwards: admitted like a Send from envelope.from(). `sender` is
+  // a local session whose sink gets a SendAck with id `ack_ref` once the message is owned here.
+  void OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref);
+  // The next hop owns these deliveries of a forwarder (owned = true), or refused them: refused
+  // ones stay here and the forwarder is let go until the next RebindAll.
+  void OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link_seqs, bool owned);
+  // Messages held here (owned, not yet acknowledged by a recipient or a next hop).
+  int64_t QueuedMessages() const { return stats_.queued.load(); }
+
   // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
   // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.
   std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link,
@@ -106,8 +143,8 @@ class Router {
   std::vector<PeerView> ListPeers(std::string_view after, size_t limit) const;
   // The peer's session and mailbox here; nullopt when it has neither.
   std::optional<PeerView> GetPeer(std::string_view id) const;
-  // GoAway{ADMIN}, then the link closes; false if the peer has no session here.
-  bool Disconnect(std::string_view id);
+  // GoAway{reason}, then the link closes; false if the peer has no session here.
+  bool Disconnect(std::string_view id, mesh::v1::GoAway::Reason reason = mesh::v1::GoAway::ADMIN);
   // GoAway(reason) to every session; returns how many.
   size_t GoAwayAll(mesh::v1::GoAway::Reason reason);
   // Drops the peer's owned messages that are not in flight, in memory and in the store; returns

@@ -28,6 +28,8 @@ struct Router::Impl {
   std::array<Stripe, routing::kStripes> stripes;
   routing::SenderLedger ledger;
   Clock::time_point next_sweep = Clock::now();
+  Placement* placement = nullptr;
+  std::atomic<uint64_t> placement_epoch{1};
 
   Stripe& StripeOf(std::string_view peer) {
     return stripes[absl::HashOf(peer) % routing::kStripes];
@@ -104,14 +106,22 @@ struct Router::Impl {
   bool TakeToken(Session& session);
 
   // Whether a retried Send carries the message its pending (from, id) stands for.
-  bool SameMessage(const Mailbox& mailbox, const Pending& pending, const mesh::v1::Send& send);
+  bool SameMessage(const Mailbox& mailbox, const Pending& pending,
+                   const mesh::v1::StoredEnvelope& message);
 
   void OnSend(Session& sender, mesh::v1::Send& send);
+  void OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref);
+  void Admit(Session& sender, std::string ack_id, mesh::v1::StoredEnvelope envelope);
+
+  // The mesh: binds a mailbox without a session to the forwarder its placement names.
+  void Place(Mailbox& mailbox);
+  void Bind(Mailbox& mailbox, std::shared_ptr<Session> session);
+  void Replace(Stripe& stripe, Mailbox& mailbox);
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);
 
-  void OnDeliverAck(Session& session, const mesh::v1::DeliverAck& ack);
+  void OnDeliverAck(Session& session, std::span<const uint64_t> link_seqs);
 
   void OnCredit(Session& session, uint32_t n);
 

@@ -23,9 +23,19 @@ Session::Session(std::shared_ptr<peer::Link> link, std::string remote_address)
 Session::Session(const crypto::PeerId& id, Sink sink)
     : sink_(std::move(sink)), id_(id), peer_(RawBytes(id_)), remote_address_("local") {}
 
+Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
+                 peer::Link::Socket::executor_type executor, uint64_t window)
+    : forward_(std::move(forward)),
+      next_hop_(std::move(next_hop)),
+      executor_(std::move(executor)),
+      id_(recipient),
+      peer_(RawBytes(id_)),
+      remote_address_("forward"),
+      credit_(window) {}
+
 void Session::Queue(mesh::v1::Frame frame) {
   if (local()) {
-    sink_(std::move(frame));
+    if (sink_) sink_(std::move(frame));  // a forwarder has no frames to take: GoAway is moot
     return;
   }
   bool post = false;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "mesh/v1/store.pb.h"
 #include "peer/peer.h"
 
 namespace mesh::broker {
@@ -25,6 +26,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // SendMessage): frames meant for it go to `sink`, on whichever thread produced them. It is
   // never attached to a mailbox and not rate limited.
   Session(const crypto::PeerId& id, Sink sink);
+  // A forwarder (DESIGN §5): stands in for a recipient whose mailbox goes to another broker
+  // (`next_hop`, a node ID). The router delivers to it like to a peer, but each delivery goes to
+  // `forward` (under the recipient's stripe lock) instead of a Deliver frame, and the next hop's
+  // acks come back through Router::OnForwardAcks. Refills run on `executor`.
+  using Forward = std::function<void(uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
+  Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
+          peer::Link::Socket::executor_type executor, uint64_t window);
 
   // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
   void Queue(mesh::v1::Frame frame);
@@ -35,6 +43,8 @@ class Session : public std::enable_shared_from_this<Session> {
   const crypto::PeerId& peer_id() const { return id_; }
   peer::Link::Socket::executor_type executor() const { return executor_; }
   bool local() const { return link_ == nullptr; }
+  bool forwarder() const { return static_cast<bool>(forward_); }
+  const std::string& next_hop() const { return next_hop_; }  // forwarders only
   const std::string& remote_address() const { return remote_address_; }
   Clock::time_point connected_at() const { return connected_at_; }
 
@@ -45,6 +55,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::shared_ptr<peer::Link> link_;  // null for a local sender
   const Sink sink_;
+  const Forward forward_;
+  const std::string next_hop_;
   const peer::Link::Socket::executor_type executor_;
   const crypto::PeerId id_;
   const std::string peer_;
