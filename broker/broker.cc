@@ -16,7 +16,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -27,6 +29,7 @@
 #include "broker/control/grpc_server.h"
 #include "broker/control/http_server.h"
 #include "broker/log.h"
+#include "peer/handshake_gate.h"
 
 namespace mesh::broker {
 namespace {
@@ -60,42 +63,6 @@ void RaiseFileLimit() {
     setrlimit(RLIMIT_NOFILE, &limit);
   }
 }
-
-// Caps handshakes in progress, in total and per source address, so a flood of first
-// messages cannot starve established links. Thread-safe; held only around accept and finish.
-class HandshakeGate {
- public:
-  HandshakeGate(int total, int per_address)
-      : total_limit_(total), per_address_limit_(per_address) {}
-  bool TryEnter(const asio::ip::address& address) {
-    std::lock_guard lock(mu_);
-    int& mine = per_address_[address];
-    if (total_ >= total_limit_ || mine >= per_address_limit_) {
-      if (mine == 0) per_address_.erase(address);
-      return false;
-    }
-    ++mine;
-    ++total_;
-    return true;
-  }
-  void Leave(const asio::ip::address& address) {
-    std::lock_guard lock(mu_);
-    --total_;
-    if (--per_address_[address] == 0) per_address_.erase(address);
-  }
-
- private:
-  struct AddressHash {
-    size_t operator()(const asio::ip::address& a) const {
-      return std::hash<std::string>()(a.to_string());
-    }
-  };
-  std::mutex mu_;
-  const int total_limit_;
-  const int per_address_limit_;
-  int total_ = 0;
-  std::unordered_map<asio::ip::address, int, AddressHash> per_address_;
-};
 
 // One io_context and its thread; it owns the links accepted onto it.
 struct Shard {
@@ -153,6 +120,7 @@ class Broker::Impl {
     store_ = *std::move(store);
     router_ = std::make_unique<Router>(config_.routing, *store_);
     if (auto status = router_->Recover(); !status.ok()) return status;
+    if (auto status = StartCluster(); !status.ok()) return status;
     Log(spdlog::level::info, "store_open",
         {{"path", config_.store.path}, {"sync", store::SyncPolicyName(config_.store.sync)}});
     if (auto status = StartControlPlane(); !status.ok()) return status;
@@ -178,9 +146,7 @@ class Broker::Impl {
          {"node_name", config_.node_name},
          {"shards", shards_.size()}});
     signals_.emplace(first.io, SIGINT, SIGTERM);
-    signals_->async_wait([this](const error_code& ec, int signal) {
-      if (!ec) Stop(signal == SIGTERM ? "SIGTERM" : "SIGINT");
-    });
+    WaitForSignal();
     asio::co_spawn(first.io, AcceptLoop(), asio::detached);
     asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {
@@ -200,16 +166,117 @@ class Broker::Impl {
   // Not ready while draining or stopping, or once the store cannot write.
   bool Ready() const { return !stopping_ && !draining_ && store_->available(); }
 
-  // Readiness false, GoAway{DRAINING} to every peer, new links refused. With no other member
-  // to hand mailboxes to, they stay in the store for this broker's next start.
-  bool StartDrain() {
+  // Readiness false, GoAway{DRAINING} to every peer, new links refused; in a mesh, every
+  // mailbox and outbox entry goes to its home among the other members. With no member to hand
+  // them to, they stay in the store for this broker's next start. `exit`: stop once done.
+  bool StartDrain(bool exit = false) {
     if (draining_.exchange(true)) return false;
     Log(spdlog::level::info, "drain_started",
-        {{"peers", router_->GoAwayAll(mesh::v1::GoAway::DRAINING)}});
+        {{"peers", router_->GoAwayAll(mesh::v1::GoAway::DRAINING)},
+         {"messages", router_->QueuedMessages()},
+         {"members", cluster_ ? cluster_->LiveMembers() : 0}});
     mesh::v1::Event event;
     event.mutable_drain_started();
     router_->events().Publish(std::move(event));
+    const uint64_t handed_before = cluster_ ? cluster_->stats().handoff_messages.load() : 0;
+    if (cluster_) cluster_->StartDrain();
+    asio::co_spawn(shards_.front()->io, FinishDrain(exit, handed_before), asio::detached);
     return true;  // gRPC health follows on the next tick: only the first shard sets it
+  }
+
+  // Waits until nothing is held here, the drain timeout passes, or no member is left to take
+  // what is; then writes <data-dir>/DRAINED saying whether the store is empty.
+  awaitable<void> FinishDrain(bool exit, uint64_t handed_before) {
+    asio::steady_timer timer(shards_.front()->io);
+    const auto started = peer::Clock::now();
+    const auto deadline = started + config_.drain_timeout;
+    std::string why = "empty";
+    while (!stopping_) {
+      if (router_->QueuedMessages() == 0) break;
+      if (!cluster_ || cluster_->LiveMembers() == 0) {
+        why = "no_member";
+        break;
+      }
+      if (peer::Clock::now() >= deadline) {
+        why = "timeout";
+        break;
+      }
+      timer.expires_after(std::chrono::milliseconds(50));
+      error_code ec;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    const int64_t left = router_->QueuedMessages();
+    const uint64_t handed =
+        cluster_ ? cluster_->stats().handoff_messages.load() - handed_before : 0;
+    const auto took =
+        std::chrono::duration_cast<std::chrono::milliseconds>(peer::Clock::now() - started).count();
+    Log(left == 0 ? spdlog::level::info : spdlog::level::warn, "drain_finished",
+        {{"empty", left == 0},
+         {"messages_left", left},
+         {"handed_off", handed},
+         {"ms", took},
+         {"why", left == 0 ? "empty" : why},
+         {"detail", left == 0 ? "every message is owned elsewhere or delivered"
+                              : "what is left stays in the data dir for this broker's next "
+                                "start; do not delete the volume"}});
+    WriteDrained(left, handed);
+    mesh::v1::Event event;
+    auto* finished = event.mutable_drain_finished();
+    finished->set_empty(left == 0);
+    finished->set_messages_left(static_cast<uint64_t>(std::max<int64_t>(left, 0)));
+    finished->set_handed_off(handed);
+    router_->events().Publish(std::move(event));
+    if (exit) Stop("drained");
+  }
+
+  void WriteDrained(int64_t left, uint64_t handed) {
+    nlohmann::json drained = {{"empty", left == 0},
+                              {"messages_left", left},
+                              {"handed_off", handed},
+                              {"node_id", key_.public_key.ToString()},
+                              {"at_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count()}};
+    const std::string path = config_.data_dir + "/DRAINED";
+    std::ofstream out(path + ".tmp", std::ios::trunc);
+    out << drained.dump() << "\n";
+    out.close();
+    std::error_code ec;
+    std::filesystem::rename(path + ".tmp", path, ec);
+  }
+
+  // SIGTERM drains (then stops), SIGINT stops at once; a second signal during a drain stops
+  // at once too: whatever is not handed off is on disk or still owned by its sender.
+  void WaitForSignal() {
+    signals_->async_wait([this](const error_code& ec, int signal) {
+      if (ec) return;
+      if (signal == SIGTERM && !draining_) {
+        Log(spdlog::level::info, "signal", {{"signal", "SIGTERM"}, {"action", "drain"}});
+        StartDrain(/*exit=*/true);
+        WaitForSignal();
+        return;
+      }
+      Stop(signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    });
+  }
+
+  absl::Status StartCluster() {
+    if (config_.cluster_secret_file.empty()) {
+      if (!config_.cluster.peers.empty() || !config_.cluster.dns.empty()) {
+        return absl::InvalidArgumentError(
+            "--cluster-peers and --cluster-dns need --cluster-secret-file (the mesh's PSK)");
+      }
+      return absl::OkStatus();
+    }
+    auto secret = LoadClusterSecret(config_.cluster_secret_file);
+    if (!secret.ok()) return secret.status();
+    std::vector<asio::io_context*> shards;
+    for (auto& shard : shards_) shards.push_back(&shard->io);
+    if (config_.cluster.node_name.empty()) config_.cluster.node_name = config_.node_name;
+    cluster_ = std::make_unique<Cluster>(config_.cluster, key_, *secret, *router_,
+                                         std::move(shards), config_.link);
+    router_->SetPlacement(cluster_.get());
+    return cluster_->Start();
   }
 
   void Stop(std::string_view why) {
@@ -219,6 +286,7 @@ class Broker::Impl {
       error_code ec;
       if (acceptor_) acceptor_->close(ec);
       if (signals_) signals_->cancel(ec);
+      if (cluster_) cluster_->Stop();
       for (auto& shard : shards_) {
         asio::post(shard->io, [s = shard.get()] {
           mesh::v1::Frame go_away;
@@ -282,6 +350,22 @@ class Broker::Impl {
     context.ready = [this] { return Ready(); };
     context.draining = [this] { return draining_.load(); };
     context.start_drain = [this] { return StartDrain(); };
+    if (cluster_) {
+      context.members = [this] { return cluster_->Members(); };
+      context.locate = [this](std::string_view peer) { return cluster_->Locate(peer); };
+      context.cluster = [this](monitoring::BrokerSnapshot& s) {
+        s.cluster_members.clear();
+        for (const auto& [state, n] : cluster_->MemberCounts()) s.cluster_members[state] = n;
+        const ClusterStats& stats = cluster_->stats();
+        s.handoff_messages = stats.handoff_messages.load();
+        s.forward_latency = ToMonitoring(stats.forward_latency);
+        for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
+          if (!mesh::v1::ErrorCode_IsValid(code)) continue;
+          s.cluster_handshake_failures[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] =
+              stats.links.failures[code].load();
+        }
+      };
+    }
     control_ = std::make_unique<ControlService>(std::move(context), *token);
     request_metrics_ = std::make_unique<monitoring::RequestMetrics>(registry_);
     if (!config_.listen_http.empty()) {
@@ -472,7 +556,7 @@ class Broker::Impl {
   crypto::KeyPair key_;
   peer::MemoryBudget frame_budget_;
   peer::LinkStats stats_;
-  HandshakeGate gate_;
+  peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;
   std::vector<std::unique_ptr<Shard>> shards_;
   // Declared last, so destroyed first: the store's writer calls back into the router until it
@@ -487,6 +571,8 @@ class Broker::Impl {
   std::unique_ptr<ControlService> control_;
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<HttpServer> http_;
+  // After the router: holds a Placement pointer to it. Destroyed before the router.
+  std::unique_ptr<Cluster> cluster_;
   bool serving_ = false;  // last readiness told to gRPC health; first shard only
   std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "broker/cluster/cluster.h"
 #include "broker/routing/router.h"
 #include "crypto/crypto.h"
 #include "peer/peer.h"
@@ -31,6 +32,10 @@ struct BrokerConfig {
   int max_pending_handshakes_per_ip = 64;
   store::StoreOptions store;  // path: empty means <data_dir>/store
   RouterConfig routing;       // node_id and max_payload are filled in from the above
+  // The mesh: on when a cluster secret is given.
+  std::string cluster_secret_file;
+  ClusterConfig cluster;
+  std::chrono::seconds drain_timeout{120};
 };
 
 class Broker {
@@ -42,7 +47,7 @@ class Broker {
 
   // Binds the listeners and starts the shards; logs one line per listener.
   absl::Status Start();
-  // Blocks until SIGINT or SIGTERM has stopped the broker, then returns.
+  // Blocks until the broker stopped (SIGINT; SIGTERM once its drain ended), then returns.
   void Wait();
   // Asks the broker to stop: no new links, GoAway to every peer, close. Thread-safe.
   void Stop(std::string_view why);

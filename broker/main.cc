@@ -117,6 +117,31 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   flag("expiry-sweep-interval-s", expiry_sweep_s, "How often expired messages are reclaimed")
       ->check(CLI::PositiveNumber);
+  auto& cluster = config.cluster;
+  int64_t suspect_timeout_ms = cluster.suspect_timeout.count();
+  int64_t dns_interval_ms = cluster.dns_interval.count();
+  int64_t drain_timeout_s = config.drain_timeout.count();
+  flag("cluster-secret-file", config.cluster_secret_file,
+       "The mesh's 32-byte secret (64 hex characters): turns the mesh on; brokers without it "
+       "cannot join");
+  flag("listen-cluster", cluster.listen, "Address for cluster links (HOST:PORT; port 0 picks one)");
+  flag("cluster-advertise", cluster.advertise,
+       "HOST:PORT other members dial to reach this one (default: the listen address; a pod's "
+       "IP in Kubernetes)");
+  app.add_option("--cluster-peers", cluster.peers,
+                 "Seed members, HOST:PORT,...; one is enough: members exchange their lists")
+      ->envname(EnvName("cluster-peers"))
+      ->delimiter(',');
+  flag("cluster-dns", cluster.dns,
+       "NAME:PORT whose A records are the members (a headless Service), re-resolved");
+  flag("cluster-dns-interval-ms", dns_interval_ms, "How often --cluster-dns is resolved again")
+      ->check(CLI::PositiveNumber);
+  flag("suspect-timeout-ms", suspect_timeout_ms,
+       "How long an unreachable member keeps its homes (messages for them wait) before it is gone")
+      ->check(CLI::PositiveNumber);
+  flag("drain-timeout-s", drain_timeout_s,
+       "Longest a drain (SIGTERM) spends handing mailboxes off before it stops anyway")
+      ->check(CLI::PositiveNumber);
   flag("log-level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   CLI11_PARSE(app, argc, argv);
@@ -132,6 +157,9 @@ int main(int argc, char** argv) {
   routing.max_ttl = std::chrono::seconds(max_ttl_s);
   routing.dedup_window = std::chrono::seconds(dedup_window_s);
   routing.expiry_sweep_interval = std::chrono::seconds(expiry_sweep_s);
+  cluster.suspect_timeout = std::chrono::milliseconds(suspect_timeout_ms);
+  cluster.dns_interval = std::chrono::milliseconds(dns_interval_ms);
+  config.drain_timeout = std::chrono::seconds(drain_timeout_s);
 
   using mesh::broker::Log;
   mesh::broker::InitLogging(log_level);

@@ -168,6 +168,17 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(ByLabel("mesh_messages_forwarded_total",
                         "Messages forwarded between brokers, by direction", MetricType::Counter,
                         "direction", s.messages_forwarded));
+  out.push_back(Gauge("mesh_outbox_messages",
+                      "Messages held here for another broker (waiting for its link or its ack)",
+                      static_cast<double>(s.outbox_messages)));
+  out.push_back(Counter("mesh_handoff_messages_total",
+                        "Messages handed to another member by a drain", s.handoff_messages));
+  out.push_back(ByLabel("mesh_cluster_handshake_failures_total",
+                        "Cluster links refused or failed, by reason (a wrong cluster secret "
+                        "fails as handshake_failed)",
+                        MetricType::Counter, "reason", s.cluster_handshake_failures));
+  out.push_back(Seconds("mesh_forward_latency_seconds",
+                        "From forwarding a message to the next hop owning it", s.forward_latency));
   return out;
 }
 

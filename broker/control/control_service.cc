@@ -208,11 +208,21 @@ absl::StatusOr<mesh::v1::Peer> ControlService::GetPeer(
   auto id = ParseId("id", request.id());
   if (!id.ok()) return id.status();
   auto view = context_.router->GetPeer(*id);
-  if (!view || (!view->connected && view->mailbox_messages == 0)) {
-    return absl::NotFoundError(
-        absl::StrCat("peer ", request.id(), " is not connected here and has no mailbox"));
+  // In a mesh, the peer may be connected to another member.
+  std::optional<std::string> node;
+  if (context_.locate && !(view && view->connected)) node = context_.locate(*id);
+  if (!node && (!view || (!view->connected && view->mailbox_messages == 0))) {
+    return absl::NotFoundError(absl::StrCat(
+        "peer ", request.id(), " is not connected to the mesh and has no mailbox here"));
   }
-  return PeerOf(*view, context_.node_id);
+  PeerView fallback;
+  fallback.id = std::string(*id);
+  mesh::v1::Peer peer = PeerOf(view.value_or(fallback), context_.node_id);
+  if (node) {
+    peer.set_connected(true);
+    peer.set_node_id(*node);
+  }
+  return peer;
 }
 
 absl::StatusOr<mesh::v1::DisconnectPeerResponse> ControlService::DisconnectPeer(
@@ -284,8 +294,15 @@ absl::StatusOr<mesh::v1::PurgeMailboxResponse> ControlService::PurgeMailbox(
 
 absl::StatusOr<mesh::v1::ListMembersResponse> ControlService::ListMembers(
     const mesh::v1::ListMembersRequest&) const {
-  // One node until the mesh exists: this broker.
   mesh::v1::ListMembersResponse response;
+  if (context_.members) {
+    for (auto& member : context_.members()) {
+      if (member.self()) member.set_mailboxes_homed(context_.router->MailboxCount());
+      *response.add_members() = std::move(member);
+    }
+    return response;
+  }
+  // A single broker: this node.
   auto* self = response.add_members();
   self->set_node_id(context_.node_id.ToString());
   self->set_name(context_.node_name);
@@ -310,8 +327,6 @@ std::shared_ptr<EventWatcher> ControlService::WatchEvents(const mesh::v1::WatchE
   return context_.router->events().Watch();
 }
 
-namespace {
-
 monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram) {
   const auto snapshot = histogram.Load();
   monitoring::Histogram out;
@@ -321,8 +336,6 @@ monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram) {
   out.sum_micros = snapshot.sum_micros;
   return out;
 }
-
-}  // namespace
 
 monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   monitoring::BrokerSnapshot s;
@@ -384,11 +397,17 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   }
   const bool draining = context_.draining && context_.draining();
   s.draining = draining;
-  for (const char* state : {"alive", "suspect", "dead", "draining", "left"}) {
+  for (const char* state : {"joining", "live", "suspect", "draining"}) {
     s.cluster_members[state] = 0;
   }
-  s.cluster_members[draining ? "draining" : "alive"] = 1;
-  s.messages_forwarded = {{"in", 0}, {"out", 0}};
+  s.cluster_members[draining ? "draining" : "live"] = 1;
+  s.messages_forwarded = {{"in", routed.forwarded_in.load()}, {"out", routed.forwarded_out.load()}};
+  s.outbox_messages = context_.router->OutboxMessages();
+  for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
+    if (!mesh::v1::ErrorCode_IsValid(code)) continue;
+    s.cluster_handshake_failures[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] = 0;
+  }
+  if (context_.cluster) context_.cluster(s);
   return s;
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -43,7 +44,15 @@ struct ControlContext {
   std::function<bool()> draining;  // a drain is under way
   // Starts a drain; false if one was already under way.
   std::function<bool()> start_drain;
+  // The mesh, when there is one: its members, where a peer is connected (node ID as text),
+  // and its series for the metrics snapshot.
+  std::function<std::vector<mesh::v1::Member>()> members;
+  std::function<std::optional<std::string>(std::string_view peer)> locate;
+  std::function<void(monitoring::BrokerSnapshot&)> cluster;
 };
+
+// A latency histogram as the monitoring module takes it.
+monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram);
 
 class ControlService {
  public:

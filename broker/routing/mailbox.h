@@ -124,6 +124,7 @@ struct Mailbox {
   absl::flat_hash_map<PendingKey, Pending> pending;
   std::shared_ptr<Session> session;  // a peer's link, or a forwarder to another broker
   uint64_t placed_epoch = 0;         // the placement epoch it was last placed in
+  bool outbound = false;             // placed towards another broker (an outbox)
 
   void Spill(uint64_t seq) {
     spill_seq = spilled ? std::min(spill_seq, seq) : seq;

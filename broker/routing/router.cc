@@ -73,7 +73,7 @@ void Router::Impl::DeliverEntry(Session& session, uint64_t seq, Entry& entry) {
   session.in_flight_[link_seq] = {seq, size};
   session.in_flight_bytes_ += size;
   if (session.forwarder()) {
-    session.forward_(link_seq, entry.envelope);
+    session.forward_(session, link_seq, entry.envelope);
     stats.forwarded_out.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -305,6 +305,7 @@ void Router::Impl::Place(Mailbox& mailbox) {
   if (mailbox.placed_epoch == epoch) return;
   mailbox.placed_epoch = epoch;
   const std::string next = placement->NextHop(mailbox.recipient);
+  mailbox.outbound = !next.empty();
   if (next.empty()) return;
   std::shared_ptr<Session> forwarder = placement->Forwarder(mailbox.recipient, next);
   if (forwarder) Bind(mailbox, std::move(forwarder));
@@ -561,6 +562,15 @@ size_t Router::GoAwayAll(mesh::v1::GoAway::Reason reason) {
   });
   for (auto& session : sessions) session->GoAwayAndClose(reason);
   return sessions.size();
+}
+
+uint64_t Router::OutboxMessages() const {
+  uint64_t count = 0;
+  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
+    const bool local = mailbox.session && !mailbox.session->forwarder();
+    if (!local && mailbox.outbound) count += mailbox.count;
+  });
+  return count;
 }
 
 size_t Router::MailboxCount() const {

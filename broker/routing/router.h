@@ -150,6 +150,8 @@ class Router {
   // Drops the peer's owned messages that are not in flight, in memory and in the store; returns
   // how many. Messages not yet acknowledged to their senders are left alone.
   absl::StatusOr<uint64_t> PurgeMailbox(std::string_view id);
+  // Messages held here for another broker (the outboxes), without a local session.
+  uint64_t OutboxMessages() const;
   // Mailboxes held here (with a session, messages or writes in progress).
   size_t MailboxCount() const;
   // Peer connected/disconnected and rejected sends are published here.

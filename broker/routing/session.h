@@ -30,9 +30,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // (`next_hop`, a node ID). The router delivers to it like to a peer, but each delivery goes to
   // `forward` (under the recipient's stripe lock) instead of a Deliver frame, and the next hop's
   // acks come back through Router::OnForwardAcks. Refills run on `executor`.
-  using Forward = std::function<void(uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
+  // `carrier` is what carries its messages (the cluster link), for the placement to check.
+  using Forward =
+      std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
   Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
-          peer::Link::Socket::executor_type executor, uint64_t window);
+          std::weak_ptr<void> carrier, peer::Link::Socket::executor_type executor,
+          uint64_t window);
 
   // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
   void Queue(mesh::v1::Frame frame);
@@ -45,6 +48,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool local() const { return link_ == nullptr; }
   bool forwarder() const { return static_cast<bool>(forward_); }
   const std::string& next_hop() const { return next_hop_; }  // forwarders only
+  const std::weak_ptr<void>& carrier() const { return carrier_; }
   const std::string& remote_address() const { return remote_address_; }
   Clock::time_point connected_at() const { return connected_at_; }
 
@@ -57,6 +61,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const Sink sink_;
   const Forward forward_;
   const std::string next_hop_;
+  const std::weak_ptr<void> carrier_;
   const peer::Link::Socket::executor_type executor_;
   const crypto::PeerId id_;
   const std::string peer_;

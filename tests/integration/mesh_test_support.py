@@ -51,6 +51,8 @@ class Broker:
             event = json.loads(line)
             if event.get("event") == "listening":
                 found[event["listener"]] = event["port"]
+                if event["listener"] == "peer":
+                    self.node_id = event["node_id"]
         return found if {"peer", "grpc", "http"} <= found.keys() else None
 
     def alive(self):
@@ -72,12 +74,18 @@ def keygen(path):
     return re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
 
 
+def peer_id(path):
+    out = subprocess.run([_CLI, "id", "--key", path], check=True, capture_output=True,
+                         text=True).stdout
+    return re.search(r"[A-Za-z0-9_-]{43}", out).group(0)
+
+
 class Peer:
     """A real peer: mesh-cli listen with its own key, printing each message as a JSON line."""
 
-    def __init__(self, broker, name, count=0):
-        self.key = os.path.join(broker.dir, name + ".key")
-        self.id = keygen(self.key)
+    def __init__(self, broker, name, count=0, key=None):
+        self.key = key or os.path.join(broker.dir, name + ".key")
+        self.id = peer_id(self.key) if key else keygen(self.key)
         args = [_CLI, "listen", "--broker", broker.peer_address, "--key", self.key]
         if count:
             args += ["--count", str(count)]
@@ -85,6 +93,11 @@ class Peer:
                                      text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+
+    @classmethod
+    def with_key(cls, broker, key):
+        """A listener for a key made earlier."""
+        return cls(broker, None, key=key)
 
     def _read(self):
         for line in self.proc.stdout:

@@ -1,0 +1,94 @@
+// The mesh (DESIGN §5): cluster links on 7800 (Noise_XXpsk3 with the cluster secret), membership
+// from seeds and DNS, presence (peer -> node for the whole mesh), homes by rendezvous hashing,
+// and forwarding. The router asks this class where a mailbox without a local session goes
+// (Placement); forwarders carry its messages over the cluster link to the next hop, which acks
+// once it owns them, and only then does this broker delete its copy.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "broker/routing/router.h"
+#include "crypto/crypto.h"
+#include "mesh/v1/control.pb.h"
+#include "peer/counter.h"
+#include "peer/peer.h"
+
+namespace mesh::broker {
+
+struct ClusterConfig {
+  std::string listen = "0.0.0.0:7800";
+  std::string advertise;           // host:port members dial; empty: the listen address
+  std::vector<std::string> peers;  // seed addresses, host:port
+  std::string dns;                 // name:port, re-resolved: its A records are seeds
+  std::chrono::milliseconds dns_interval{5000};
+  std::chrono::milliseconds suspect_timeout{30'000};
+  std::chrono::milliseconds probe_interval{1000};
+  std::string node_name;
+  int max_pending_handshakes = 256;
+  int max_pending_handshakes_per_ip = 32;
+};
+
+// The cluster secret file: 64 hex characters, or two lines (current, next). Only the first is
+// used for now; group-readable is fine (Kubernetes Secrets), other-readable is refused.
+absl::StatusOr<crypto::Secret<crypto::kKeySize>> LoadClusterSecret(const std::string& path);
+
+// What the mesh did, as plain counters; broker/ exports them.
+struct ClusterStats {
+  peer::LinkStats links;             // cluster links: handshakes and failures by reason
+  LatencyHistogram forward_latency;  // forwarded -> owned by the next hop
+  std::atomic<uint64_t> refused_version{0};
+  std::atomic<uint64_t> handoff_messages{0};  // forwarded while draining or after a move
+};
+
+class Cluster final : public Placement {
+ public:
+  // `shards` run the cluster links (spread over them); the first also runs the listener and
+  // the cluster's periodic work.
+  Cluster(ClusterConfig config, const crypto::KeyPair& key,
+          const crypto::Secret<crypto::kKeySize>& secret, Router& router,
+          std::vector<boost::asio::io_context*> shards, peer::LinkConfig link_config);
+  ~Cluster() override;
+
+  // Binds the cluster listener and starts dialling the seeds.
+  absl::Status Start();
+  // Closes every cluster link; call from any thread.
+  void Stop();
+  // Announces that this node drains: from now on it is left out of every home, and its
+  // mailboxes go to their homes among the others.
+  void StartDrain();
+  // Members other than this node whose link is up.
+  size_t LiveMembers() const;
+  // This node and every member it knows, for ListMembers.
+  std::vector<mesh::v1::Member> Members() const;
+  // The node (ID as text) the peer is connected to, if any broker of the mesh says so.
+  std::optional<std::string> Locate(std::string_view peer) const;
+  // Members by state, for mesh_cluster_members{state}.
+  std::vector<std::pair<std::string, int64_t>> MemberCounts() const;
+  const ClusterStats& stats() const;
+  uint16_t port() const;
+
+  // Placement
+  std::string NextHop(std::string_view recipient) override;
+  std::shared_ptr<Session> Forwarder(std::string_view recipient, const std::string& node) override;
+  bool Usable(const Session& forwarder) override;
+  void OnSession(const crypto::PeerId& peer, bool connected) override;
+
+ private:
+  class Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+// Rendezvous hashing (DESIGN §5): the first 8 bytes, big endian, of SHA-256(node ‖ peer).
+uint64_t HomeScore(std::string_view node, std::string_view peer);
+// The highest-scoring node (ties to the lower ID); empty when `nodes` is.
+std::string HomeOf(std::string_view peer, const std::vector<std::string>& nodes);
+
+}  // namespace mesh::broker
