@@ -33,6 +33,8 @@ int64_t NowNanos() {
 
 struct Config {
   std::string broker = "127.0.0.1:7700";
+  std::vector<std::string> brokers;  // a mesh: pairs placed over them by `placement`
+  std::string placement = "spread";  // same | cross | spread
   int pairs = 16;
   size_t size = 256;
   uint64_t count = 20'000;  // per pair
@@ -131,9 +133,20 @@ class Bench {
     return std::chrono::duration<double>(Clock::now() - since).count();
   }
 
-  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& key) {
+  // Pair i's sender is on broker i mod n; its recipient on the same one (same), the next one
+  // (cross: every message crosses brokers), or one that varies with i (spread: some of each).
+  const std::string& BrokerOf(int pair, bool recipient) const {
+    const auto& list = config_.brokers;
+    const size_t n = list.size();
+    const size_t at = static_cast<size_t>(pair) % n;
+    if (!recipient || config_.placement == "same") return list[at];
+    if (config_.placement == "cross") return list[(at + 1) % n];
+    return list[(at + static_cast<size_t>(pair) / n) % n];
+  }
+
+  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& key, const std::string& broker) {
     mesh::client::SessionOptions options;
-    options.brokers = {config_.broker};
+    options.brokers = {broker};
     options.key = &key;
     options.agent = "mesh-bench/0.1";
     options.credit = config_.credit;
@@ -146,10 +159,11 @@ class Bench {
   void ConnectRecipients() {
     std::atomic<int> up{0};
     drain_start_ = Clock::now();
-    for (auto& pair : pairs_) {
+    for (int i = 0; i < config_.pairs; ++i) {
+      auto& pair = pairs_[i];
       auto& io = runtime_.Next();
-      pair->recipient =
-          mesh::client::Session::Create(io.get_executor(), Options(pair->recipient_key));
+      pair->recipient = mesh::client::Session::Create(
+          io.get_executor(), Options(pair->recipient_key, BrokerOf(i, true)));
       Pair* p = pair.get();
       p->latencies_ns.reserve(PlannedPerPair());
       pair->recipient->OnMessage([this, p](const mesh::client::Message& message) {
@@ -173,10 +187,11 @@ class Bench {
 
   void ConnectSenders() {
     std::atomic<int> up{0};
-    for (auto& pair : pairs_) {
+    for (int i = 0; i < config_.pairs; ++i) {
+      auto& pair = pairs_[i];
       pair->sender_io = &runtime_.Next();
-      pair->sender =
-          mesh::client::Session::Create(pair->sender_io->get_executor(), Options(pair->sender_key));
+      pair->sender = mesh::client::Session::Create(pair->sender_io->get_executor(),
+                                                   Options(pair->sender_key, BrokerOf(i, false)));
       pair->sender->OnState([&up](bool connected, const absl::Status&) {
         if (connected) ++up;
       });
@@ -319,6 +334,8 @@ class Bench {
     const uint64_t delivered = delivered_.load();
     nlohmann::json report;
     report["mode"] = config_.mode;
+    report["brokers"] = config_.brokers.size();
+    report["placement"] = config_.placement;
     report["pairs"] = config_.pairs;
     report["size"] = config_.size;
     report["accepted"] = accepted_.load();
@@ -387,6 +404,13 @@ int main(int argc, char** argv) {
   Config config;
   CLI::App app{"mesh-bench: load on a running mesh-broker through the client library"};
   app.add_option("--broker,-b", config.broker, "Broker HOST:PORT")->capture_default_str();
+  app.add_option("--brokers", config.brokers,
+                 "A mesh: brokers HOST:PORT,... (instead of --broker); pairs placed by --placement")
+      ->delimiter(',');
+  app.add_option("--placement", config.placement,
+                 "same: each pair on one broker; cross: every pair crosses brokers; spread: both")
+      ->check(CLI::IsMember({"same", "cross", "spread"}))
+      ->capture_default_str();
   app.add_option("--pairs,-p", config.pairs, "Sender/recipient pairs, each peer its own link")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
@@ -412,6 +436,7 @@ int main(int argc, char** argv) {
   app.add_option("--credit", config.credit, "Credit each recipient grants")->capture_default_str();
   app.add_flag("--json", config.json, "One JSON object on stdout");
   CLI11_PARSE(app, argc, argv);
+  if (config.brokers.empty()) config.brokers = {config.broker};
   if (config.mode == "offline" && config.duration_s > 0) {
     std::cerr << "mesh-bench: offline mode takes --count, not --duration\n";
     return 2;

@@ -1,5 +1,8 @@
 #include "client/client.h"
 
+#include <algorithm>
+#include <random>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
@@ -33,12 +36,18 @@ peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options)
   if (ec)
     co_return absl::UnavailableError(
         absl::StrCat("cannot resolve ", options.address, ": ", ec.message()));
+  // A name with several addresses (a headless Service) spreads its clients, and one that
+  // answers GoAway is not the first choice of every retry.
+  std::vector<tcp::endpoint> candidates;
+  for (const auto& entry : endpoints) candidates.push_back(entry.endpoint());
+  thread_local std::mt19937 shuffle(std::random_device{}());
+  std::shuffle(candidates.begin(), candidates.end(), shuffle);
   tcp::socket socket(executor);
   asio::steady_timer deadline(executor, options.connect_timeout);
   deadline.async_wait([&socket](const error_code& e) {
     if (!e) socket.close();
   });
-  co_await asio::async_connect(socket, endpoints, redirect_error(use_awaitable, ec));
+  co_await asio::async_connect(socket, candidates, redirect_error(use_awaitable, ec));
   deadline.cancel();
   if (ec) {
     co_return absl::UnavailableError(

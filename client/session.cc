@@ -177,7 +177,9 @@ asio::awaitable<void> Session::ConnectLoop() {
   auto backoff = options_.backoff_min;
   std::mt19937 jitter(std::random_device{}());
   wake_ = std::make_shared<asio::steady_timer>(executor_);
-  for (size_t attempt = 0; !closed_; ++attempt) {
+  // Sessions start at different brokers of the list; each reconnect (after a GoAway or a
+  // broken link) moves on to the next one.
+  for (size_t attempt = jitter() % options_.brokers.size(); !closed_; ++attempt) {
     ConnectOptions connect;
     connect.address = options_.brokers[attempt % options_.brokers.size()];
     connect.key = options_.key;
