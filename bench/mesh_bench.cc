@@ -144,7 +144,8 @@ class Bench {
     return list[(at + static_cast<size_t>(pair) / n) % n];
   }
 
-  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& key, const std::string& broker) {
+  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& key,
+                                       const std::string& broker) {
     mesh::client::SessionOptions options;
     options.brokers = {broker};
     options.key = &key;

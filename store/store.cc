@@ -119,6 +119,10 @@ void Batch::PutDedup(std::string_view from, std::string_view id,
   ops_.push_back(std::move(op));
 }
 
+void Batch::DeleteDedup(std::string_view from, std::string_view id) {
+  ops_.push_back({Family::kDedup, true, DedupKey(from, id), {}});
+}
+
 namespace {
 
 // Opens the store's RocksDB with its options and families (default, mailbox, outbox, dedup,

@@ -73,6 +73,8 @@ class Batch {
                     const mesh::v1::StoredEnvelope& envelope);
   void DeleteMessage(std::string_view recipient, uint64_t seq);
   void PutDedup(std::string_view from, std::string_view id, const mesh::v1::DedupRecord& record);
+  // A message handed to another broker takes its dedup duty along: that broker writes its own.
+  void DeleteDedup(std::string_view from, std::string_view id);
   bool empty() const { return ops_.empty(); }
 
  private:

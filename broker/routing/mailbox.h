@@ -88,8 +88,9 @@ struct Entry {
   mesh::v1::StoredEnvelope envelope;
   uint64_t bytes = 0;  // as counted against quotas
   State state = State::kWriting;
-  bool acked = false;     // acknowledged while its write was in progress
-  uint64_t link_seq = 0;  // in flight on the current session; 0 = not delivered
+  bool acked = false;       // acknowledged while its write was in progress
+  bool handed_off = false;  // acked by a next hop (its dedup entry goes with the message)
+  uint64_t link_seq = 0;    // in flight on the current session; 0 = not delivered
   Clock::time_point accepted;
 };
 

@@ -71,7 +71,12 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
   } else {
     if (it != mailbox->loaded.end()) {
       if (it->second.acked) {
-        DeleteStored(*mailbox, seq);
+        store::Batch batch;
+        batch.DeleteMessage(mailbox->recipient, seq);
+        if (it->second.handed_off) {
+          batch.DeleteDedup(it->second.envelope.from(), it->second.envelope.id());
+        }
+        CommitDeletes(std::move(batch));
         Release(*mailbox, it->second.envelope.from(), it->second.bytes);
         mailbox->loaded.erase(it);
       } else {

@@ -402,11 +402,15 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
       }
       case State::kStored:
         deletes.DeleteMessage(mailbox->recipient, seq);
+        // Handed to the next hop, which keeps its own dedup entry: one left here would answer
+        // DUPLICATE if the message ever came back (a home moving back) and it would be lost.
+        if (forwarded) deletes.DeleteDedup(entry.envelope.from(), entry.envelope.id());
         Release(*mailbox, entry.envelope.from(), entry.bytes);
         mailbox->loaded.erase(it);
         break;
       case State::kWriting:
         entry.acked = true;  // deleted once the write completes
+        entry.handed_off = forwarded;
         entry.link_seq = 0;
         entry.envelope.clear_payload();
         break;

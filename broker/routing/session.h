@@ -31,11 +31,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // `forward` (under the recipient's stripe lock) instead of a Deliver frame, and the next hop's
   // acks come back through Router::OnForwardAcks. Refills run on `executor`.
   // `carrier` is what carries its messages (the cluster link), for the placement to check.
-  using Forward =
-      std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
+  using Forward = std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
   Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
-          std::weak_ptr<void> carrier, peer::Link::Socket::executor_type executor,
-          uint64_t window);
+          std::weak_ptr<void> carrier, peer::Link::Socket::executor_type executor, uint64_t window);
 
   // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
   void Queue(mesh::v1::Frame frame);

@@ -73,6 +73,14 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
   }
 }
 
+uint16_t BrokerProcess::ListenerPort(const std::string& listener) const {
+  const std::regex re("\"event\":\"listening\",\"listener\":\"" + listener +
+                      "\".*?\"port\":(\\d+)");
+  std::smatch m;
+  const std::string log = Log();
+  return std::regex_search(log, m, re) ? static_cast<uint16_t>(std::stoi(m[1])) : 0;
+}
+
 BrokerProcess::~BrokerProcess() {
   if (pid_ > 0) {
     kill(pid_, SIGKILL);

@@ -33,6 +33,8 @@ class BrokerProcess {
   // did not exit or died of a signal.
   int Stop(int signal);
   std::string Log() const;
+  // The port a listener ("cluster", "http", ...) logged; 0 when it did not.
+  uint16_t ListenerPort(const std::string& listener) const;
   // Waits until the log holds a line containing every one of `needles`.
   bool WaitForLogLine(const std::vector<std::string>& needles,
                       std::chrono::milliseconds timeout = std::chrono::seconds(15)) const;
