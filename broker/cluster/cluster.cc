@@ -440,8 +440,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     // Home here: to the broker the peer is connected to, if another; else keep it.
     auto it = presence_.find(absl::string_view(recipient.data(), recipient.size()));
     if (it == presence_.end() || !it->second.connected || it->second.node == self_) return {};
-    auto member = members_.find(it->second.node);
-    if (member == members_.end() || member->second.state != MemberState::kLive) return {};
+    // A suspect member keeps its peers: their messages wait here for its link (outbox).
+    if (!members_.contains(it->second.node)) return {};
     return it->second.node;
   }
 

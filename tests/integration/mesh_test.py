@@ -6,7 +6,8 @@ its home to the broker the recipient connects to (in order), brokers with a wron
 none refused without disturbing the mesh, presence reaching every broker, and a drain (SIGTERM)
 that hands a mailbox to the remaining members before it exits 0 with an empty store.
 Usage: mesh_test.py MESH_BROKER MESH_CLI"""
-import base64, hashlib, json, os, subprocess, sys, time, unittest, urllib.error, urllib.request
+import base64, hashlib, json, os, socket, subprocess, sys, threading, time, unittest
+import urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
@@ -192,6 +193,120 @@ class MeshTest(unittest.TestCase):
         for broker in self.brokers:
             self.assertEqual(len(live_members(broker)), 3)
         self.test_every_direction_delivers_with_the_right_from()
+
+
+class Proxy:
+    """A TCP relay on loopback that can cut every connection through it and refuse new ones
+    (a network partition of one cluster link, the processes untouched), then let them form
+    again."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.connections = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if not self.open:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        with self.lock:
+            self.open = False
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.connections = []
+
+    def restore(self):
+        with self.lock:
+            self.open = True
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+class LinkCutTest(unittest.TestCase):
+    def test_messages_wait_in_the_outbox_while_the_link_is_cut_and_flow_when_it_forms_again(self):
+        # Two members whose only link runs through proxies (each advertises its proxy).
+        reserve = [socket.socket() for _ in range(2)]
+        for s in reserve:
+            s.bind(("127.0.0.1", 0))
+        cluster_ports = [s.getsockname()[1] for s in reserve]
+        for s in reserve:
+            s.close()
+        proxies = [Proxy(port) for port in cluster_ports]
+        common = ["--cluster-secret-file", SECRET, "--suspect-timeout-ms", "60000"]
+        a = Broker("cut-a", "--listen-cluster", "127.0.0.1:%d" % cluster_ports[0],
+                   "--cluster-advertise", "127.0.0.1:%d" % proxies[0].port, *common)
+        b = Broker("cut-b", "--listen-cluster", "127.0.0.1:%d" % cluster_ports[1],
+                   "--cluster-advertise", "127.0.0.1:%d" % proxies[1].port,
+                   "--cluster-peers", "127.0.0.1:%d" % proxies[0].port, *common)
+        listener = None
+        try:
+            for broker in (a, b):
+                wait_for(lambda x=broker: len(live_members(x)) == 2, "two live members")
+            listener = Peer(b, "cut-recipient")
+            wait_for(lambda: node_of(a, listener.id) == b.node_id, "a to locate the recipient")
+            sender = os.path.join(WORK, "cut-sender.key")
+            keygen(sender)
+            for proxy in proxies:
+                proxy.cut()
+            wait_for(lambda: len(live_members(a)) == 1, "a to see the link down")
+            texts = ["cut %d" % i for i in range(5)]
+            for text in texts:
+                self.assertEqual(send(a, sender, listener.id, text), "ACCEPTED")
+            wait_for(lambda: metric(a, "mesh_outbox_messages") == len(texts),
+                     "the messages to wait in a's outbox")
+            self.assertTrue(listener.lines.empty())
+            for proxy in proxies:
+                proxy.restore()
+            got = [listener.next_message()["payload"] for _ in texts]
+            self.assertEqual(got, texts)
+            wait_for(lambda: metric(a, "mesh_outbox_messages") == 0, "a's outbox to empty")
+        finally:
+            if listener:
+                listener.stop()
+            for proxy in proxies:
+                proxy.close()
+            for broker in (a, b):
+                broker.stop()
 
 
 class DrainTest(unittest.TestCase):
