@@ -41,6 +41,7 @@ struct Config {
   double duration_s = 0;    // online: run this long instead of --count
   double warmup_s = 0;      // online: latencies of messages sent before this are not counted
   std::string mode = "online";
+  int recipients = 0;  // fill: offline recipients the sends spread over (0: one per pair)
   uint32_t window = 256;
   double rate = 0;  // online: total msgs/s, 0 = as fast as acknowledged
   int threads = 1;
@@ -80,6 +81,7 @@ struct Pair {
   std::shared_ptr<mesh::client::Session> sender;
   std::shared_ptr<mesh::client::Session> recipient;
   asio::io_context* sender_io = nullptr;
+  size_t index = 0;
   uint64_t sent = 0;                  // on the sender's executor
   std::vector<int64_t> latencies_ns;  // on the recipient's executor
   std::vector<int64_t> sent_ns;       // with --latency-log: send time of each latency
@@ -88,11 +90,21 @@ struct Pair {
 class Bench {
  public:
   explicit Bench(Config config) : config_(std::move(config)), runtime_(config_.threads) {
-    for (int i = 0; i < config_.pairs; ++i) pairs_.push_back(std::make_unique<Pair>());
+    for (int i = 0; i < config_.pairs; ++i) {
+      pairs_.push_back(std::make_unique<Pair>());
+      pairs_.back()->index = static_cast<size_t>(i);
+    }
+    for (int i = 0; i < config_.recipients; ++i) {
+      fill_recipients_.push_back(mesh::crypto::KeyPair::Generate().public_key);
+    }
   }
 
   int Run() {
     runtime_.Run();
+    if (config_.mode == "fill") {  // the mailboxes stay full: for drain and handoff runs
+      Fill();
+      return Finish(ok_ ? 0 : 1);
+    }
     if (config_.mode == "offline") {
       Fill();
       if (!ok_) return Finish(1);
@@ -218,11 +230,14 @@ class Bench {
     if (!MoreToSend(pair)) return;
     ++pair.sent;
     planned_.fetch_add(1, std::memory_order_relaxed);
-    pair.sender->Send(pair.recipient_key.public_key, Payload(),
-                      [this, &pair](const mesh::client::SendResult& result) {
-                        OnAck(result);
-                        if (config_.rate <= 0) SendOne(pair);
-                      });
+    const auto& to =
+        fill_recipients_.empty()
+            ? pair.recipient_key.public_key
+            : fill_recipients_[(pair.index * 7919 + pair.sent) % fill_recipients_.size()];
+    pair.sender->Send(to, Payload(), [this, &pair](const mesh::client::SendResult& result) {
+      OnAck(result);
+      if (config_.rate <= 0) SendOne(pair);
+    });
   }
 
   // One line per delivery, in send order: ms since the start, latency in µs (for plotting).
@@ -355,7 +370,7 @@ class Bench {
                               {"max", all.empty() ? 0.0 : all.back() / 1000.0}};
     } else {
       const double enqueue = static_cast<double>(accepted_.load()) / enqueue_s_;
-      const double drain = static_cast<double>(delivered) / drain_s_;
+      const double drain = drain_s_ > 0 ? static_cast<double>(delivered) / drain_s_ : 0;
       report["enqueue_s"] = enqueue_s_;
       report["enqueue_msgs_per_s"] = enqueue;
       report["drain_s"] = drain_s_;
@@ -376,7 +391,7 @@ class Bench {
                   config_.size, report["enqueue_msgs_per_s"].get<double>(),
                   report["drain_msgs_per_s"].get<double>());
     }
-    if (delivered < total()) {
+    if (delivered < total() && config_.mode != "fill") {
       std::cerr << "mesh-bench: delivered " << delivered << " of " << total() << "\n";
       code = 1;
     }
@@ -386,6 +401,7 @@ class Bench {
   Config config_;
   Runtime runtime_;
   std::vector<std::unique_ptr<Pair>> pairs_;
+  std::vector<mesh::crypto::PeerId> fill_recipients_;
   std::atomic<uint64_t> planned_{0};
   std::atomic<uint64_t> accepted_{0};
   std::atomic<uint64_t> rejected_{0};
@@ -422,9 +438,12 @@ int main(int argc, char** argv) {
   app.add_option("--duration", config.duration_s, "online: send for this many seconds instead");
   app.add_option("--warmup", config.warmup_s,
                  "online: leave messages sent in the first seconds out of the latencies");
-  app.add_option("--mode", config.mode, "online or offline")
+  app.add_option("--recipients", config.recipients,
+                 "fill: offline recipients the sends spread over (0: one per pair)");
+  app.add_option("--mode", config.mode,
+                 "online, offline (fill, then drain), or fill (leave the mailboxes full)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"online", "offline"}));
+      ->check(CLI::IsMember({"online", "offline", "fill"}));
   app.add_option("--window,-w", config.window, "Sends outstanding per sender")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1'000'000u));

@@ -42,6 +42,8 @@ using Clock = std::chrono::steady_clock;
 // Deliveries one forwarder may have in flight to the next hop; beyond it, messages wait in
 // the mailbox (on disk once their ack window passes).
 constexpr uint64_t kForwardWindow = 1024;
+// Deliveries in flight over one cluster link, whatever the number of forwarders riding it.
+constexpr int64_t kLinkWindow = 8192;
 // A forward batch is cut at this many payload bytes, so frames stay well under max_frame.
 constexpr size_t kBatchBytes = size_t{256} << 10;
 constexpr std::chrono::milliseconds kDialBackoffMin{100};
@@ -97,6 +99,7 @@ class ClusterLink : public std::enable_shared_from_this<ClusterLink> {
   const std::string& node() const { return node_; }
   std::atomic<bool> up{false};
   std::atomic<bool> closed{false};
+  const std::shared_ptr<ForwardWindow> window = std::make_shared<ForwardWindow>(kLinkWindow);
   std::shared_ptr<Session> acks;  // collects the SendAcks of messages forwarded to us
 
   void Queue(mesh::v1::ClusterFrame frame) {
@@ -467,7 +470,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     };
     return std::make_shared<Session>(*id, node, std::move(forward),
                                      std::weak_ptr<void>(std::static_pointer_cast<void>(link)),
-                                     link->link().get_executor(), kForwardWindow);
+                                     link->window, link->link().get_executor(), kForwardWindow);
   }
 
   bool Usable(const Session& forwarder) {

@@ -61,6 +61,7 @@ void Router::Impl::Release(Mailbox& mailbox, const std::string& from, uint64_t b
 }
 
 bool Router::Impl::HasCapacity(const Session& session) const {
+  if (session.link_window_ && session.link_window_->full()) return false;
   const uint64_t window = std::min<uint64_t>(session.credit_, config.max_in_flight);
   return session.in_flight_.size() < window &&
          (session.in_flight_bytes_ < config.max_in_flight_bytes || session.in_flight_.empty());
@@ -73,6 +74,7 @@ void Router::Impl::DeliverEntry(Session& session, uint64_t seq, Entry& entry) {
   session.in_flight_[link_seq] = {seq, size};
   session.in_flight_bytes_ += size;
   if (session.forwarder()) {
+    if (session.link_window_) session.link_window_->in_flight.fetch_add(1);
     session.forward_(session, link_seq, entry.envelope);
     stats.forwarded_out.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -115,6 +117,26 @@ void Router::Impl::TryDeliver(Mailbox& mailbox) {
   }
   if (it == mailbox.loaded.end() && mailbox.spilled && HasCapacity(session)) {
     ScheduleRefill(mailbox);
+  }
+  if (session.link_window_ && session.link_window_->full()) {
+    // The link's window stopped this forwarder: it is woken when acks open the window again.
+    std::lock_guard lock(session.link_window_->mu);
+    session.link_window_->waiting.push_back(mailbox.session);
+  }
+}
+
+// Acks opened a cluster link's window: the forwarders it stopped go on, each on its executor.
+void Router::Impl::WakeForwarders(ForwardWindow& window) {
+  if (window.in_flight.load() > window.limit / 2) return;
+  std::vector<std::weak_ptr<Session>> waiting;
+  {
+    std::lock_guard lock(window.mu);
+    waiting.swap(window.waiting);
+  }
+  for (auto& weak : waiting) {
+    auto session = weak.lock();
+    if (!session) continue;
+    boost::asio::post(session->executor(), [this, session] { Refill(session->peer(), *session); });
   }
 }
 
@@ -375,6 +397,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
   for (uint64_t link_seq : link_seqs) {
     auto flight = session.in_flight_.find(link_seq);
     if (flight == session.in_flight_.end()) continue;  // a repeated ack
+    if (session.link_window_) session.link_window_->in_flight.fetch_sub(1);
     const uint64_t seq = flight->second.mailbox_seq;
     session.in_flight_bytes_ -= flight->second.bytes;
     session.in_flight_.erase(flight);
@@ -420,6 +443,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
     CommitDeletes(std::move(deletes));
   }
   TryDeliver(*mailbox);
+  if (session.link_window_) WakeForwarders(*session.link_window_);
 }
 
 void Router::Impl::OnCredit(Session& session, uint32_t n) {
@@ -435,6 +459,9 @@ void Router::Impl::OnCredit(Session& session, uint32_t n) {
 void Router::Impl::Unbind(Mailbox& mailbox) {
   Session& session = *mailbox.session;
   session.attached_ = false;
+  if (session.link_window_) {
+    session.link_window_->in_flight.fetch_sub(static_cast<int64_t>(session.in_flight_.size()));
+  }
   session.in_flight_.clear();
   session.in_flight_bytes_ = 0;
   for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {

@@ -99,6 +99,7 @@ struct Router::Impl {
   bool UndeliveredLoaded(const Mailbox& mailbox) const;
 
   void ScheduleRefill(Mailbox& mailbox);
+  void WakeForwarders(ForwardWindow& window);
 
   // On the session's executor: reads the next messages of a spilled mailbox from the store.
   void Refill(const std::string& recipient, Session& session);

@@ -24,11 +24,12 @@ Session::Session(const crypto::PeerId& id, Sink sink)
     : sink_(std::move(sink)), id_(id), peer_(RawBytes(id_)), remote_address_("local") {}
 
 Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
-                 std::weak_ptr<void> carrier, peer::Link::Socket::executor_type executor,
-                 uint64_t window)
+                 std::weak_ptr<void> carrier, std::shared_ptr<ForwardWindow> link_window,
+                 peer::Link::Socket::executor_type executor, uint64_t window)
     : forward_(std::move(forward)),
       next_hop_(std::move(next_hop)),
       carrier_(std::move(carrier)),
+      link_window_(std::move(link_window)),
       executor_(std::move(executor)),
       id_(recipient),
       peer_(RawBytes(id_)),

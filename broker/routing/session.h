@@ -2,6 +2,7 @@
 // may fill, and its delivery window, which the router guards with the peer's stripe lock.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -15,6 +16,19 @@
 #include "peer/peer.h"
 
 namespace mesh::broker {
+
+// Deliveries in flight over one cluster link, shared by every forwarder riding it: however many
+// mailboxes go to a member, what waits for its acks is bounded; the rest stays in the mailboxes
+// (on disk once their ack window passes), and forwarders that found it full are woken as acks
+// come back.
+struct ForwardWindow {
+  explicit ForwardWindow(int64_t limit) : limit(limit) {}
+  const int64_t limit;
+  std::atomic<int64_t> in_flight{0};
+  std::mutex mu;
+  std::vector<std::weak_ptr<class Session>> waiting;  // forwarders that found it full
+  bool full() const { return in_flight.load(std::memory_order_relaxed) >= limit; }
+};
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -33,7 +47,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // `carrier` is what carries its messages (the cluster link), for the placement to check.
   using Forward = std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
   Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
-          std::weak_ptr<void> carrier, peer::Link::Socket::executor_type executor, uint64_t window);
+          std::weak_ptr<void> carrier, std::shared_ptr<ForwardWindow> link_window,
+          peer::Link::Socket::executor_type executor, uint64_t window);
 
   // Thread-safe: frames go out in the order queued, flushed on the link's executor in batches.
   void Queue(mesh::v1::Frame frame);
@@ -60,6 +75,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const Forward forward_;
   const std::string next_hop_;
   const std::weak_ptr<void> carrier_;
+  const std::shared_ptr<ForwardWindow> link_window_;
   const peer::Link::Socket::executor_type executor_;
   const crypto::PeerId id_;
   const std::string peer_;
