@@ -358,6 +358,7 @@ class Broker::Impl {
         for (const auto& [state, n] : cluster_->MemberCounts()) s.cluster_members[state] = n;
         const ClusterStats& stats = cluster_->stats();
         s.handoff_messages = stats.handoff_messages.load();
+        s.presence_peers = cluster_->PresencePeers();
         s.forward_latency = ToMonitoring(stats.forward_latency);
         for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
           if (!mesh::v1::ErrorCode_IsValid(code)) continue;

@@ -171,6 +171,10 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(Gauge("mesh_outbox_messages",
                       "Messages held here for another broker (waiting for its link or its ack)",
                       static_cast<double>(s.outbox_messages)));
+  out.push_back(Gauge("mesh_presence_peers",
+                      "Peers connected to any member of the mesh, as this broker's presence "
+                      "table has them (this broker's own peers included)",
+                      static_cast<double>(s.presence_peers)));
   out.push_back(Counter("mesh_handoff_messages_total",
                         "Messages handed to another member by a drain", s.handoff_messages));
   out.push_back(ByLabel("mesh_cluster_handshake_failures_total",

@@ -424,6 +424,13 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     return Text(it->second.node);
   }
 
+  int64_t PresencePeers() const {
+    std::lock_guard lock(mu_);
+    int64_t n = 0;
+    for (const auto& [peer, entry] : presence_) n += entry.connected;
+    return n;
+  }
+
   std::vector<std::pair<std::string, int64_t>> MemberCounts() const {
     std::map<std::string, int64_t> counts = {
         {"joining", 0}, {"live", 0}, {"suspect", 0}, {"draining", 0}};
@@ -1048,6 +1055,7 @@ std::vector<mesh::v1::Member> Cluster::Members() const { return impl_->Members()
 std::optional<std::string> Cluster::Locate(std::string_view peer) const {
   return impl_->Locate(peer);
 }
+int64_t Cluster::PresencePeers() const { return impl_->PresencePeers(); }
 std::vector<std::pair<std::string, int64_t>> Cluster::MemberCounts() const {
   return impl_->MemberCounts();
 }

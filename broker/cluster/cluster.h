@@ -70,6 +70,8 @@ class Cluster final : public Placement {
   std::vector<mesh::v1::Member> Members() const;
   // The node (ID as text) the peer is connected to, if any broker of the mesh says so.
   std::optional<std::string> Locate(std::string_view peer) const;
+  // Peers the mesh knows to be connected (to any member, this one included).
+  int64_t PresencePeers() const;
   // Members by state, for mesh_cluster_members{state}.
   std::vector<std::pair<std::string, int64_t>> MemberCounts() const;
   const ClusterStats& stats() const;

@@ -403,6 +403,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.cluster_members[draining ? "draining" : "live"] = 1;
   s.messages_forwarded = {{"in", routed.forwarded_in.load()}, {"out", routed.forwarded_out.load()}};
   s.outbox_messages = context_.router->OutboxMessages();
+  s.presence_peers = s.peers_connected;
   for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
     if (!mesh::v1::ErrorCode_IsValid(code)) continue;
     s.cluster_handshake_failures[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] = 0;

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The mesh's figures (docs/BENCHMARKS.md), medians of RUNS runs (default 5; 3 for drain):
+#
+#   scripts/bench-mesh.sh online     1:1 256 B msgs/s with every pair crossing brokers against
+#                                    every pair on one broker (same run, alternating), and p99
+#                                    across brokers at half the crossing rate
+#   scripts/bench-mesh.sh drain      a broker holding MESSAGES (1,000,000) in MAILBOXES (10,000)
+#                                    drains to a member that just joined: handoff msgs/s against
+#                                    the offline enqueue rate measured filling it, and time to exit
+#   scripts/bench-mesh.sh presence   PEERS (10,000) connect to one broker: time until the other
+#                                    routes to all of them
+#
+# Brokers run on loopback through scripts/local-cluster.sh with one I/O thread each; the load
+# generator gets one too. Binaries come from build/ (scripts/build.sh).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${MESH_BUILD:-$root/build}
+work=$(mktemp -d)
+export MESH_CLUSTER_DIR=$work/cluster MESH_BROKER=$build/broker/mesh-broker
+export MESH_CLUSTER_BASE_PORT=${MESH_CLUSTER_BASE_PORT:-27700}
+base=$MESH_CLUSTER_BASE_PORT
+cluster=$root/scripts/local-cluster.sh
+bench=$build/bench/mesh-bench
+flags=(--threads 1 --send-rate 0 --sender-max-messages 100000000 --mailbox-max-messages 1000000)
+
+cleanup() {
+  "$cluster" stop >/dev/null 2>&1 || true
+  pkill -INT -f "$work/cluster" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+metric() { curl -s "http://127.0.0.1:$(($base + 200 + $1))/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+now() { date +%s.%N; }
+fresh() { "$cluster" stop >/dev/null 2>&1 || true; rm -rf "$MESH_CLUSTER_DIR"; }
+
+online() {
+  local runs=${RUNS:-5} brokers="127.0.0.1:$base,127.0.0.1:$((base + 1))"
+  fresh
+  "$cluster" start 2 -- "${flags[@]}" >/dev/null
+  sleep 2
+  local same=() cross=() ratio=()
+  for ((r = 0; r < runs; r++)); do
+    local s c
+    s=$("$bench" --brokers "$brokers" --placement same --pairs 16 --count 20000 --threads 1 --json | field "d['msgs_per_s']")
+    c=$("$bench" --brokers "$brokers" --placement cross --pairs 16 --count 20000 --threads 1 --json | field "d['msgs_per_s']")
+    same+=("$s"); cross+=("$c"); ratio+=("$(echo "$c / $s" | bc -l)")
+    printf 'run %d: same %.0f msgs/s, cross %.0f msgs/s, ratio %.2f\n' "$r" "$s" "$c" "${ratio[-1]}"
+  done
+  local cross_median half p99=()
+  cross_median=$(printf '%s\n' "${cross[@]}" | median)
+  printf 'online, medians of %d: same %.0f msgs/s, cross %.0f msgs/s, ratio %.2f (goal >= 0.6)\n' \
+    "$runs" "$(printf '%s\n' "${same[@]}" | median)" "$cross_median" \
+    "$(printf '%s\n' "${ratio[@]}" | median)"
+  half=$(echo "$cross_median / 2" | bc)
+  for ((r = 0; r < runs; r++)); do
+    p99+=("$("$bench" --brokers "$brokers" --placement cross --pairs 16 --rate "$half" --duration 5 \
+      --warmup 1 --window 64 --threads 1 --json | field "d['latency_us']['p99']")")
+    printf 'run %d: p99 %.0f us at %d msgs/s across brokers\n' "$r" "${p99[-1]}" "$half"
+  done
+  printf 'p99 across brokers at %d msgs/s, median of %d: %.0f us (goal < 3 ms)\n' "$half" "$runs" \
+    "$(printf '%s\n' "${p99[@]}" | median)"
+}
+
+drain() {
+  local runs=${RUNS:-3} messages=${MESSAGES:-1000000} mailboxes=${MAILBOXES:-10000}
+  local enqueue=() handoff=() ratio=() exit_s=()
+  for ((r = 0; r < runs; r++)); do
+    fresh
+    "$cluster" start 1 -- "${flags[@]}" >/dev/null
+    local e
+    e=$("$bench" -b "127.0.0.1:$base" --mode fill --pairs 16 --count $((messages / 16)) \
+      --recipients "$mailboxes" --threads 1 --json | field "d['enqueue_msgs_per_s']")
+    local t0 t1 t2 pid
+    pid=$(cat "$MESH_CLUSTER_DIR/b0/pid")
+    t0=$(now)
+    "$cluster" add >/dev/null
+    until grep -q member_joined "$MESH_CLUSTER_DIR/b0/broker.log"; do sleep 0.01; done
+    t1=$(now)
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    t2=$(now)
+    local left held h
+    left=$(python3 -c "import json; print(json.load(open('$MESH_CLUSTER_DIR/b0/data/DRAINED'))['messages_left'])")
+    held=$(metric 1 mesh_messages_queue_size)
+    h=$(echo "$held / ($t2 - $t0)" | bc -l)
+    enqueue+=("$e"); handoff+=("$h"); ratio+=("$(echo "$h / $e" | bc -l)")
+    exit_s+=("$(echo "$t2 - $t1" | bc -l)")
+    printf 'run %d: enqueue %.0f msgs/s; %d messages moved in %.1f s from the join (%.0f msgs/s), SIGTERM to exit %.1f s, left %d\n' \
+      "$r" "$e" "$held" "$(echo "$t2 - $t0" | bc -l)" "$h" "${exit_s[-1]}" "$left"
+    "$cluster" stop >/dev/null
+  done
+  printf 'drain of %d messages in %d mailboxes, medians of %d: handoff %.0f msgs/s, enqueue %.0f msgs/s, ratio %.2f (goal >= 0.5), SIGTERM to exit %.1f s\n' \
+    "$messages" "$mailboxes" "$runs" "$(printf '%s\n' "${handoff[@]}" | median)" \
+    "$(printf '%s\n' "${enqueue[@]}" | median)" "$(printf '%s\n' "${ratio[@]}" | median)" \
+    "$(printf '%s\n' "${exit_s[@]}" | median)"
+}
+
+presence() {
+  local runs=${RUNS:-5} peers=${PEERS:-10000} lag=() total=()
+  ulimit -n "$(ulimit -Hn)"
+  for ((r = 0; r < runs; r++)); do
+    fresh
+    "$cluster" start 2 -- "${flags[@]}" --max-pending-handshakes-per-ip 1024 >/dev/null
+    until [[ $(metric 1 'mesh_cluster_members{state="live"}') == 2 ]]; do sleep 0.05; done
+    local t0 ta="" tb=""
+    t0=$(now)
+    "$build/bench/idle_links" --broker-pid "$(cat "$MESH_CLUSTER_DIR/b0/pid")" \
+      --address "127.0.0.1:$base" --links "$peers" --concurrency 256 --settle-ms 4000 \
+      >/dev/null 2>&1 &
+    local opener=$!
+    while [[ -z $tb ]]; do
+      [[ -z $ta && $(metric 0 mesh_peers_connected) -ge $peers ]] && ta=$(now)
+      [[ $(metric 1 mesh_presence_peers) -ge $peers ]] && tb=$(now)
+      sleep 0.005
+    done
+    [[ -z $ta ]] && ta=$tb
+    wait "$opener" || true
+    lag+=("$(echo "($tb - $ta) * 1000" | bc -l)")
+    total+=("$(echo "$tb - $t0" | bc -l)")
+    printf 'run %d: %d peers connected to b0 in %.2f s; b1 routed to all %.0f ms after the last\n' \
+      "$r" "$peers" "$(echo "$ta - $t0" | bc -l)" "${lag[-1]}"
+  done
+  printf 'presence of %d peers, medians of %d: the other broker routes to all %.0f ms after the last connected (%.2f s from the first)\n' \
+    "$peers" "$runs" "$(printf '%s\n' "${lag[@]}" | median)" \
+    "$(printf '%s\n' "${total[@]}" | median)"
+}
+
+case ${1:-all} in
+  online) online ;;
+  drain) drain ;;
+  presence) presence ;;
+  all) online; drain; presence ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
