@@ -131,8 +131,10 @@ struct Mailbox {
     spill_seq = spilled ? std::min(spill_seq, seq) : seq;
     spilled = true;
   }
+  // Nothing held and no peer on it (a forwarder with nothing to forward goes with it).
   bool Idle() const {
-    return count == 0 && pending.empty() && !session && loaded.empty() && writes_in_flight == 0;
+    return count == 0 && pending.empty() && (!session || session->forwarder()) && loaded.empty() &&
+           writes_in_flight == 0;
   }
 };
 

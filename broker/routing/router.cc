@@ -444,6 +444,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
   }
   TryDeliver(*mailbox);
   if (session.link_window_) WakeForwarders(*session.link_window_);
+  if (forwarded) MaybeErase(stripe, *mailbox);  // all handed on: the forwarder goes too
 }
 
 void Router::Impl::OnCredit(Session& session, uint32_t n) {
