@@ -191,8 +191,19 @@ class Broker::Impl {
     const auto started = peer::Clock::now();
     const auto deadline = started + config_.drain_timeout;
     std::string why = "empty";
+    bool refusing = false;
     while (!stopping_) {
-      if (router_->QueuedMessages() == 0) break;
+      if (router_->QueuedMessages() == 0) {
+        // Nothing held: from now on own nothing new (a member that has not yet seen the
+        // drain may still forward here), then make sure nothing came in meanwhile.
+        if (refusing) break;
+        router_->RefuseNewMessages();
+        refusing = true;
+        timer.expires_after(std::chrono::milliseconds(50));
+        error_code ec;
+        co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        continue;
+      }
       if (!cluster_ || cluster_->LiveMembers() == 0) {
         why = "no_member";
         break;
@@ -274,7 +285,7 @@ class Broker::Impl {
     for (auto& shard : shards_) shards.push_back(&shard->io);
     if (config_.cluster.node_name.empty()) config_.cluster.node_name = config_.node_name;
     cluster_ = std::make_unique<Cluster>(config_.cluster, key_, *secret, *router_,
-                                         std::move(shards), config_.link);
+                                         std::move(shards), config_.link, cluster_stats_);
     router_->SetPlacement(cluster_.get());
     return cluster_->Start();
   }
@@ -557,6 +568,9 @@ class Broker::Impl {
   crypto::KeyPair key_;
   peer::MemoryBudget frame_budget_;
   peer::LinkStats stats_;
+  // Outlives the shards: cluster links still held by coroutines when the shards' io_contexts
+  // are destroyed count into it.
+  ClusterStats cluster_stats_;
   peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;
   std::vector<std::unique_ptr<Shard>> shards_;

@@ -293,7 +293,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
  public:
   Impl(ClusterConfig config, const crypto::KeyPair& key,
        const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-       std::vector<asio::io_context*> shards, peer::LinkConfig link_config)
+       std::vector<asio::io_context*> shards, peer::LinkConfig link_config, ClusterStats& stats)
       : config_(std::move(config)),
         key_(key),
         secret_(secret),
@@ -301,6 +301,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
         router_(router),
         shards_(std::move(shards)),
         link_config_(link_config),
+        stats_(stats),
         gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
     link_config_.psk = &secret_;
     hello_.set_protocol_version(peer::kProtocolVersion);
@@ -358,10 +359,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       stopping_ = true;
       links = all_links_;
     }
-    asio::post(*shards_.front(), [self = shared_from_this()] {
-      error_code ec;
-      if (self->acceptor_) self->acceptor_->close(ec);
-    });
+    // The acceptor goes on its own thread, while its io_context still runs.
+    asio::post(*shards_.front(), [self = shared_from_this()] { self->acceptor_.reset(); });
     for (auto& link : links) {
       asio::post(link->link().get_executor(), [link] { link->link().Close(absl::OkStatus()); });
     }
@@ -567,7 +566,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
   void AddMembersLocked(google::protobuf::RepeatedPtrField<mesh::v1::ClusterMember>& out) const {
     for (const auto& [id, member] : members_) {
-      if (member.address.empty()) continue;
+      // Only members proven by a link: an address nobody reached is not passed on.
+      if (member.address.empty() || member.state == MemberState::kJoining) continue;
       auto* m = out.Add();
       m->set_node_id(id);
       m->set_address(member.address);
@@ -967,8 +967,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
         const bool dropped_by_dns = dns_resolved_ && !member.link &&
                                     !dns_addresses_.contains(member.address) &&
                                     !seeds_.contains(member.address);
+        // A suspect past its timeout, or a member learned of but never reached in as long.
         const bool timed_out =
-            member.state == MemberState::kSuspect && now - member.since >= config_.suspect_timeout;
+            member.state != MemberState::kLive && now - member.since >= config_.suspect_timeout;
         if ((member.state != MemberState::kLive && dropped_by_dns) || timed_out) {
           gone.push_back(it->first);
           auto next = std::next(it);
@@ -1020,9 +1021,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   Router& router_;
   const std::vector<asio::io_context*> shards_;
   peer::LinkConfig link_config_;
+  ClusterStats& stats_;
   peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;
-  ClusterStats stats_;
   std::optional<tcp::acceptor> acceptor_;
   uint16_t port_ = 0;
   std::string advertise_;
@@ -1043,9 +1044,10 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
 Cluster::Cluster(ClusterConfig config, const crypto::KeyPair& key,
                  const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-                 std::vector<asio::io_context*> shards, peer::LinkConfig link_config)
+                 std::vector<asio::io_context*> shards, peer::LinkConfig link_config,
+                 ClusterStats& stats)
     : impl_(std::make_shared<Impl>(std::move(config), key, secret, router, std::move(shards),
-                                   link_config)) {}
+                                   link_config, stats)) {}
 Cluster::~Cluster() = default;
 absl::Status Cluster::Start() { return impl_->Start(); }
 void Cluster::Stop() { impl_->Stop(); }

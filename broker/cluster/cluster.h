@@ -52,9 +52,11 @@ class Cluster final : public Placement {
  public:
   // `shards` run the cluster links (spread over them); the first also runs the listener and
   // the cluster's periodic work.
+  // `stats` must outlive the shards' io_contexts (links they hold count into it).
   Cluster(ClusterConfig config, const crypto::KeyPair& key,
           const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-          std::vector<boost::asio::io_context*> shards, peer::LinkConfig link_config);
+          std::vector<boost::asio::io_context*> shards, peer::LinkConfig link_config,
+          ClusterStats& stats);
   ~Cluster() override;
 
   // Binds the cluster listener and starts dialling the seeds.

@@ -253,6 +253,10 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
 
   Stripe& stripe = StripeOf(envelope.to());
   std::lock_guard lock(stripe.mu);
+  if (refusing.load(std::memory_order_relaxed)) {
+    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
+               "this broker has drained: send to another one");
+  }
   Mailbox& mailbox = Get(stripe, envelope.to());
   if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
     if (!SameMessage(mailbox, it->second, envelope)) {
@@ -550,7 +554,7 @@ PeerView Router::Impl::ViewOf(const Mailbox& mailbox) const {
 }
 
 Router::Router(RouterConfig config, store::Store& store) : config_(std::move(config)) {
-  impl_ = std::make_unique<Impl>(config_, stats_, events_, store);
+  impl_ = std::make_unique<Impl>(config_, stats_, events_, store, refusing_);
 }
 
 std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {

@@ -124,6 +124,9 @@ class Router {
   // The next hop owns these deliveries of a forwarder (owned = true), or refused them: refused
   // ones stay here and the forwarder is let go until the next RebindAll.
   void OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link_seqs, bool owned);
+  // A drained broker owns nothing new: Sends and forwards are refused (STORE_UNAVAILABLE,
+  // "draining"), so the sender or the forwarding member keeps them and goes elsewhere.
+  void RefuseNewMessages() { refusing_.store(true); }
   // Messages held here (owned, not yet acknowledged by a recipient or a next hop).
   int64_t QueuedMessages() const { return stats_.queued.load(); }
 
@@ -169,6 +172,7 @@ class Router {
   RouterConfig config_;
   RouterStats stats_;
   EventHub events_;
+  std::atomic<bool> refusing_{false};
 };
 
 }  // namespace mesh::broker

@@ -18,13 +18,15 @@ struct Router::Impl {
   using Stripe = routing::Stripe;
   using Waiter = routing::Waiter;
 
-  Impl(const RouterConfig& config, RouterStats& stats, EventHub& events, store::Store& store)
-      : config(config), stats(stats), events(events), store(store) {}
+  Impl(const RouterConfig& config, RouterStats& stats, EventHub& events, store::Store& store,
+       const std::atomic<bool>& refusing)
+      : config(config), stats(stats), events(events), store(store), refusing(refusing) {}
 
   const RouterConfig& config;
   RouterStats& stats;
   EventHub& events;
   store::Store& store;
+  const std::atomic<bool>& refusing;  // Router::RefuseNewMessages
   std::array<Stripe, routing::kStripes> stripes;
   routing::SenderLedger ledger;
   Clock::time_point next_sweep = Clock::now();

@@ -148,8 +148,8 @@ class MeshTest(unittest.TestCase):
             self.assertEqual(got, texts)
         finally:
             listener.stop()
-        wait_for(lambda: metric(home, "mesh_messages_queue_size") == queued_before,
-                 "the home to delete what the recipient acknowledged")
+        wait_for(lambda: int(rest(home, "/api/v1/mailboxes/" + recipient).get("messages", 0))
+                 == 0, "the home to delete what the recipient acknowledged")
 
     def test_a_connected_peer_is_located_by_every_broker(self):
         peer = Peer(self.brokers[2], "located")
