@@ -159,6 +159,7 @@ class Broker::Impl {
     for (auto& shard : shards_) {
       if (shard->thread.joinable()) shard->thread.join();
     }
+    if (cluster_) cluster_->Release();
     if (grpc_) grpc_->Shutdown();
     if (http_) http_->Shutdown();
   }

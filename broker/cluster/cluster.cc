@@ -366,6 +366,12 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
+  void Release() {
+    std::lock_guard lock(mu_);
+    members_.clear();
+    all_links_.clear();
+  }
+
   void StartDrain() {
     std::vector<std::shared_ptr<ClusterLink>> links;
     {
@@ -626,9 +632,10 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     co_await Run(std::make_shared<ClusterLink>(*std::move(accepted), false, std::string()));
   }
 
-  awaitable<void> DialOnce(std::string address) {
+  // Runs on `shard`, where the socket and the link will live: an operation pending on one
+  // io_context must not belong to a coroutine of another (both go at shutdown, in turn).
+  awaitable<void> DialOnce(std::string address, asio::io_context& shard) {
     auto self = shared_from_this();
-    auto& shard = *shards_[next_dial_shard_++ % shards_.size()];
     auto result = co_await Connect(shard, address);
     {
       std::lock_guard lock(mu_);
@@ -1008,7 +1015,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
     for (auto& link : links) link->Queue(probe);
     for (auto& address : to_dial) {
-      asio::co_spawn(*shards_.front(), DialOnce(address), asio::detached);
+      auto& shard = *shards_[next_dial_shard_++ % shards_.size()];
+      asio::co_spawn(shard, DialOnce(address, shard), asio::detached);
     }
     // Forwarders a next hop refused, and homes that moved, are placed again.
     router_.RebindAll();
@@ -1051,6 +1059,7 @@ Cluster::Cluster(ClusterConfig config, const crypto::KeyPair& key,
 Cluster::~Cluster() = default;
 absl::Status Cluster::Start() { return impl_->Start(); }
 void Cluster::Stop() { impl_->Stop(); }
+void Cluster::Release() { impl_->Release(); }
 void Cluster::StartDrain() { impl_->StartDrain(); }
 size_t Cluster::LiveMembers() const { return impl_->LiveMembers(); }
 std::vector<mesh::v1::Member> Cluster::Members() const { return impl_->Members(); }

@@ -63,6 +63,9 @@ class Cluster final : public Placement {
   absl::Status Start();
   // Closes every cluster link; call from any thread.
   void Stop();
+  // Once the shards' threads have ended: drops the links this object holds, while their
+  // io_contexts still exist (a socket must go before its io_context).
+  void Release();
   // Announces that this node drains: from now on it is left out of every home, and its
   // mailboxes go to their homes among the others.
   void StartDrain();

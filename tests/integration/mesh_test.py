@@ -146,10 +146,11 @@ class MeshTest(unittest.TestCase):
         try:
             got = [listener.next_message()["payload"] for _ in texts]
             self.assertEqual(got, texts)
+            # While the recipient stays connected its acks come back through the mesh.
+            wait_for(lambda: int(rest(home, "/api/v1/mailboxes/" + recipient).get("messages", 0))
+                     == 0, "the home to delete what the recipient acknowledged")
         finally:
             listener.stop()
-        wait_for(lambda: int(rest(home, "/api/v1/mailboxes/" + recipient).get("messages", 0))
-                 == 0, "the home to delete what the recipient acknowledged")
 
     def test_a_connected_peer_is_located_by_every_broker(self):
         peer = Peer(self.brokers[2], "located")
