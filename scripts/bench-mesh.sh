@@ -9,6 +9,9 @@
 #                                    the offline enqueue rate measured filling it, and time to exit
 #   scripts/bench-mesh.sh presence   PEERS (10,000) connect to one broker: time until the other
 #                                    routes to all of them
+#   scripts/bench-mesh.sh reconnect  LISTENERS (50) mesh-cli peers with both brokers in their list;
+#                                    the broker holding some drains (SIGTERM): time until every
+#                                    peer is connected again (goal: within 2 s)
 #
 # Brokers run on loopback through scripts/local-cluster.sh with one I/O thread each; the load
 # generator gets one too. Binaries come from build/ (scripts/build.sh).
@@ -33,8 +36,9 @@ trap cleanup EXIT
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-metric() { curl -s "http://127.0.0.1:$(($base + 200 + $1))/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+metric() { curl -s "http://127.0.0.1:$((base + 200 + $1))/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 now() { date +%s.%N; }
+calc() { awk "BEGIN {print $*}"; }
 fresh() { "$cluster" stop >/dev/null 2>&1 || true; rm -rf "$MESH_CLUSTER_DIR"; }
 
 online() {
@@ -47,7 +51,7 @@ online() {
     local s c
     s=$("$bench" --brokers "$brokers" --placement same --pairs 16 --count 20000 --threads 1 --json | field "d['msgs_per_s']")
     c=$("$bench" --brokers "$brokers" --placement cross --pairs 16 --count 20000 --threads 1 --json | field "d['msgs_per_s']")
-    same+=("$s"); cross+=("$c"); ratio+=("$(echo "$c / $s" | bc -l)")
+    same+=("$s"); cross+=("$c"); ratio+=("$(calc "$c / $s")")
     printf 'run %d: same %.0f msgs/s, cross %.0f msgs/s, ratio %.2f\n' "$r" "$s" "$c" "${ratio[-1]}"
   done
   local cross_median half p99=()
@@ -55,7 +59,7 @@ online() {
   printf 'online, medians of %d: same %.0f msgs/s, cross %.0f msgs/s, ratio %.2f (goal >= 0.6)\n' \
     "$runs" "$(printf '%s\n' "${same[@]}" | median)" "$cross_median" \
     "$(printf '%s\n' "${ratio[@]}" | median)"
-  half=$(echo "$cross_median / 2" | bc)
+  half=$(calc "int($cross_median / 2)")
   for ((r = 0; r < runs; r++)); do
     p99+=("$("$bench" --brokers "$brokers" --placement cross --pairs 16 --rate "$half" --duration 5 \
       --warmup 1 --window 64 --threads 1 --json | field "d['latency_us']['p99']")")
@@ -86,11 +90,11 @@ drain() {
     local left held h
     left=$(python3 -c "import json; print(json.load(open('$MESH_CLUSTER_DIR/b0/data/DRAINED'))['messages_left'])")
     held=$(metric 1 mesh_messages_queue_size)
-    h=$(echo "$held / ($t2 - $t0)" | bc -l)
-    enqueue+=("$e"); handoff+=("$h"); ratio+=("$(echo "$h / $e" | bc -l)")
-    exit_s+=("$(echo "$t2 - $t1" | bc -l)")
+    h=$(calc "$held / ($t2 - $t0)")
+    enqueue+=("$e"); handoff+=("$h"); ratio+=("$(calc "$h / $e")")
+    exit_s+=("$(calc "$t2 - $t1")")
     printf 'run %d: enqueue %.0f msgs/s; %d messages moved in %.1f s from the join (%.0f msgs/s), SIGTERM to exit %.1f s, left %d\n' \
-      "$r" "$e" "$held" "$(echo "$t2 - $t0" | bc -l)" "$h" "${exit_s[-1]}" "$left"
+      "$r" "$e" "$held" "$(calc "$t2 - $t0")" "$h" "${exit_s[-1]}" "$left"
     "$cluster" stop >/dev/null
   done
   printf 'drain of %d messages in %d mailboxes, medians of %d: handoff %.0f msgs/s, enqueue %.0f msgs/s, ratio %.2f (goal >= 0.5), SIGTERM to exit %.1f s\n' \
@@ -119,20 +123,52 @@ presence() {
     done
     [[ -z $ta ]] && ta=$tb
     wait "$opener" || true
-    lag+=("$(echo "($tb - $ta) * 1000" | bc -l)")
-    total+=("$(echo "$tb - $t0" | bc -l)")
+    lag+=("$(calc "($tb - $ta) * 1000")")
+    total+=("$(calc "$tb - $t0")")
     printf 'run %d: %d peers connected to b0 in %.2f s; b1 routed to all %.0f ms after the last\n' \
-      "$r" "$peers" "$(echo "$ta - $t0" | bc -l)" "${lag[-1]}"
+      "$r" "$peers" "$(calc "$ta - $t0")" "${lag[-1]}"
   done
   printf 'presence of %d peers, medians of %d: the other broker routes to all %.0f ms after the last connected (%.2f s from the first)\n' \
     "$peers" "$runs" "$(printf '%s\n' "${lag[@]}" | median)" \
     "$(printf '%s\n' "${total[@]}" | median)"
 }
 
+reconnect() {
+  local runs=${RUNS:-5} n=${LISTENERS:-50} took=() cli=$build/client/mesh-cli
+  local brokers="127.0.0.1:$base,127.0.0.1:$((base + 1))"
+  for ((r = 0; r < runs; r++)); do
+    fresh
+    "$cluster" start 2 -- "${flags[@]}" >/dev/null
+    local pids=() moved
+    for ((i = 0; i < n; i++)); do
+      "$cli" keygen --out "$work/peer-$r-$i.key" >/dev/null
+      "$cli" listen --key "$work/peer-$r-$i.key" --broker "$brokers" >/dev/null 2>&1 &
+      pids+=($!)
+    done
+    until [[ $(calc "$(metric 0 mesh_peers_connected) + $(metric 1 mesh_peers_connected)") == "$n" ]]; do
+      sleep 0.05
+    done
+    moved=$(metric 0 mesh_peers_connected)
+    local t0 t1
+    t0=$(now)
+    kill -TERM "$(cat "$MESH_CLUSTER_DIR/b0/pid")"
+    until [[ $(metric 1 mesh_peers_connected) == "$n" ]]; do sleep 0.01; done
+    t1=$(now)
+    took+=("$(calc "($t1 - $t0) * 1000")")
+    printf 'run %d: %d of %d peers were on the drained broker; all connected again %.0f ms after SIGTERM\n' \
+      "$r" "$moved" "$n" "${took[-1]}"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  done
+  printf 'reconnect after GoAway, median of %d: every peer connected again %.0f ms after SIGTERM (goal < 2000 ms)\n' \
+    "$runs" "$(printf '%s\n' "${took[@]}" | median)"
+}
+
 case ${1:-all} in
   online) online ;;
   drain) drain ;;
   presence) presence ;;
-  all) online; drain; presence ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  reconnect) reconnect ;;
+  all) online; drain; presence; reconnect ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

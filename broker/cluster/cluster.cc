@@ -49,6 +49,11 @@ constexpr size_t kBatchBytes = size_t{256} << 10;
 constexpr std::chrono::milliseconds kDialBackoffMin{100};
 constexpr std::chrono::milliseconds kDialBackoffMax{5000};
 constexpr std::chrono::milliseconds kConnectTimeout{5000};
+// Balance (DESIGN §5): a broker holding more than this share above the mesh's average of
+// peers sends GoAway{REBALANCE} to some of them each probe interval, at most this share of
+// its peers (and at least one) at a time.
+constexpr double kBalanceBand = 1.2;
+constexpr double kBalanceStep = 0.05;
 
 std::string Raw(const crypto::PeerId& id) {
   return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
@@ -936,6 +941,41 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
+  // Connections are long-lived, so brokers a scale-up adds would stay idle: a broker far above
+  // the mesh's average of peers asks some of its own to go (they reconnect elsewhere).
+  void Balance() {
+    size_t mine = 0;
+    size_t total = 0;
+    size_t nodes = 1;
+    {
+      std::lock_guard lock(mu_);
+      if (draining_) return;
+      absl::flat_hash_set<std::string> live;
+      for (const auto& [id, member] : members_) {
+        if (member.state == MemberState::kLive && !member.draining) live.insert(id);
+      }
+      if (live.empty()) return;
+      nodes += live.size();
+      for (const auto& [peer, entry] : presence_) {
+        if (!entry.connected) continue;
+        if (entry.node == self_) {
+          ++mine;
+          ++total;
+        } else if (live.contains(entry.node)) {
+          ++total;
+        }
+      }
+    }
+    const double average = static_cast<double>(total) / static_cast<double>(nodes);
+    if (static_cast<double>(mine) <= average * kBalanceBand || mine < 2) return;
+    const auto excess = static_cast<size_t>(static_cast<double>(mine) - average * kBalanceBand);
+    const size_t step = std::max<size_t>(
+        1, std::min(excess, static_cast<size_t>(static_cast<double>(mine) * kBalanceStep)));
+    const size_t sent = router_.GoAwaySome(step, mesh::v1::GoAway::REBALANCE);
+    Log(spdlog::level::info, "rebalance",
+        {{"peers", mine}, {"mesh_average", average}, {"go_away", sent}});
+  }
+
   awaitable<void> ResolveDns() {
     auto host_port = peer::SplitHostPort(config_.dns);
     if (!host_port.ok()) co_return;
@@ -1013,6 +1053,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       Log(spdlog::level::warn, "member_gone", {{"node", Text(node)}});
       PublishMember(node, "left");
     }
+    Balance();
     for (auto& link : links) link->Queue(probe);
     for (auto& address : to_dial) {
       auto& shard = *shards_[next_dial_shard_++ % shards_.size()];

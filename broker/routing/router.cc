@@ -609,6 +609,19 @@ uint64_t Router::OutboxMessages() const {
   return count;
 }
 
+size_t Router::GoAwaySome(size_t n, mesh::v1::GoAway::Reason reason) {
+  std::vector<std::shared_ptr<Session>> sessions;
+  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
+    if (mailbox.session && !mailbox.session->forwarder()) sessions.push_back(mailbox.session);
+  });
+  const size_t count = std::min(n, sessions.size());
+  std::partial_sort(
+      sessions.begin(), sessions.begin() + static_cast<std::ptrdiff_t>(count), sessions.end(),
+      [](const auto& a, const auto& b) { return a->connected_at() < b->connected_at(); });
+  for (size_t i = 0; i < count; ++i) sessions[i]->GoAwayAndClose(reason);
+  return count;
+}
+
 size_t Router::MailboxCount() const {
   size_t count = 0;
   impl_->ForEachMailbox([&](const Mailbox&) { ++count; });

@@ -150,6 +150,8 @@ class Router {
   bool Disconnect(std::string_view id, mesh::v1::GoAway::Reason reason = mesh::v1::GoAway::ADMIN);
   // GoAway(reason) to every session; returns how many.
   size_t GoAwayAll(mesh::v1::GoAway::Reason reason);
+  // GoAway(reason) to at most n sessions (the longest connected first); returns how many.
+  size_t GoAwaySome(size_t n, mesh::v1::GoAway::Reason reason);
   // Drops the peer's owned messages that are not in flight, in memory and in the store; returns
   // how many. Messages not yet acknowledged to their senders are left alone.
   absl::StatusOr<uint64_t> PurgeMailbox(std::string_view id);

@@ -310,6 +310,44 @@ class LinkCutTest(unittest.TestCase):
                 broker.stop()
 
 
+class BalanceTest(unittest.TestCase):
+    def test_a_broker_far_above_the_average_sends_some_peers_to_a_new_member(self):
+        # Ten peers know both addresses but all connect while only the first broker exists.
+        reserve = socket.socket()
+        reserve.bind(("127.0.0.1", 0))
+        later_port = reserve.getsockname()[1]
+        reserve.close()
+        first = start_member("bal-a")
+        brokers = "%s,127.0.0.1:%d" % (first.peer_address, later_port)
+        listeners = []
+        second = None
+        try:
+            for i in range(10):
+                key = os.path.join(WORK, "bal-%d.key" % i)
+                keygen(key)
+                listeners.append(subprocess.Popen(
+                    [CLI, "listen", "--broker", brokers, "--key", key],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for(lambda: metric(first, "mesh_peers_connected") == 10, "ten peers on a")
+            second = Broker("bal-b", "--listen-cluster", "127.0.0.1:0", "--cluster-secret-file",
+                            SECRET, "--cluster-peers", "127.0.0.1:%d" % first.ports["cluster"],
+                            "--listen-peer", "127.0.0.1:%d" % later_port)
+            # Average 5 over two brokers: the first sheds peers until it is within 20% of it.
+            wait_for(lambda: metric(first, "mesh_peers_connected") <= 6
+                     and metric(second, "mesh_peers_connected") >= 4, "the peers to rebalance")
+            wait_for(lambda: metric(first, "mesh_peers_connected")
+                     + metric(second, "mesh_peers_connected") == 10, "every peer connected")
+            with open(first.log_path) as log:
+                self.assertIn('"event":"rebalance"', log.read())
+        finally:
+            for listener in listeners:
+                listener.terminate()
+                listener.wait(timeout=DEADLINE)
+            for broker in (first, second):
+                if broker is not None:
+                    broker.stop()
+
+
 class DrainTest(unittest.TestCase):
     def test_sigterm_hands_every_mailbox_off_then_exits_zero_with_an_empty_store(self):
         first = start_member("d0")

@@ -31,8 +31,9 @@ class Broker:
         os.makedirs(self.dir)
         self.log_path = os.path.join(self.dir, "broker.log")
         self.log = open(self.log_path, "w")
+        listen = [] if "--listen-peer" in args else ["--listen-peer", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
-            [_BROKER, "--data-dir", os.path.join(self.dir, "data"), "--listen-peer", "127.0.0.1:0",
+            [_BROKER, "--data-dir", os.path.join(self.dir, "data"), *listen,
              "--listen-grpc", "127.0.0.1:0", "--listen-http", "127.0.0.1:0",
              "--log-level", "debug", *args],
             stdout=subprocess.DEVNULL, stderr=self.log)
