@@ -145,7 +145,7 @@ class Broker::Impl {
          {"node_id", key_.public_key.ToString()},
          {"node_name", config_.node_name},
          {"shards", shards_.size()}});
-    signals_.emplace(first.io, SIGINT, SIGTERM);
+    signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
     WaitForSignal();
     asio::co_spawn(first.io, AcceptLoop(), asio::detached);
     asio::co_spawn(first.io, TickLoop(), asio::detached);
@@ -262,6 +262,12 @@ class Broker::Impl {
   void WaitForSignal() {
     signals_->async_wait([this](const error_code& ec, int signal) {
       if (ec) return;
+      if (signal == SIGHUP) {
+        Log(spdlog::level::info, "signal", {{"signal", "SIGHUP"}, {"action", "reload"}});
+        if (cluster_) cluster_->ReloadSecret();
+        WaitForSignal();
+        return;
+      }
       if (signal == SIGTERM && !draining_) {
         Log(spdlog::level::info, "signal", {{"signal", "SIGTERM"}, {"action", "drain"}});
         StartDrain(/*exit=*/true);
@@ -285,6 +291,7 @@ class Broker::Impl {
     std::vector<asio::io_context*> shards;
     for (auto& shard : shards_) shards.push_back(&shard->io);
     if (config_.cluster.node_name.empty()) config_.cluster.node_name = config_.node_name;
+    config_.cluster.secret_file = config_.cluster_secret_file;
     cluster_ = std::make_unique<Cluster>(config_.cluster, key_, *secret, *router_,
                                          std::move(shards), config_.link, cluster_stats_);
     router_->SetPlacement(cluster_.get());

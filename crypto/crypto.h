@@ -123,6 +123,9 @@ class CipherState {
   CipherState& operator=(CipherState&& other) noexcept;
   ~CipherState();
 
+  // An explicit copy (key material is not copied by accident): a handshake tried two ways.
+  CipherState Clone() const;
+
   void InitializeKey(ByteSpan key);
   bool HasKey() const { return has_key_; }
   void SetNonce(uint64_t n) { n_ = n; }
@@ -162,8 +165,12 @@ class SymmetricState {
   absl::Status DecryptAndHash(ByteSpan ciphertext, Bytes& out);
   bool HasKey() const { return cipher_.HasKey(); }
   void Split(CipherState& c1, CipherState& c2);
+  SymmetricState Clone() const;
 
  private:
+  SymmetricState(const SymmetricState& from, CipherState cipher)
+      : ck_(from.ck_), h_(from.h_), cipher_(std::move(cipher)) {}
+
   Secret<kHashSize> ck_;
   std::array<uint8_t, kHashSize> h_{};
   CipherState cipher_;
@@ -209,9 +216,13 @@ class HandshakeState {
   // The remote static key once its `s` token has been read.
   const std::optional<PeerId>& remote_static() const { return rs_; }
   bool my_turn_to_write() const;
+  // A copy of this state with another PSK, for a responder that accepts two (a secret being
+  // rotated): take it before reading the message that mixes the PSK in, try the other on failure.
+  HandshakeState CloneWithPsk(const Secret<kKeySize>& psk) const;
 
  private:
   explicit HandshakeState(HandshakeConfig config);
+  HandshakeState(HandshakeConfig config, SymmetricState symmetric);
   absl::Status Dh(const Secret<kKeySize>& priv, const PeerId& pub);
 
   HandshakeConfig config_;

@@ -79,6 +79,15 @@ CipherState& CipherState::operator=(CipherState&& other) noexcept {
 
 CipherState::~CipherState() { Wipe(); }
 
+CipherState CipherState::Clone() const {
+  CipherState copy(suite_);
+  copy.has_key_ = has_key_;
+  copy.n_ = n_;
+  std::memcpy(&copy.aes_, &aes_, sizeof(aes_));
+  copy.key_ = key_;
+  return copy;
+}
+
 void CipherState::Wipe() {
   sodium_memzero(&aes_, sizeof(aes_));
   key_.Assign({});
@@ -233,6 +242,26 @@ absl::StatusOr<HandshakeState> HandshakeState::Create(HandshakeConfig config) {
   }
   return HandshakeState(std::move(config));
 }
+
+SymmetricState SymmetricState::Clone() const {
+  SymmetricState copy(*this, cipher_.Clone());
+  return copy;
+}
+
+HandshakeState HandshakeState::CloneWithPsk(const Secret<kKeySize>& psk) const {
+  HandshakeConfig config = config_;
+  config.psk = psk;
+  HandshakeState copy(std::move(config), symmetric_.Clone());
+  copy.e_ = e_;
+  copy.re_ = re_;
+  copy.rs_ = rs_;
+  copy.next_message_ = next_message_;
+  copy.failed_ = failed_;
+  return copy;
+}
+
+HandshakeState::HandshakeState(HandshakeConfig config, SymmetricState symmetric)
+    : config_(std::move(config)), symmetric_(std::move(symmetric)) {}
 
 HandshakeState::HandshakeState(HandshakeConfig config)
     : config_(std::move(config)), symmetric_(ProtocolName(), config_.suite) {

@@ -218,7 +218,21 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
       if (auto st = hs->WriteMessage(hello_span, message); !st.ok())
         co_return LinkError(mesh::v1::INTERNAL, st.message());
       if (auto st = co_await WriteHandshakeMessage(message); !st.ok()) co_return st;
-      if (auto st = co_await read_step(3); !st.ok()) co_return st;
+      if (kind == LinkKind::kCluster && config_.psk_next != nullptr) {
+        // Message 3 mixes the PSK in: a copy taken before it tries the next secret.
+        crypto::HandshakeState next = hs->CloneWithPsk(*config_.psk_next);
+        auto received = co_await ReadHandshakeMessage();
+        if (!received.ok()) co_return received.status();
+        if (!hs->ReadMessage(*received, payload).ok()) {
+          payload.clear();
+          if (auto st = next.ReadMessage(*received, payload); !st.ok()) {
+            co_return HandshakeFailure(st, 3);
+          }
+          *hs = std::move(next);
+        }
+      } else if (auto st = co_await read_step(3); !st.ok()) {
+        co_return st;
+      }
     }
     if (!remote_hello_.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
       co_return LinkError(mesh::v1::MALFORMED_FRAME, "handshake payload is not a mesh.v1.Hello");

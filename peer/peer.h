@@ -48,6 +48,8 @@ struct LinkConfig {
   MemoryBudget* frame_budget = nullptr;  // borrowed; null means unbounded
   // Cluster links (DESIGN §5): the cluster secret, mixed in as Noise_XXpsk3's PSK. Borrowed.
   const crypto::Secret<crypto::kKeySize>* psk = nullptr;
+  // A responder also accepts this one (the next secret, while it is rotated in). Borrowed.
+  const crypto::Secret<crypto::kKeySize>* psk_next = nullptr;
 
   size_t max_frame() const { return max_payload + kFrameOverhead; }
 };

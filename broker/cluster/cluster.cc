@@ -15,6 +15,8 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -267,7 +269,27 @@ std::string HomeOf(std::string_view peer, const std::vector<std::string>& nodes)
   return best;
 }
 
-absl::StatusOr<crypto::Secret<crypto::kKeySize>> LoadClusterSecret(const std::string& path) {
+namespace {
+
+absl::StatusOr<crypto::Secret<crypto::kKeySize>> ParseSecretLine(const std::string& path,
+                                                                 const std::string& line) {
+  const std::string hex(absl::StripAsciiWhitespace(line));
+  if (hex.size() != 2 * crypto::kKeySize || !absl::c_all_of(hex, absl::ascii_isxdigit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cluster secret file ", path,
+                     ": each line must be 64 hex characters (32 bytes); make one with: "
+                     "openssl rand -hex 32"));
+  }
+  std::string bytes = absl::HexStringToBytes(hex);
+  crypto::Secret<crypto::kKeySize> secret(
+      {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+  sodium_memzero(bytes.data(), bytes.size());
+  return secret;
+}
+
+}  // namespace
+
+absl::StatusOr<ClusterSecrets> LoadClusterSecret(const std::string& path) {
   struct stat info {};
   if (stat(path.c_str(), &info) != 0) {
     return absl::NotFoundError(absl::StrCat("cluster secret file ", path, " cannot be read"));
@@ -277,38 +299,35 @@ absl::StatusOr<crypto::Secret<crypto::kKeySize>> LoadClusterSecret(const std::st
         absl::StrCat("cluster secret file ", path, " is readable by other users; chmod o-rwx it"));
   }
   std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  const std::string hex(absl::StripAsciiWhitespace(line));
-  std::string bytes;
-  if (hex.size() != 2 * crypto::kKeySize || !absl::c_all_of(hex, absl::ascii_isxdigit)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cluster secret file ", path,
-                     " must start with 64 hex characters (32 bytes); make one "
-                     "with: openssl rand -hex 32"));
+  std::string first, second;
+  std::getline(in, first);
+  std::getline(in, second);
+  auto current = ParseSecretLine(path, first);
+  if (!current.ok()) return current.status();
+  ClusterSecrets secrets{*current, std::nullopt};
+  if (!absl::StripAsciiWhitespace(second).empty()) {
+    auto next = ParseSecretLine(path, second);
+    if (!next.ok()) return next.status();
+    secrets.next = *next;
   }
-  bytes = absl::HexStringToBytes(hex);
-  crypto::Secret<crypto::kKeySize> secret(
-      {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
-  sodium_memzero(bytes.data(), bytes.size());
-  return secret;
+  return secrets;
 }
 
 class Cluster::Impl : public std::enable_shared_from_this<Impl> {
  public:
-  Impl(ClusterConfig config, const crypto::KeyPair& key,
-       const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-       std::vector<asio::io_context*> shards, peer::LinkConfig link_config, ClusterStats& stats)
+  Impl(ClusterConfig config, const crypto::KeyPair& key, const ClusterSecrets& secrets,
+       Router& router, std::vector<asio::io_context*> shards, peer::LinkConfig link_config,
+       ClusterStats& stats)
       : config_(std::move(config)),
         key_(key),
-        secret_(secret),
         self_(Raw(key.public_key)),
         router_(router),
         shards_(std::move(shards)),
         link_config_(link_config),
         stats_(stats),
         gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
-    link_config_.psk = &secret_;
+    UseSecretsLocked(secrets);
+    secret_mtime_ = SecretFileTime();
     hello_.set_protocol_version(peer::kProtocolVersion);
     hello_.set_node_name(config_.node_name);
     hello_.mutable_limits()->set_max_payload(link_config_.max_payload);
@@ -369,6 +388,21 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     for (auto& link : links) {
       asio::post(link->link().get_executor(), [link] { link->link().Close(absl::OkStatus()); });
     }
+  }
+
+  // Re-reads the secret file (SIGHUP, or its modification time changed): new handshakes use
+  // it; links up stay up. A file that does not parse is logged and the secrets stay as they were.
+  void ReloadSecret() {
+    if (config_.secret_file.empty()) return;
+    auto secrets = LoadClusterSecret(config_.secret_file);
+    if (!secrets.ok()) {
+      Log(spdlog::level::err, "cluster_secret_reload_failed",
+          {{"error", std::string(secrets.status().message())}});
+      return;
+    }
+    std::lock_guard lock(mu_);
+    UseSecretsLocked(*secrets);
+    Log(spdlog::level::info, "cluster_secret_reloaded", {{"next", secrets->next.has_value()}});
   }
 
   void Release() {
@@ -545,6 +579,24 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     std::chrono::milliseconds backoff = kDialBackoffMin;
   };
 
+  void UseSecretsLocked(const ClusterSecrets& secrets) {
+    secrets_.push_back(secrets);
+    link_config_.psk = &secrets_.back().current;
+    link_config_.psk_next = secrets_.back().next ? &*secrets_.back().next : nullptr;
+  }
+
+  peer::LinkConfig CurrentLinkConfig() const {
+    std::lock_guard lock(mu_);
+    return link_config_;
+  }
+
+  std::optional<std::filesystem::file_time_type> SecretFileTime() const {
+    std::error_code ec;
+    auto time = std::filesystem::last_write_time(config_.secret_file, ec);
+    if (ec) return std::nullopt;
+    return time;
+  }
+
   // Homes are computed over live and suspect members that do not drain, and this node.
   std::vector<std::string> HomeSetLocked() const {
     std::vector<std::string> nodes;
@@ -623,8 +675,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
   awaitable<void> Serve(tcp::socket socket, tcp::endpoint remote) {
     auto self = shared_from_this();
-    auto accepted = co_await peer::Link::Accept(
-        std::move(socket), key_, hello_, peer::LinkKind::kCluster, link_config_, stats_.links);
+    auto accepted =
+        co_await peer::Link::Accept(std::move(socket), key_, hello_, peer::LinkKind::kCluster,
+                                    CurrentLinkConfig(), stats_.links);
     gate_.Leave(remote.address());
     if (!accepted.ok()) {
       // Without the secret, or with another one, message 3 fails: say so, once per attempt.
@@ -684,8 +737,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     const auto suite = crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm)
                            ? crypto::CipherSuite::kAesGcm
                            : crypto::CipherSuite::kChaChaPoly;
-    co_return co_await peer::Link::Connect(std::move(socket), key_, hello_, suite, link_config_,
-                                           stats_.links, peer::LinkKind::kCluster);
+    co_return co_await peer::Link::Connect(std::move(socket), key_, hello_, suite,
+                                           CurrentLinkConfig(), stats_.links,
+                                           peer::LinkKind::kCluster);
   }
 
   // Serves one established cluster link until it ends.
@@ -1000,6 +1054,13 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void Tick() {
+    if (!config_.secret_file.empty()) {
+      auto mtime = SecretFileTime();
+      if (mtime && mtime != secret_mtime_) {
+        secret_mtime_ = mtime;
+        ReloadSecret();
+      }
+    }
     std::vector<std::string> to_dial;
     std::vector<std::string> gone;
     std::vector<std::shared_ptr<ClusterLink>> links;
@@ -1065,11 +1126,14 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
   const ClusterConfig config_;
   const crypto::KeyPair& key_;
-  const crypto::Secret<crypto::kKeySize> secret_;
   const std::string self_;
   Router& router_;
   const std::vector<asio::io_context*> shards_;
-  peer::LinkConfig link_config_;
+  peer::LinkConfig link_config_;  // psk and psk_next: the secrets in use, under mu_
+  // Every version of the secrets loaded, so a handshake under way keeps valid pointers across
+  // a reload (a few bytes per reload; wiped at exit).
+  std::deque<ClusterSecrets> secrets_;
+  std::optional<std::filesystem::file_time_type> secret_mtime_;
   ClusterStats& stats_;
   peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;
@@ -1091,16 +1155,16 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   absl::flat_hash_map<std::string, Presence> presence_;  // peer (raw) -> where it is
 };
 
-Cluster::Cluster(ClusterConfig config, const crypto::KeyPair& key,
-                 const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-                 std::vector<asio::io_context*> shards, peer::LinkConfig link_config,
-                 ClusterStats& stats)
-    : impl_(std::make_shared<Impl>(std::move(config), key, secret, router, std::move(shards),
+Cluster::Cluster(ClusterConfig config, const crypto::KeyPair& key, const ClusterSecrets& secrets,
+                 Router& router, std::vector<asio::io_context*> shards,
+                 peer::LinkConfig link_config, ClusterStats& stats)
+    : impl_(std::make_shared<Impl>(std::move(config), key, secrets, router, std::move(shards),
                                    link_config, stats)) {}
 Cluster::~Cluster() = default;
 absl::Status Cluster::Start() { return impl_->Start(); }
 void Cluster::Stop() { impl_->Stop(); }
 void Cluster::Release() { impl_->Release(); }
+void Cluster::ReloadSecret() { impl_->ReloadSecret(); }
 void Cluster::StartDrain() { impl_->StartDrain(); }
 size_t Cluster::LiveMembers() const { return impl_->LiveMembers(); }
 std::vector<mesh::v1::Member> Cluster::Members() const { return impl_->Members(); }

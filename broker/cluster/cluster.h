@@ -32,13 +32,19 @@ struct ClusterConfig {
   std::chrono::milliseconds suspect_timeout{30'000};
   std::chrono::milliseconds probe_interval{1000};
   std::string node_name;
+  std::string secret_file;  // re-read on ReloadSecret() and when it changes
   int max_pending_handshakes = 256;
   int max_pending_handshakes_per_ip = 32;
 };
 
-// The cluster secret file: 64 hex characters, or two lines (current, next). Only the first is
-// used for now; group-readable is fine (Kubernetes Secrets), other-readable is refused.
-absl::StatusOr<crypto::Secret<crypto::kKeySize>> LoadClusterSecret(const std::string& path);
+// The cluster secret file: 64 hex characters, or two lines (current, next). Initiators use the
+// current one; responders accept either, so the secret rotates without splitting the mesh.
+// Group-readable is fine (Kubernetes Secrets); readable by others is refused.
+struct ClusterSecrets {
+  crypto::Secret<crypto::kKeySize> current;
+  std::optional<crypto::Secret<crypto::kKeySize>> next;
+};
+absl::StatusOr<ClusterSecrets> LoadClusterSecret(const std::string& path);
 
 // What the mesh did, as plain counters; broker/ exports them.
 struct ClusterStats {
@@ -53,10 +59,9 @@ class Cluster final : public Placement {
   // `shards` run the cluster links (spread over them); the first also runs the listener and
   // the cluster's periodic work.
   // `stats` must outlive the shards' io_contexts (links they hold count into it).
-  Cluster(ClusterConfig config, const crypto::KeyPair& key,
-          const crypto::Secret<crypto::kKeySize>& secret, Router& router,
-          std::vector<boost::asio::io_context*> shards, peer::LinkConfig link_config,
-          ClusterStats& stats);
+  Cluster(ClusterConfig config, const crypto::KeyPair& key, const ClusterSecrets& secrets,
+          Router& router, std::vector<boost::asio::io_context*> shards,
+          peer::LinkConfig link_config, ClusterStats& stats);
   ~Cluster() override;
 
   // Binds the cluster listener and starts dialling the seeds.
@@ -66,6 +71,8 @@ class Cluster final : public Placement {
   // Once the shards' threads have ended: drops the links this object holds, while their
   // io_contexts still exist (a socket must go before its io_context).
   void Release();
+  // Re-reads the secret file (SIGHUP; a change of the file is noticed on its own).
+  void ReloadSecret();
   // Announces that this node drains: from now on it is left out of every home, and its
   // mailboxes go to their homes among the others.
   void StartDrain();

@@ -6,7 +6,7 @@ its home to the broker the recipient connects to (in order), brokers with a wron
 none refused without disturbing the mesh, presence reaching every broker, and a drain (SIGTERM)
 that hands a mailbox to the remaining members before it exits 0 with an empty store.
 Usage: mesh_test.py MESH_BROKER MESH_CLI"""
-import base64, hashlib, json, os, socket, subprocess, sys, threading, time, unittest
+import base64, hashlib, json, os, signal, socket, subprocess, sys, threading, time, unittest
 import urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -346,6 +346,43 @@ class BalanceTest(unittest.TestCase):
             for broker in (first, second):
                 if broker is not None:
                     broker.stop()
+
+
+class SecretRotationTest(unittest.TestCase):
+    def test_a_reloaded_two_line_secret_accepts_both_and_dials_with_the_first(self):
+        old, new = os.urandom(32).hex(), os.urandom(32).hex()
+        def secret_file(name, *lines):
+            path = os.path.join(WORK, name)
+            with open(path, "w") as out:
+                out.write("\n".join(lines) + "\n")
+            os.chmod(path, 0o640)  # group-readable, as Kubernetes mounts it
+            return path
+        rotating = secret_file("rotating.secret", old)
+        a = Broker("rot-a", "--listen-cluster", "127.0.0.1:0", "--cluster-secret-file", rotating)
+        joiners = []
+        try:
+            # Rotation step 1 on a: the new secret goes first, the old one stays accepted.
+            secret_file("rotating.secret", new, old)
+            a.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: '"event":"cluster_secret_reloaded"' in open(a.log_path).read(),
+                     "a to reload its secret")
+            seed = ["--cluster-peers", "127.0.0.1:%d" % a.ports["cluster"]]
+            for name, secret in (("rot-old", old), ("rot-new", new)):
+                joiners.append(Broker(name, "--listen-cluster", "127.0.0.1:0",
+                                      "--cluster-secret-file", secret_file(name + ".secret", secret),
+                                      *seed))
+            names = lambda: {m["name"] for m in live_members(a)}
+            wait_for(lambda: len(live_members(a)) == 3, "a broker on each secret to join a")
+            stranger = Broker("rot-other", "--listen-cluster", "127.0.0.1:0",
+                              "--cluster-secret-file",
+                              secret_file("other-rot", os.urandom(32).hex()), *seed)
+            joiners.append(stranger)
+            wait_for(lambda: '"event":"cluster_link_refused"' in open(a.log_path).read(),
+                     "a third secret to be refused")
+            self.assertEqual(len(live_members(a)), 3, names())
+        finally:
+            for broker in [a, *joiners]:
+                broker.stop()
 
 
 class DrainTest(unittest.TestCase):
