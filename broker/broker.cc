@@ -138,6 +138,9 @@ class Broker::Impl {
           absl::StrCat("cannot listen on ", config_.listen_peer, ": ", ec.message()));
     }
     const tcp::endpoint bound = acceptor_->local_endpoint();
+    // Signals are ours before the line that tells a supervisor (or a test) we listen.
+    signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
+    WaitForSignal();
     Log(spdlog::level::info, "listening",
         {{"listener", "peer"},
          {"addr", bound.address().to_string()},
@@ -145,8 +148,6 @@ class Broker::Impl {
          {"node_id", key_.public_key.ToString()},
          {"node_name", config_.node_name},
          {"shards", shards_.size()}});
-    signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
-    WaitForSignal();
     asio::co_spawn(first.io, AcceptLoop(), asio::detached);
     asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {

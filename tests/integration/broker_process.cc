@@ -93,10 +93,10 @@ BrokerProcess::~BrokerProcess() {
     std::filesystem::remove(log_path_, ec), std::filesystem::remove(dir_, ec);
 }
 
-int BrokerProcess::Stop(int signal) {
+int BrokerProcess::Stop(int signal, std::chrono::milliseconds timeout) {
   if (pid_ <= 0) return -1;
   kill(pid_, signal);
-  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {

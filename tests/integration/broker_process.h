@@ -29,9 +29,9 @@ class BrokerProcess {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   const std::string& data_dir() const { return data_dir_; }
 
-  // Sends `signal` and waits (15 s at most) for the exit; returns the exit code, or -1 when it
-  // did not exit or died of a signal.
-  int Stop(int signal);
+  // Sends `signal` and waits (15 s at most, or `timeout`) for the exit; returns the exit code,
+  // or -1 when it did not exit or died of a signal.
+  int Stop(int signal, std::chrono::milliseconds timeout = std::chrono::seconds(15));
   std::string Log() const;
   // The port a listener ("cluster", "http", ...) logged; 0 when it did not.
   uint16_t ListenerPort(const std::string& listener) const;

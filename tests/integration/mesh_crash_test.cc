@@ -192,11 +192,14 @@ TEST_F(MeshLoadTest, ScaleThreeToFiveToTwoUnderLoadLosesNothing) {
     std::this_thread::sleep_for(500ms);
     for (int i = 4; i >= 2; --i) {  // 5 -> 2: SIGTERM drains, exit 0, the volume goes
       BrokerProcess& leaving = *brokers_[i];
-      ASSERT_EQ(leaving.Stop(SIGTERM), 0) << leaving.Log();
+      // A drain competes with the load for two cores (slower still under sanitizers).
+      ASSERT_EQ(leaving.Stop(SIGTERM, std::chrono::seconds(60)), 0) << leaving.Log();
       std::ifstream drained(leaving.data_dir() + "/DRAINED");
       std::string text((std::istreambuf_iterator<char>(drained)), {});
-      EXPECT_NE(text.find("\"empty\":true"), std::string::npos) << text << leaving.Log();
-      std::filesystem::remove_all(leaving.data_dir());
+      const bool empty = text.find("\"empty\":true") != std::string::npos;
+      EXPECT_TRUE(empty) << text << leaving.Log();
+      // The volume goes only when DRAINED says so (docs/CLUSTER.md), as an operator would do.
+      if (empty) std::filesystem::remove_all(leaving.data_dir());
       std::this_thread::sleep_for(200ms);
     }
   });
