@@ -132,10 +132,22 @@ class MeshLoadTest : public ::testing::Test {
       size_t lost = 0;
       for (const auto& id : expected) lost += !received.contains(id);
       EXPECT_EQ(lost, 0u) << "recipient " << r << " lost acknowledged messages of "
-                          << expected.size();
+                          << expected.size() << RemainingLogs();
     }
     EXPECT_GT(total, 0u);
     std::cout << "mesh load: " << sent << " sends, " << total << " acknowledged, all delivered\n";
+  }
+
+  // The end of each running broker's log, for a failure's message.
+  std::string RemainingLogs() const {
+    std::string out;
+    for (const auto& broker : brokers_) {
+      if (!broker->started()) continue;
+      const std::string log = broker->Log();
+      out += "\n--- broker " + broker->address() + ", last lines:\n" +
+             log.substr(log.size() > 3000 ? log.size() - 3000 : 0);
+    }
+    return out;
   }
 
   std::filesystem::path secret_;
