@@ -41,20 +41,6 @@ using boost::system::error_code;
 
 constexpr std::chrono::milliseconds kShutdownFlush{2000};
 
-absl::StatusOr<tcp::endpoint> ParseEndpoint(const std::string& text) {
-  auto host_port = peer::SplitHostPort(text);
-  if (!host_port.ok()) return host_port.status();
-  int port = 0;
-  if (!absl::SimpleAtoi(host_port->second, &port) || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not HOST:PORT"));
-  }
-  const std::string host = host_port->first.empty() ? "0.0.0.0" : host_port->first;
-  error_code ec;
-  auto address = asio::ip::make_address(host, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address"));
-  return tcp::endpoint(address, static_cast<uint16_t>(port));
-}
-
 // Lifts the open-files limit to the hard limit: each link is a descriptor.
 void RaiseFileLimit() {
   rlimit limit{};
@@ -106,8 +92,7 @@ class Broker::Impl {
         static_cast<uint32_t>(config_.link.heartbeat_interval.count()));
     limits->set_dedup_window_s(static_cast<uint32_t>(config_.routing.dedup_window.count()));
     config_.routing.max_payload = config_.link.max_payload;
-    config_.routing.node_id.assign(reinterpret_cast<const char*>(key_.public_key.bytes.data()),
-                                   key_.public_key.bytes.size());
+    config_.routing.node_id = key_.public_key.Raw();
     if (config_.store.path.empty()) config_.store.path = config_.data_dir + "/store";
     config_.store.on_write = [this](std::chrono::microseconds d) { store_write_.Observe(d); };
     config_.store.on_sync = [this](std::chrono::microseconds d) { store_sync_.Observe(d); };
@@ -124,19 +109,10 @@ class Broker::Impl {
     Log(spdlog::level::info, "store_open",
         {{"path", config_.store.path}, {"sync", store::SyncPolicyName(config_.store.sync)}});
     if (auto status = StartControlPlane(); !status.ok()) return status;
-    auto endpoint = ParseEndpoint(config_.listen_peer);
-    if (!endpoint.ok()) return endpoint.status();
     Shard& first = *shards_.front();
-    acceptor_.emplace(first.io);
-    error_code ec;
-    acceptor_->open(endpoint->protocol(), ec);
-    if (!ec) acceptor_->set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_->bind(*endpoint, ec);
-    if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on ", config_.listen_peer, ": ", ec.message()));
-    }
+    auto acceptor = peer::Listen(first.io, config_.listen_peer);
+    if (!acceptor.ok()) return acceptor.status();
+    acceptor_.emplace(*std::move(acceptor));
     const tcp::endpoint bound = acceptor_->local_endpoint();
     // Signals are ours before the line that tells a supervisor (or a test) we listen.
     signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
@@ -180,7 +156,7 @@ class Broker::Impl {
     mesh::v1::Event event;
     event.mutable_drain_started();
     router_->events().Publish(std::move(event));
-    const uint64_t handed_before = cluster_ ? cluster_->stats().handoff_messages.load() : 0;
+    const uint64_t handed_before = cluster_stats_.handoff_messages.load();
     if (cluster_) cluster_->StartDrain();
     asio::co_spawn(shards_.front()->io, FinishDrain(exit, handed_before), asio::detached);
     return true;  // gRPC health follows on the next tick: only the first shard sets it
@@ -219,8 +195,7 @@ class Broker::Impl {
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
     const int64_t left = router_->QueuedMessages();
-    const uint64_t handed =
-        cluster_ ? cluster_->stats().handoff_messages.load() - handed_before : 0;
+    const uint64_t handed = cluster_stats_.handoff_messages.load() - handed_before;
     const auto took =
         std::chrono::duration_cast<std::chrono::milliseconds>(peer::Clock::now() - started).count();
     Log(left == 0 ? spdlog::level::info : spdlog::level::warn, "drain_finished",
@@ -376,16 +351,12 @@ class Broker::Impl {
       context.cluster = [this](monitoring::BrokerSnapshot& s) {
         s.cluster_members.clear();
         for (const auto& [state, n] : cluster_->MemberCounts()) s.cluster_members[state] = n;
-        const ClusterStats& stats = cluster_->stats();
+        const ClusterStats& stats = cluster_stats_;
         s.handoff_messages = stats.handoff_messages.load();
         s.presence_peers = cluster_->PresencePeers();
         s.forward_latency = ToMonitoring(stats.forward_latency);
-        for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
-          if (!mesh::v1::ErrorCode_IsValid(code)) continue;
-          s.cluster_handshake_failures[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] =
-              stats.links.failures[code].load();
-        }
       };
+      context.cluster_links = &cluster_stats_.links;
     }
     control_ = std::make_unique<ControlService>(std::move(context), *token);
     request_metrics_ = std::make_unique<monitoring::RequestMetrics>(registry_);

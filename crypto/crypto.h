@@ -66,8 +66,13 @@ struct PeerId {
   static absl::StatusOr<PeerId> FromBytes(ByteSpan raw);
   static absl::StatusOr<PeerId> Parse(std::string_view text);
   std::string ToString() const;
+  // The 32 bytes as a string: how maps and protobuf `bytes` fields hold an ID.
+  std::string Raw() const { return {reinterpret_cast<const char*>(bytes.data()), bytes.size()}; }
   auto operator<=>(const PeerId&) const = default;
 };
+
+// The text of an ID held as 32 raw bytes; empty when they are not 32.
+std::string IdText(std::string_view raw);
 
 // True for the canonical encoding of a point that is not of low order: top bit clear, below
 // 2^255 - 19 and not one of the small-order points, so one private key has one ID.

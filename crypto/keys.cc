@@ -104,6 +104,11 @@ absl::StatusOr<PeerId> PeerId::Parse(std::string_view text) {
 
 std::string PeerId::ToString() const { return ToBase64(bytes); }
 
+std::string IdText(std::string_view raw) {
+  auto id = PeerId::FromBytes({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()});
+  return id.ok() ? id->ToString() : std::string();
+}
+
 KeyPair KeyPair::Generate() {
   KeyPair pair;
   randombytes_buf(pair.private_key.data(), kKeySize);

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -74,6 +75,11 @@ struct LinkStats {
 
 // "host:port" or "[v6]:port" into host and port text; the host may be empty.
 absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address);
+
+// A socket listening on "HOST:PORT" (an IP address; an empty host is every interface, port 0
+// picks one), with SO_REUSEADDR, on `io`.
+absl::StatusOr<boost::asio::ip::tcp::acceptor> Listen(boost::asio::io_context& io,
+                                                      const std::string& address);
 
 // When Connect failed because the other side refused the preamble: the suites it speaks
 // (bit (suite id - 1)), so the caller may retry once with the best common one.

@@ -57,15 +57,6 @@ constexpr std::chrono::milliseconds kConnectTimeout{5000};
 constexpr double kBalanceBand = 1.2;
 constexpr double kBalanceStep = 0.05;
 
-std::string Raw(const crypto::PeerId& id) {
-  return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
-}
-
-std::string Text(std::string_view raw) {
-  auto id = crypto::PeerId::FromBytes({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()});
-  return id.ok() ? id->ToString() : "?";
-}
-
 uint64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -98,7 +89,7 @@ class ClusterLink : public std::enable_shared_from_this<ClusterLink> {
       : link_(std::move(link)),
         initiator_(initiator),
         dialed_(std::move(dialed)),
-        node_(Raw(link_->remote_id())) {}
+        node_(link_->remote_id().Raw()) {}
 
   peer::Link& link() { return *link_; }
   bool initiator() const { return initiator_; }
@@ -320,7 +311,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
        ClusterStats& stats)
       : config_(std::move(config)),
         key_(key),
-        self_(Raw(key.public_key)),
+        self_(key.public_key.Raw()),
         router_(router),
         shards_(std::move(shards)),
         link_config_(link_config),
@@ -337,33 +328,15 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   absl::Status Start() {
-    auto host_port = peer::SplitHostPort(config_.listen);
-    if (!host_port.ok()) return host_port.status();
-    int port = 0;
-    if (!absl::SimpleAtoi(host_port->second, &port) || port < 0 || port > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("'", config_.listen, "' is not HOST:PORT"));
-    }
-    error_code ec;
-    const auto address =
-        asio::ip::make_address(host_port->first.empty() ? "0.0.0.0" : host_port->first, ec);
-    if (ec) return absl::InvalidArgumentError(absl::StrCat("'", config_.listen, "': bad IP"));
-    acceptor_.emplace(*shards_.front());
-    const tcp::endpoint endpoint(address, static_cast<uint16_t>(port));
-    acceptor_->open(endpoint.protocol(), ec);
-    if (!ec) acceptor_->set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_->bind(endpoint, ec);
-    if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on ", config_.listen, ": ", ec.message()));
-    }
-    port_ = acceptor_->local_endpoint().port();
-    advertise_ = config_.advertise.empty()
-                     ? absl::StrCat(host_port->first.empty() || host_port->first == "0.0.0.0"
-                                        ? "127.0.0.1"
-                                        : host_port->first,
-                                    ":", port_)
-                     : config_.advertise;
+    auto acceptor = peer::Listen(*shards_.front(), config_.listen);
+    if (!acceptor.ok()) return acceptor.status();
+    acceptor_.emplace(*std::move(acceptor));
+    const tcp::endpoint endpoint = acceptor_->local_endpoint();
+    port_ = endpoint.port();
+    // Without --cluster-advertise: the bound address, loopback for "every interface".
+    const auto ip = endpoint.address().is_unspecified() ? std::string("127.0.0.1")
+                                                        : endpoint.address().to_string();
+    advertise_ = config_.advertise.empty() ? absl::StrCat(ip, ":", port_) : config_.advertise;
     Log(spdlog::level::info, "listening",
         {{"listener", "cluster"},
          {"addr", endpoint.address().to_string()},
@@ -435,7 +408,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<mesh::v1::Member> out;
     std::lock_guard lock(mu_);
     mesh::v1::Member self;
-    self.set_node_id(Text(self_));
+    self.set_node_id(crypto::IdText(self_));
     self.set_name(config_.node_name);
     self.set_state(draining_ ? mesh::v1::Member::DRAINING : mesh::v1::Member::ALIVE);
     self.set_address(advertise_);
@@ -443,7 +416,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     out.push_back(std::move(self));
     for (const auto& [id, member] : members_) {
       mesh::v1::Member view;
-      view.set_node_id(Text(id));
+      view.set_node_id(crypto::IdText(id));
       view.set_name(member.name);
       view.set_address(member.address);
       view.set_rtt_ms(member.rtt_ms);
@@ -465,7 +438,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     std::lock_guard lock(mu_);
     auto it = presence_.find(absl::string_view(peer.data(), peer.size()));
     if (it == presence_.end() || !it->second.connected) return std::nullopt;
-    return Text(it->second.node);
+    return crypto::IdText(it->second.node);
   }
 
   int64_t PresencePeers() const {
@@ -537,7 +510,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<std::shared_ptr<ClusterLink>> links;
     {
       std::lock_guard lock(mu_);
-      const std::string raw = Raw(peer);
+      const std::string raw = peer.Raw();
       Presence& entry = presence_[raw];
       if (connected) {
         entry = {self_, std::max(WallMs(), entry.epoch_ms + 1), true};
@@ -555,7 +528,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     for (auto& link : links) link->Queue(frame);
   }
 
-  const ClusterStats& stats() const { return stats_; }
   uint16_t port() const { return port_; }
 
  private:
@@ -799,7 +771,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
           auto it = members_.find(link->node());
           if (it != members_.end()) it->second.draining = frame.member().draining();
         }
-        Log(spdlog::level::info, "member_draining", {{"node", Text(link->node())}});
+        Log(spdlog::level::info, "member_draining", {{"node", crypto::IdText(link->node())}});
         PublishMember(link->node(), "draining");
         router_.RebindAll();
         return absl::OkStatus();
@@ -883,7 +855,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
     if (joined) {
       Log(spdlog::level::info, "member_joined",
-          {{"node", Text(node)}, {"name", hello.node_name()}, {"address", hello.address()}});
+          {{"node", crypto::IdText(node)},
+           {"name", hello.node_name()},
+           {"address", hello.address()}});
       PublishMember(node, "joined");
     }
     router_.RebindAll();
@@ -911,7 +885,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
     if (!was_member_link) return;
     Log(spdlog::level::warn, "cluster_link_down",
-        {{"node", Text(link->node())},
+        {{"node", crypto::IdText(link->node())},
          {"detail", std::string(ended.message())},
          {"now", gone ? "gone" : "suspect"}});
     if (gone) PublishMember(link->node(), "left");
@@ -969,7 +943,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     if (!router_.events().has_watchers()) return;
     mesh::v1::Event event;
     auto* member = event.mutable_member_changed();
-    member->set_node_id(Text(node));
+    member->set_node_id(crypto::IdText(node));
     member->set_change(what);
     router_.events().Publish(std::move(event));
   }
@@ -1111,7 +1085,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       AddMembersLocked(*probe.mutable_probe()->mutable_members());
     }
     for (const auto& node : gone) {
-      Log(spdlog::level::warn, "member_gone", {{"node", Text(node)}});
+      Log(spdlog::level::warn, "member_gone", {{"node", crypto::IdText(node)}});
       PublishMember(node, "left");
     }
     Balance();
@@ -1120,8 +1094,12 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       auto& shard = *shards_[next_dial_shard_++ % shards_.size()];
       asio::co_spawn(shard, DialOnce(address, shard), asio::detached);
     }
-    // Forwarders a next hop refused, and homes that moved, are placed again.
-    router_.RebindAll();
+    // Homes moved with a member gone; else only what waits unbound (a refusal, no link).
+    if (!gone.empty()) {
+      router_.RebindAll();
+    } else {
+      router_.PlaceUnbound();
+    }
   }
 
   const ClusterConfig config_;
@@ -1175,7 +1153,6 @@ int64_t Cluster::PresencePeers() const { return impl_->PresencePeers(); }
 std::vector<std::pair<std::string, int64_t>> Cluster::MemberCounts() const {
   return impl_->MemberCounts();
 }
-const ClusterStats& Cluster::stats() const { return impl_->stats(); }
 uint16_t Cluster::port() const { return impl_->port(); }
 std::string Cluster::NextHop(std::string_view recipient) { return impl_->NextHop(recipient); }
 std::shared_ptr<Session> Cluster::Forwarder(std::string_view recipient, const std::string& node) {

@@ -86,7 +86,6 @@ class Cluster final : public Placement {
   int64_t PresencePeers() const;
   // Members by state, for mesh_cluster_members{state}.
   std::vector<std::pair<std::string, int64_t>> MemberCounts() const;
-  const ClusterStats& stats() const;
   uint16_t port() const;
 
   // Placement

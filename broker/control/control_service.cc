@@ -40,15 +40,6 @@ std::string Base64Url(std::string_view bytes) {
   return text;
 }
 
-std::string Raw(const crypto::PeerId& id) {
-  return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
-}
-
-std::string Text(std::string_view raw) {
-  auto id = crypto::PeerId::FromBytes({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()});
-  return id.ok() ? id->ToString() : std::string();
-}
-
 // A peer or node ID from a request: `field` names it in the error.
 absl::StatusOr<std::string> ParseId(const char* field, const std::string& text) {
   if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
@@ -57,12 +48,12 @@ absl::StatusOr<std::string> ParseId(const char* field, const std::string& text) 
     return absl::InvalidArgumentError(absl::StrCat(
         field, " is not a peer ID (43 characters of unpadded base64url): ", id.status().message()));
   }
-  return Raw(*id);
+  return id->Raw();
 }
 
 mesh::v1::Peer PeerOf(const PeerView& view, const crypto::PeerId& node_id) {
   mesh::v1::Peer peer;
-  peer.set_id(Text(view.id));
+  peer.set_id(crypto::IdText(view.id));
   peer.set_connected(view.connected);
   if (view.connected) {
     peer.set_node_id(node_id.ToString());
@@ -327,6 +318,16 @@ std::shared_ptr<EventWatcher> ControlService::WatchEvents(const mesh::v1::WatchE
   return context_.router->events().Watch();
 }
 
+std::map<std::string, uint64_t> FailuresByReason(const peer::LinkStats* links) {
+  std::map<std::string, uint64_t> by_reason;
+  for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
+    if (!mesh::v1::ErrorCode_IsValid(code)) continue;
+    by_reason[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] =
+        links != nullptr ? links->failures[code].load() : 0;
+  }
+  return by_reason;
+}
+
 monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram) {
   const auto snapshot = histogram.Load();
   monitoring::Histogram out;
@@ -352,11 +353,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.handshakes_started = links.handshakes_started.load();
   s.handshakes_completed = links.handshakes_completed.load();
   s.handshake_duration = ToMonitoring(links.handshake_duration);
-  for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
-    if (!mesh::v1::ErrorCode_IsValid(code)) continue;
-    s.frames_rejected[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] =
-        links.failures[code].load();
-  }
+  s.frames_rejected = FailuresByReason(&links);
   s.messages_sent = routed.sends.load();
   s.messages_accepted = routed.acks[SendAck::ACCEPTED].load();
   s.messages_delivered = routed.acked.load();
@@ -404,10 +401,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.messages_forwarded = {{"in", routed.forwarded_in.load()}, {"out", routed.forwarded_out.load()}};
   s.outbox_messages = context_.router->OutboxMessages();
   s.presence_peers = s.peers_connected;
-  for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
-    if (!mesh::v1::ErrorCode_IsValid(code)) continue;
-    s.cluster_handshake_failures[peer::ReasonName(static_cast<mesh::v1::ErrorCode>(code))] = 0;
-  }
+  s.cluster_handshake_failures = FailuresByReason(context_.cluster_links);
   if (context_.cluster) context_.cluster(s);
   return s;
 }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -48,8 +49,12 @@ struct ControlContext {
   // and its series for the metrics snapshot.
   std::function<std::vector<mesh::v1::Member>()> members;
   std::function<std::optional<std::string>(std::string_view peer)> locate;
+  const peer::LinkStats* cluster_links = nullptr;  // cluster handshakes and failures
   std::function<void(monitoring::BrokerSnapshot&)> cluster;
 };
+
+// Links ended by each reason (every reason present; all zero without `links`).
+std::map<std::string, uint64_t> FailuresByReason(const peer::LinkStats* links);
 
 // A latency histogram as the monitoring module takes it.
 monitoring::Histogram ToMonitoring(const LatencyHistogram& histogram);

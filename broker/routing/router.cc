@@ -521,7 +521,7 @@ void Router::Impl::Detach(Session& session, std::string_view reason) {
     Mailbox* mailbox = Find(stripe, session.peer());
     if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
     Unbind(*mailbox);
-    // A forwarder let go stays unbound until the next RebindAll (its next hop refused).
+    // A forwarder let go stays unbound until the next PlaceUnbound (its next hop refused).
     if (!session.forwarder()) {
       mailbox->placed_epoch = 0;
       Place(*mailbox);
@@ -666,14 +666,20 @@ void Router::Detach(Session& session, std::string_view reason) { impl_->Detach(s
 
 void Router::SetPlacement(Placement* placement) { impl_->placement = placement; }
 
-void Router::RebindAll() {
-  impl_->placement_epoch.fetch_add(1, std::memory_order_relaxed);
-  for (Stripe& stripe : impl_->stripes) {
+void Router::RebindAll() { impl_->ReplaceAll(/*unbound_only=*/false); }
+
+void Router::PlaceUnbound() { impl_->ReplaceAll(/*unbound_only=*/true); }
+
+void Router::Impl::ReplaceAll(bool unbound_only) {
+  placement_epoch.fetch_add(1, std::memory_order_relaxed);
+  for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     std::vector<Mailbox*> mailboxes;
     mailboxes.reserve(stripe.mailboxes.size());
-    for (auto& [id, mailbox] : stripe.mailboxes) mailboxes.push_back(mailbox.get());
-    for (Mailbox* mailbox : mailboxes) impl_->Replace(stripe, *mailbox);
+    for (auto& [id, mailbox] : stripe.mailboxes) {
+      if (!unbound_only || !mailbox->session) mailboxes.push_back(mailbox.get());
+    }
+    for (Mailbox* mailbox : mailboxes) Replace(stripe, *mailbox);  // may erase it
   }
 }
 

@@ -118,11 +118,14 @@ class Router {
   // a link came or went), or for one (its presence changed).
   void RebindAll();
   void Rebind(std::string_view recipient);
+  // Places again only the mailboxes without any session: those a next hop refused, or whose
+  // next hop had no link up. Cheap enough to run every second.
+  void PlaceUnbound();
   // A message another broker forwards: admitted like a Send from envelope.from(). `sender` is
   // a local session whose sink gets a SendAck with id `ack_ref` once the message is owned here.
   void OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref);
   // The next hop owns these deliveries of a forwarder (owned = true), or refused them: refused
-  // ones stay here and the forwarder is let go until the next RebindAll.
+  // ones stay here and the forwarder is let go until the next PlaceUnbound.
   void OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link_seqs, bool owned);
   // A drained broker owns nothing new: Sends and forwards are refused (STORE_UNAVAILABLE,
   // "draining"), so the sender or the forwarding member keeps them and goes elsewhere.

@@ -120,6 +120,7 @@ struct Router::Impl {
   void Place(Mailbox& mailbox);
   void Bind(Mailbox& mailbox, std::shared_ptr<Session> session);
   void Replace(Stripe& stripe, Mailbox& mailbox);
+  void ReplaceAll(bool unbound_only);
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);

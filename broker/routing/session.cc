@@ -5,23 +5,15 @@
 
 namespace mesh::broker {
 
-namespace {
-
-std::string RawBytes(const crypto::PeerId& id) {
-  return {reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size()};
-}
-
-}  // namespace
-
 Session::Session(std::shared_ptr<peer::Link> link, std::string remote_address)
     : link_(std::move(link)),
       executor_(link_->get_executor()),
       id_(link_->remote_id()),
-      peer_(RawBytes(id_)),
+      peer_(id_.Raw()),
       remote_address_(std::move(remote_address)) {}
 
 Session::Session(const crypto::PeerId& id, Sink sink)
-    : sink_(std::move(sink)), id_(id), peer_(RawBytes(id_)), remote_address_("local") {}
+    : sink_(std::move(sink)), id_(id), peer_(id_.Raw()), remote_address_("local") {}
 
 Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
                  std::weak_ptr<void> carrier, std::shared_ptr<ForwardWindow> link_window,
@@ -32,7 +24,7 @@ Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward 
       link_window_(std::move(link_window)),
       executor_(std::move(executor)),
       id_(recipient),
-      peer_(RawBytes(id_)),
+      peer_(id_.Raw()),
       remote_address_("forward"),
       credit_(window) {}
 

@@ -7,11 +7,10 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <map>
 #include <random>
-#include <set>
 #include <thread>
 
+#include "tests/integration/acked_load.h"
 #include "tests/integration/broker_process.h"
 #include "tests/integration/test_peers.h"
 
@@ -24,8 +23,6 @@ int EnvOr(const char* name, int fallback) {
   const char* value = std::getenv(name);
   return value != nullptr ? std::atoi(value) : fallback;
 }
-
-std::string IdKey(const client::MessageId& id) { return std::string(id.begin(), id.end()); }
 
 TEST(CrashTest, SigkillUnderLoadLosesNoAcknowledgedMessage) {
   ASSERT_TRUE(crypto::Init().ok());
@@ -53,38 +50,14 @@ TEST(CrashTest, SigkillUnderLoadLosesNoAcknowledgedMessage) {
                                                    recipient_keys[i], fast_retry));
   }
 
-  // Accepted ids per recipient, filled from the senders' SendAck callbacks.
-  std::mutex mu;
-  std::vector<std::set<std::string>> accepted(recipient_keys.size());
-  std::atomic<int> answered{0}, sent{0};
-  std::atomic<bool> kills_done{false};
-  std::map<std::string, int> refusals;
   std::vector<std::unique_ptr<LibraryPeer>> senders;
   for (int s = 0; s < kSenders; ++s) {
     senders.push_back(std::make_unique<LibraryPeer>(std::vector<std::string>{address},
                                                     crypto::KeyPair::Generate(), fast_retry));
   }
-  std::vector<std::thread> load;
-  for (int s = 0; s < kSenders; ++s) {
-    load.emplace_back([&, s] {
-      for (int m = 0; !kills_done; ++m) {
-        ++sent;
-        const size_t to = (s + m) % recipient_keys.size();
-        senders[s]->session().Send(
-            recipient_keys[to].public_key, "m" + std::to_string(m),
-            [&, to](const client::SendResult& result) {
-              std::lock_guard lock(mu);
-              if (result.ok()) {
-                accepted[to].insert(IdKey(result.id));
-              } else {
-                ++refusals[mesh::v1::SendAck::Status_Name(result.status) + " " + result.detail];
-              }
-              ++answered;
-            });
-        if (m % 4 == 0) std::this_thread::sleep_for(1ms);
-      }
-    });
-  }
+  std::vector<crypto::PeerId> recipients;
+  for (const auto& key : recipient_keys) recipients.push_back(key.public_key);
+  AcknowledgedLoad load(std::move(senders), recipients, /*burst=*/4);
 
   std::mt19937 random(std::random_device{}());
   for (int k = 0; k < kills; ++k) {
@@ -95,15 +68,7 @@ TEST(CrashTest, SigkillUnderLoadLosesNoAcknowledgedMessage) {
     ASSERT_TRUE(brokers.back()->started()) << brokers.back()->Log();
   }
   std::this_thread::sleep_for(100ms);  // load on the last broker too
-  kills_done = true;
-  for (auto& thread : load) thread.join();
-  // Every send gets its answer once the last broker is up: pending sends are retried.
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (answered < sent && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
-  ASSERT_EQ(answered.load(), sent.load()) << brokers.back()->Log();
-  for (const auto& [why, n] : refusals) ADD_FAILURE() << n << " sends refused: " << why;
+  ASSERT_TRUE(load.StopAndWaitForAnswers()) << brokers.back()->Log();
 
   std::vector<std::unique_ptr<LibraryPeer>> offline;
   for (int i = kOnline; i < kOnline + kOffline; ++i) {
@@ -112,24 +77,10 @@ TEST(CrashTest, SigkillUnderLoadLosesNoAcknowledgedMessage) {
   }
   size_t total_accepted = 0;
   for (size_t r = 0; r < recipient_keys.size(); ++r) {
-    LibraryPeer& peer = r < kOnline ? *online[r] : *offline[r - kOnline];
-    std::set<std::string> expected;
-    {
-      std::lock_guard lock(mu);
-      expected = accepted[r];
-    }
-    total_accepted += expected.size();
-    auto messages = peer.WaitForMessages(expected.size(), 60s);
-    std::set<std::string> received;
-    for (const auto& message : messages) {
-      EXPECT_TRUE(received.insert(IdKey(message.id)).second) << "shown twice to the application";
-    }
-    for (const auto& id : expected) {
-      EXPECT_TRUE(received.contains(id)) << "recipient " << r << " lost an acknowledged message";
-    }
+    total_accepted += load.ExpectDelivered(r, r < kOnline ? *online[r] : *offline[r - kOnline]);
   }
   EXPECT_GT(total_accepted, 0u);
-  std::cout << "crash test: " << kills << " kills, " << sent << " sends, " << total_accepted
+  std::cout << "crash test: " << kills << " kills, " << load.sent() << " sends, " << total_accepted
             << " acknowledged, all delivered\n";
 }
 

@@ -11,11 +11,10 @@
 
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <random>
-#include <set>
 #include <thread>
 
+#include "tests/integration/acked_load.h"
 #include "tests/integration/broker_process.h"
 #include "tests/integration/test_peers.h"
 
@@ -23,8 +22,6 @@ namespace mesh::testing {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::string IdKey(const client::MessageId& id) { return std::string(id.begin(), id.end()); }
 
 class MeshLoadTest : public ::testing::Test {
  protected:
@@ -69,47 +66,17 @@ class MeshLoadTest : public ::testing::Test {
       online.push_back(std::make_unique<LibraryPeer>(addresses, recipient_keys[i], options));
       ASSERT_TRUE(online.back()->WaitConnected());
     }
-    std::mutex mu;
-    std::vector<std::set<std::string>> accepted(recipient_keys.size());
-    std::map<std::string, int> refusals;
-    std::atomic<int> answered{0}, sent{0};
-    std::atomic<bool> done{false};
     std::vector<std::unique_ptr<LibraryPeer>> senders;
     for (int s = 0; s < kSenders; ++s) {
       senders.push_back(
           std::make_unique<LibraryPeer>(addresses, crypto::KeyPair::Generate(), options));
     }
-    std::vector<std::thread> load;
-    for (int s = 0; s < kSenders; ++s) {
-      load.emplace_back([&, s] {
-        for (int m = 0; !done; ++m) {
-          ++sent;
-          const size_t to = (s + m) % recipient_keys.size();
-          senders[s]->session().Send(
-              recipient_keys[to].public_key, "m" + std::to_string(m),
-              [&, to](const client::SendResult& result) {
-                std::lock_guard lock(mu);
-                if (result.ok()) {
-                  accepted[to].insert(IdKey(result.id));
-                } else {
-                  ++refusals[mesh::v1::SendAck::Status_Name(result.status) + " " + result.detail];
-                }
-                ++answered;
-              });
-          if (m % 2 == 0) std::this_thread::sleep_for(1ms);
-        }
-      });
-    }
+    std::vector<crypto::PeerId> recipients;
+    for (const auto& key : recipient_keys) recipients.push_back(key.public_key);
+    AcknowledgedLoad load(std::move(senders), recipients, /*burst=*/2);
     churn();
     std::this_thread::sleep_for(200ms);
-    done = true;
-    for (auto& thread : load) thread.join();
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (answered < sent && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(10ms);
-    }
-    ASSERT_EQ(answered.load(), sent.load());
-    for (const auto& [why, n] : refusals) ADD_FAILURE() << n << " sends refused: " << why;
+    ASSERT_TRUE(load.StopAndWaitForAnswers());
 
     std::vector<std::unique_ptr<LibraryPeer>> offline;
     for (int i = kOnline; i < kOnline + kOffline; ++i) {
@@ -118,24 +85,11 @@ class MeshLoadTest : public ::testing::Test {
     size_t total = 0;
     for (size_t r = 0; r < recipient_keys.size(); ++r) {
       LibraryPeer& peer = r < kOnline ? *online[r] : *offline[r - kOnline];
-      std::set<std::string> expected;
-      {
-        std::lock_guard lock(mu);
-        expected = accepted[r];
-      }
-      total += expected.size();
-      auto messages = peer.WaitForMessages(expected.size(), 60s);
-      std::set<std::string> received;
-      for (const auto& message : messages) {
-        EXPECT_TRUE(received.insert(IdKey(message.id)).second) << "shown twice to the application";
-      }
-      size_t lost = 0;
-      for (const auto& id : expected) lost += !received.contains(id);
-      EXPECT_EQ(lost, 0u) << "recipient " << r << " lost acknowledged messages of "
-                          << expected.size() << RemainingLogs();
+      total += load.ExpectDelivered(r, peer, RemainingLogs());
     }
     EXPECT_GT(total, 0u);
-    std::cout << "mesh load: " << sent << " sends, " << total << " acknowledged, all delivered\n";
+    std::cout << "mesh load: " << load.sent() << " sends, " << total
+              << " acknowledged, all delivered\n";
   }
 
   // The end of each running broker's log, for a failure's message.
