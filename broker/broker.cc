@@ -19,12 +19,14 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "broker/control/control_service.h"
 #include "broker/control/grpc_server.h"
 #include "broker/control/http_server.h"
@@ -70,6 +72,25 @@ bool IsLoopback(const std::string& address) {
   return !ec && ip.is_loopback();
 }
 
+// A file whose modification time is watched; an empty path never changes.
+struct WatchedFile {
+  WatchedFile() = default;
+  explicit WatchedFile(std::string file) : path(std::move(file)) { Changed(); }
+
+  // True once for each new modification time (following symlinks, as Secret volumes use).
+  bool Changed() {
+    if (path.empty()) return false;
+    std::error_code ec;
+    const auto time = std::filesystem::last_write_time(path, ec);
+    if (ec || time == mtime) return false;
+    mtime = time;
+    return true;
+  }
+
+  std::string path;
+  std::optional<std::filesystem::file_time_type> mtime;
+};
+
 }  // namespace
 
 class Broker::Impl {
@@ -100,6 +121,7 @@ class Broker::Impl {
 
   absl::Status Start() {
     RaiseFileLimit();
+    if (auto status = LoadNodeCertificate(); !status.ok()) return status;
     auto store = store::Store::Open(config_.store);
     if (!store.ok()) return store.status();
     store_ = *std::move(store);
@@ -240,7 +262,7 @@ class Broker::Impl {
       if (ec) return;
       if (signal == SIGHUP) {
         Log(spdlog::level::info, "signal", {{"signal", "SIGHUP"}, {"action", "reload"}});
-        if (cluster_) cluster_->ReloadSecret();
+        ReloadFiles(/*changed_only=*/false);
         WaitForSignal();
         return;
       }
@@ -252,6 +274,27 @@ class Broker::Impl {
       }
       Stop(signal == SIGTERM ? "SIGTERM" : "SIGINT");
     });
+  }
+
+  // A certificate for another node, or one that expired, is refused at start: clients given
+  // the authority would refuse this broker anyway, and a start-up error says why at once.
+  absl::Status LoadNodeCertificate() {
+    if (config_.node_cert_file.empty()) return absl::OkStatus();
+    auto cert = crypto::LoadNodeCertificateFile(config_.node_cert_file);
+    if (!cert.ok()) return cert.status();
+    auto parsed = crypto::ParseNodeCertificate(*cert);
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    if (auto status = crypto::VerifyNodeCertificate(*cert, parsed->authority, key_.public_key, now);
+        !status.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--node-cert-file ", config_.node_cert_file, ": ", status.message()));
+    }
+    hello_.set_node_cert(cert->data(), cert->size());
+    Log(spdlog::level::info, "node_certificate",
+        {{"authority", parsed->authority.ToString()},
+         {"expires_unix_s", parsed->expires_unix_s},
+         {"days_left", (parsed->expires_unix_s - now) / 86400}});
+    return absl::OkStatus();
   }
 
   absl::Status StartCluster() {
@@ -268,6 +311,7 @@ class Broker::Impl {
     for (auto& shard : shards_) shards.push_back(&shard->io);
     if (config_.cluster.node_name.empty()) config_.cluster.node_name = config_.node_name;
     config_.cluster.secret_file = config_.cluster_secret_file;
+    secret_file_ = WatchedFile(config_.cluster_secret_file);
     cluster_ = std::make_unique<Cluster>(config_.cluster, key_, *secret, *router_,
                                          std::move(shards), config_.link, cluster_stats_);
     router_->SetPlacement(cluster_.get());
@@ -306,14 +350,35 @@ class Broker::Impl {
     const auto period = std::clamp<std::chrono::milliseconds>(
         window / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
     asio::steady_timer timer(shards_.front()->io);
+    auto files_checked = peer::Clock::now();
     while (!stopping_) {
       timer.expires_after(period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       router_->Tick();
+      if (peer::Clock::now() - files_checked >= std::chrono::seconds(1)) {
+        files_checked = peer::Clock::now();
+        ReloadFiles(/*changed_only=*/true);
+      }
       if (grpc_) {
         const bool ready = Ready();
         if (ready != serving_) grpc_->SetServing(serving_ = ready);
+      }
+    }
+  }
+
+  // The cluster secret and the admin token are re-read on SIGHUP and when their files change
+  // (a Kubernetes Secret volume swaps its files in place). A file that does not load is logged
+  // and the value in use stays.
+  void ReloadFiles(bool changed_only) {
+    if (cluster_ && (!changed_only || secret_file_.Changed())) cluster_->ReloadSecret();
+    if (control_ && (!changed_only || token_file_.Changed())) {
+      auto token = LoadOrCreateAdminToken(token_file_.path, config_.data_dir);
+      if (!token.ok()) {
+        Log(spdlog::level::err, "admin_token_reload_failed",
+            {{"error", std::string(token.status().message())}});
+      } else if (control_->SetAdminToken(*token)) {
+        Log(spdlog::level::info, "admin_token_reloaded", {{"path", token_file_.path}});
       }
     }
   }
@@ -331,8 +396,11 @@ class Broker::Impl {
 
   absl::Status StartControlPlane() {
     if (config_.listen_grpc.empty() && config_.listen_http.empty()) return absl::OkStatus();
+    token_file_ = WatchedFile(config_.admin_token_file.empty() ? config_.data_dir + "/admin.token"
+                                                               : config_.admin_token_file);
     auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
     if (!token.ok()) return token.status();
+    token_file_.Changed();  // the token just read is the one in use
     ControlContext context;
     context.router = router_.get();
     context.links = &stats_;
@@ -564,6 +632,8 @@ class Broker::Impl {
   prometheus::Registry registry_;  // the control plane's request counters
   std::unique_ptr<monitoring::RequestMetrics> request_metrics_;
   std::unique_ptr<ControlService> control_;
+  WatchedFile secret_file_;
+  WatchedFile token_file_;
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<HttpServer> http_;
   // After the router: holds a Placement pointer to it. Destroyed before the router.

@@ -24,8 +24,9 @@ struct BrokerConfig {
   std::string tls_cert_file;                  // PEM; with tls_key_file: TLS for the control plane
   std::string tls_key_file;
   std::string data_dir = "./mesh-data";
-  std::string node_name;  // empty: the host name
-  int threads = 0;        // 0: one per core
+  std::string node_name;       // empty: the host name
+  std::string node_cert_file;  // the mesh authority's certificate for this node; sent in Hello
+  int threads = 0;             // 0: one per core
   peer::LinkConfig link;
   size_t frame_memory_budget = size_t{256} << 20;
   int max_pending_handshakes = 1024;

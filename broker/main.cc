@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
   tls_key->needs(tls_cert);
   flag("data-dir", config.data_dir, "Directory for the node key and the store");
   flag("node-name", config.node_name, "Name announced to peers (default: the host name)");
+  flag("node-cert-file", config.node_cert_file,
+       "This node's certificate from the mesh authority (mesh-cli certify), sent to clients "
+       "so those given --mesh-authority can verify the broker");
   flag("threads", config.threads, "I/O threads, one io_context each (0: one per core)")
       ->check(CLI::Range(0, 1024));
   flag("max-payload", config.link.max_payload, "Largest message payload in bytes")

@@ -58,6 +58,30 @@ peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options)
 
 }  // namespace
 
+absl::Status CheckBroker(const BrokerTrust& trust, const crypto::PeerId& broker,
+                         const mesh::v1::Hello& hello) {
+  if (!trust.pinned.empty() &&
+      std::find(trust.pinned.begin(), trust.pinned.end(), broker) == trust.pinned.end()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("broker ", broker.ToString(), " is not one of the pinned broker keys"));
+  }
+  if (trust.authority) {
+    const auto& cert = hello.node_cert();
+    const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    auto status =
+        crypto::VerifyNodeCertificate({reinterpret_cast<const uint8_t*>(cert.data()), cert.size()},
+                                      *trust.authority, broker, now);
+    if (!status.ok()) {
+      return absl::UnauthenticatedError(
+          absl::StrCat("broker ", broker.ToString(),
+                       " is not certified by the mesh authority: ", status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 crypto::CipherSuite PreferredSuite() {
   return crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm) ? crypto::CipherSuite::kAesGcm
                                                               : crypto::CipherSuite::kChaChaPoly;
@@ -75,7 +99,15 @@ peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const Conne
     if (!socket.ok()) co_return socket.status();
     auto link = co_await peer::Link::Connect(*std::move(socket), *options.key, hello, suite,
                                              options.link, stats);
-    if (link.ok() || attempt > 0) co_return link;
+    if (link.ok()) {
+      auto trusted = CheckBroker(options.trust, (*link)->remote_id(), (*link)->remote_hello());
+      if (!trusted.ok()) {
+        (*link)->Close(trusted);
+        co_return trusted;
+      }
+      co_return link;
+    }
+    if (attempt > 0) co_return link;
     // One retry with the best common suite when the broker refused ours.
     auto spoken = peer::RefusedSuites(link.status());
     if (!spoken || peer::ErrorCodeOf(link.status()) != mesh::v1::UNSUPPORTED_SUITE) co_return link;

@@ -15,6 +15,19 @@
 
 namespace mesh::client {
 
+// How a client knows the broker it reached is one of the mesh's (DESIGN §5). With neither
+// field set the broker is unverified: the link is encrypted, but to whoever answered.
+struct BrokerTrust {
+  std::optional<crypto::AuthorityKey> authority;  // require a valid node certificate by it
+  std::vector<crypto::PeerId> pinned;             // require one of these broker keys
+  bool verifies() const { return authority.has_value() || !pinned.empty(); }
+};
+
+// Checks a broker's proven static key and the certificate in its Hello against `trust`; every
+// check given must pass. UNAUTHENTICATED says which one failed.
+absl::Status CheckBroker(const BrokerTrust& trust, const crypto::PeerId& broker,
+                         const mesh::v1::Hello& hello);
+
 struct ConnectOptions {
   std::string address;                       // HOST:PORT
   const crypto::KeyPair* key = nullptr;      // borrowed; the client's static key (its peer ID)
@@ -22,13 +35,15 @@ struct ConnectOptions {
   peer::LinkConfig link;
   std::string agent = "mesh-client/0.1";
   std::chrono::milliseconds connect_timeout{10'000};
+  BrokerTrust trust;
 };
 
 // The suite to offer first: AES-GCM when available, else ChaChaPoly.
 crypto::CipherSuite PreferredSuite();
 
-// Resolves, dials and runs the handshake. A broker that refuses the suite is retried once
-// with the best suite both speak.
+// Resolves, dials and runs the handshake, then checks the broker against `options.trust`
+// (closing the link when it fails). A broker that refuses the suite is retried once with the
+// best suite both speak.
 peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const ConnectOptions& options,
                                                                      peer::LinkStats& stats);
 

@@ -74,8 +74,51 @@ absl::StatusOr<mesh::crypto::KeyPair> LoadKey(const std::string& path) {
   return key;
 }
 
+// How the commands that reach a broker check it (DESIGN §5).
+struct TrustFlags {
+  std::string authority = std::getenv("MESH_AUTHORITY") ? std::getenv("MESH_AUTHORITY") : "";
+  std::string broker_keys;
+
+  void Add(CLI::App* command) {
+    command
+        ->add_option("--mesh-authority", authority,
+                     "Refuse a broker without a valid node certificate by this authority key")
+        ->envname("MESH_AUTHORITY");
+    command
+        ->add_option("--broker-key", broker_keys,
+                     "Refuse a broker whose key is not one of these (comma-separated)")
+        ->envname("MESH_BROKER_KEY");
+  }
+
+  absl::StatusOr<mesh::client::BrokerTrust> Trust() const {
+    mesh::client::BrokerTrust trust;
+    if (!authority.empty()) {
+      auto key = mesh::crypto::AuthorityKey::Parse(authority);
+      if (!key.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat("--mesh-authority: ", key.status().message()));
+      trust.authority = *key;
+    }
+    std::stringstream list(broker_keys);
+    for (std::string text; std::getline(list, text, ',');) {
+      if (text.empty()) continue;
+      auto key = mesh::crypto::PeerId::Parse(text);
+      if (!key.ok())
+        return absl::InvalidArgumentError(absl::StrCat("--broker-key: ", key.status().message()));
+      trust.pinned.push_back(*key);
+    }
+    if (!trust.verifies()) {
+      std::fprintf(stderr,
+                   "mesh-cli: the broker is unverified (give --mesh-authority or --broker-key to "
+                   "check whom you talk to)\n");
+    }
+    return trust;
+  }
+};
+
 // Options shared by the commands that hold a session with a broker.
 struct SessionFlags {
+  TrustFlags trust;
   std::string broker = std::getenv("MESH_BROKER") ? std::getenv("MESH_BROKER") : "127.0.0.1:7700";
   std::string key;
   bool seal = false;
@@ -93,10 +136,14 @@ struct SessionFlags {
     command->add_option("--timeout-ms", timeout_ms, "Give up when the broker has not answered")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    trust.Add(command);
   }
 
-  mesh::client::SessionOptions Options(const mesh::crypto::KeyPair& pair) const {
+  absl::StatusOr<mesh::client::SessionOptions> Options(const mesh::crypto::KeyPair& pair) const {
     mesh::client::SessionOptions options;
+    auto checks = trust.Trust();
+    if (!checks.ok()) return checks.status();
+    options.trust = *std::move(checks);
     std::stringstream list(broker);
     for (std::string address; std::getline(list, address, ',');) {
       if (!address.empty()) options.brokers.push_back(address);
@@ -123,8 +170,10 @@ int Send(const SessionFlags& flags, const std::string& to_text, const std::strin
   auto key = LoadKey(flags.key);
   if (!key.ok()) return Fail(key.status());
 
+  auto options = flags.Options(*key);
+  if (!options.ok()) return Fail(options.status());
   asio::io_context io;
-  auto session = mesh::client::Session::Create(io.get_executor(), flags.Options(*key));
+  auto session = mesh::client::Session::Create(io.get_executor(), *options);
   absl::Status last_error = absl::DeadlineExceededError("no answer");
   session->OnState([&](bool connected, const absl::Status& why) {
     if (!connected && !why.ok()) last_error = why;
@@ -164,10 +213,11 @@ int Send(const SessionFlags& flags, const std::string& to_text, const std::strin
 int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_file) {
   auto key = LoadKey(flags.key);
   if (!key.ok()) return Fail(key.status());
-  asio::io_context io;
   auto options = flags.Options(*key);
-  options.dedup_file = dedup_file;
-  auto session = mesh::client::Session::Create(io.get_executor(), options);
+  if (!options.ok()) return Fail(options.status());
+  options->dedup_file = dedup_file;
+  asio::io_context io;
+  auto session = mesh::client::Session::Create(io.get_executor(), *options);
   int64_t received = 0;
   asio::signal_set signals(io, SIGINT, SIGTERM);
   session->OnMessage([&](const mesh::client::Message& message) {
@@ -198,6 +248,32 @@ int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_fi
   // Runs until Close() has ended the link and the reconnect loop (interrupt, or --count).
   io.run();
   if (!fatal.ok()) return Fail(fatal);
+  return 0;
+}
+
+// `node` is a node ID, or a key file to read it from (the broker's <data-dir>/node.key).
+int Certify(const std::string& authority_file, const std::string& node, int days,
+            const std::string& out) {
+  auto authority = mesh::crypto::LoadAuthorityKeyFile(authority_file);
+  if (!authority.ok()) return Fail(authority.status());
+  auto node_id = mesh::crypto::PeerId::Parse(node);
+  if (!node_id.ok()) {
+    auto key = mesh::crypto::LoadKeyFile(node);
+    if (!key.ok()) {
+      return Fail(absl::StrCat("--node: neither a node ID (", node_id.status().message(),
+                               ") nor a key file (", key.status().message(), ")"));
+    }
+    node_id = key->public_key;
+  }
+  const int64_t expires = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count() +
+                          int64_t{days} * 86400;
+  auto cert = mesh::crypto::IssueNodeCertificate(*authority, *node_id, expires);
+  if (auto status = mesh::crypto::WriteNodeCertificateFile(out, cert); !status.ok())
+    return Fail(status);
+  std::printf("%s: node %s, %d days, authority %s\n", out.c_str(), node_id->ToString().c_str(),
+              days, authority->public_key.ToString().c_str());
   return 0;
 }
 
@@ -239,6 +315,31 @@ int main(int argc, char** argv) {
                    "How long to wait for each Pong and for the connection")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  TrustFlags ping_trust;
+  ping_trust.Add(ping);
+
+  std::string authority_out = "authority.key";
+  auto* authority_keygen = app.add_subcommand(
+      "authority-keygen",
+      "Create the mesh authority's Ed25519 key (mode 0600) and print its public key");
+  authority_keygen->add_option("--out,-o", authority_out, "Key file to create (never overwritten)")
+      ->capture_default_str();
+
+  std::string certify_authority = "authority.key", certify_node, certify_out = "node.cert";
+  int certify_days = 365;
+  auto* certify = app.add_subcommand(
+      "certify", "Sign a node certificate: the authority vouches for a broker's node ID");
+  certify->add_option("--authority-key", certify_authority, "The authority's key file")
+      ->capture_default_str();
+  certify
+      ->add_option("--node", certify_node,
+                   "The broker's node ID, or its key file (<data-dir>/node.key)")
+      ->required();
+  certify->add_option("--days", certify_days, "Days until it expires")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3650));
+  certify->add_option("--out,-o", certify_out, "Certificate file to create (never overwritten)")
+      ->capture_default_str();
 
   SessionFlags send_flags;
   std::string send_to, send_text, send_file;
@@ -279,6 +380,14 @@ int main(int argc, char** argv) {
     std::cout << key->public_key.ToString() << "\n";
     return 0;
   }
+  if (authority_keygen->parsed()) {
+    auto key = mesh::crypto::AuthorityKeyPair::Generate();
+    if (auto status = mesh::crypto::WriteAuthorityKeyFile(authority_out, key); !status.ok())
+      return Fail(status);
+    std::cout << key.public_key.ToString() << "\n";
+    return 0;
+  }
+  if (certify->parsed()) return Certify(certify_authority, certify_node, certify_days, certify_out);
   if (send->parsed()) {
     if (send_text.empty() && send_file.empty()) return Fail("send: give TEXT or --file");
     return Send(send_flags, send_to, send_text, send_file, send_ttl);
@@ -296,12 +405,16 @@ int main(int argc, char** argv) {
   options.key = &key;
   options.agent = "mesh-cli/0.1";
   options.connect_timeout = std::chrono::milliseconds(ping_timeout_ms);
+  auto trust = ping_trust.Trust();
+  if (!trust.ok()) return Fail(trust.status());
+  options.trust = *std::move(trust);
   if (ping_suite == "aesgcm") options.suite = mesh::crypto::CipherSuite::kAesGcm;
   if (ping_suite == "chachapoly") options.suite = mesh::crypto::CipherSuite::kChaChaPoly;
   auto result = mesh::client::Ping(options, ping_count, std::chrono::milliseconds(ping_timeout_ms));
   if (!result.ok()) return Fail(result.status());
-  std::printf("broker %s node %s suite %s\n", result->broker_id.ToString().c_str(),
-              result->node_name.c_str(), mesh::crypto::CipherName(result->suite));
+  std::printf("broker %s node %s suite %s %s\n", result->broker_id.ToString().c_str(),
+              result->node_name.c_str(), mesh::crypto::CipherName(result->suite),
+              options.trust.verifies() ? "verified" : "unverified");
   std::printf("connect+handshake %.3f ms\n", Millis(result->handshake));
   double sum = 0, lo = 1e18, hi = 0;
   for (size_t i = 0; i < result->round_trips.size(); ++i) {

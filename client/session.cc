@@ -187,6 +187,7 @@ asio::awaitable<void> Session::ConnectLoop() {
     connect.link = options_.link;
     connect.agent = options_.agent;
     connect.connect_timeout = options_.connect_timeout;
+    connect.trust = options_.trust;
     auto link = co_await Connect(connect, LinkStatsOfAllSessions());
     absl::Status ended;
     if (!link.ok()) {

@@ -33,6 +33,7 @@ struct SessionOptions {
   peer::LinkConfig link;
   std::string agent = "mesh-client/0.1";
   std::chrono::milliseconds connect_timeout{10'000};
+  BrokerTrust trust;  // a broker that fails it counts as unreachable
   std::chrono::milliseconds backoff_min{100};
   std::chrono::milliseconds backoff_max{5'000};
   uint32_t credit = 256;  // deliveries in flight at once

@@ -93,6 +93,51 @@ absl::Status WriteKeyFile(const std::string& path, const KeyPair& key);
 absl::StatusOr<KeyPair> LoadKeyFile(const std::string& path);
 
 // ---------------------------------------------------------------------------------------------
+// Node certificates (DESIGN §5): how a client knows a broker belongs to the mesh
+
+// The mesh authority's Ed25519 public key; as text, unpadded base64url like a peer ID.
+struct AuthorityKey {
+  std::array<uint8_t, crypto_sign_PUBLICKEYBYTES> bytes{};
+
+  static absl::StatusOr<AuthorityKey> Parse(std::string_view text);
+  std::string ToString() const;
+  auto operator<=>(const AuthorityKey&) const = default;
+};
+
+struct AuthorityKeyPair {
+  AuthorityKey public_key;
+  Secret<crypto_sign_SEEDBYTES> seed;
+
+  static AuthorityKeyPair Generate();
+};
+
+// Authority key files look like peer key files (the seed as one base64url line after a comment
+// naming the public key), with the same modes.
+absl::Status WriteAuthorityKeyFile(const std::string& path, const AuthorityKeyPair& key);
+absl::StatusOr<AuthorityKeyPair> LoadAuthorityKeyFile(const std::string& path);
+
+// A node certificate is the authority's signature over a broker's node ID and an expiry.
+// Layout (140 bytes): "MNC1", node ID (32), expiry as big-endian Unix seconds (8), the
+// authority's public key (32), Ed25519 signature over everything before it (64).
+struct NodeCertificate {
+  PeerId node;
+  int64_t expires_unix_s = 0;
+  AuthorityKey authority;
+};
+inline constexpr size_t kNodeCertificateSize = 4 + kKeySize + 8 + 32 + crypto_sign_BYTES;
+
+Bytes IssueNodeCertificate(const AuthorityKeyPair& authority, const PeerId& node,
+                           int64_t expires_unix_s);
+// Decodes a certificate and checks its signature against the authority key it names.
+absl::StatusOr<NodeCertificate> ParseNodeCertificate(ByteSpan bytes);
+// Accepts only a certificate signed by `authority` for `node` that has not expired at `now`.
+absl::Status VerifyNodeCertificate(ByteSpan bytes, const AuthorityKey& authority,
+                                   const PeerId& node, int64_t now_unix_s);
+// Certificate files: a comment saying what the certificate names, then one base64url line.
+absl::Status WriteNodeCertificateFile(const std::string& path, ByteSpan certificate);
+absl::StatusOr<Bytes> LoadNodeCertificateFile(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
 // Content fingerprints and end-to-end sealing
 
 // 16-byte BLAKE2b of the parts in order: compares contents without keeping them.

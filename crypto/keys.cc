@@ -10,9 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "crypto/crypto.h"
+#include "crypto/text.h"
 
 namespace mesh::crypto {
 namespace {
+
+using text::FromBase64;
+using text::ToBase64;
 
 constexpr int kBase64Variant = sodium_base64_VARIANT_URLSAFE_NO_PADDING;
 constexpr size_t kIdTextSize = 43;  // ceil(32 * 4 / 3) without padding
@@ -40,24 +44,6 @@ bool BelowFieldPrime(ByteSpan key) {
     if (key[i] != 0xff) return true;
   }
   return key[0] < 0xed;
-}
-
-std::string ToBase64(ByteSpan raw) {
-  std::string out(sodium_base64_encoded_len(raw.size(), kBase64Variant), '\0');
-  sodium_bin2base64(out.data(), out.size(), raw.data(), raw.size(), kBase64Variant);
-  out.resize(std::strlen(out.c_str()));
-  return out;
-}
-
-absl::Status FromBase64(std::string_view text, std::span<uint8_t> out) {
-  size_t len = 0;
-  const char* end = nullptr;
-  if (sodium_base642bin(out.data(), out.size(), text.data(), text.size(), nullptr, &len, &end,
-                        kBase64Variant) != 0 ||
-      len != out.size() || end != text.data() + text.size()) {
-    return absl::InvalidArgumentError("not unpadded base64url of the right length");
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -124,45 +110,77 @@ KeyPair KeyPair::FromPrivate(ByteSpan private_key) {
 }
 
 absl::Status WriteKeyFile(const std::string& path, const KeyPair& key) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create key file ", path, ": ", std::strerror(errno)));
-  }
-  std::string text = absl::StrCat("# mesh X25519 static key; peer ID ", key.public_key.ToString(),
-                                  "\n", ToBase64(key.private_key.span()), "\n");
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            ::fsync(fd) == 0;
-  sodium_memzero(text.data(), text.size());
-  ::close(fd);
-  if (!ok) return absl::InternalError(absl::StrCat("cannot write key file ", path));
-  return absl::OkStatus();
+  return text::WriteFile(
+      path, 0600, absl::StrCat("mesh X25519 static key; peer ID ", key.public_key.ToString()),
+      key.private_key.span());
 }
 
 absl::StatusOr<KeyPair> LoadKeyFile(const std::string& path) {
+  Secret<kKeySize> raw;
+  if (auto status = text::ReadFile(path, /*private_file=*/true, {raw.data(), kKeySize});
+      !status.ok()) {
+    return status;
+  }
+  return KeyPair::FromPrivate(raw.span());
+}
+
+namespace text {
+
+std::string ToBase64(ByteSpan raw) {
+  std::string out(sodium_base64_encoded_len(raw.size(), kBase64Variant), '\0');
+  sodium_bin2base64(out.data(), out.size(), raw.data(), raw.size(), kBase64Variant);
+  out.resize(std::strlen(out.c_str()));
+  return out;
+}
+
+absl::Status FromBase64(std::string_view text, std::span<uint8_t> out) {
+  size_t len = 0;
+  const char* end = nullptr;
+  if (sodium_base642bin(out.data(), out.size(), text.data(), text.size(), nullptr, &len, &end,
+                        kBase64Variant) != 0 ||
+      len != out.size() || end != text.data() + text.size()) {
+    return absl::InvalidArgumentError("not unpadded base64url of the right length");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFile(const std::string& path, int mode, const std::string& comment,
+                       ByteSpan raw) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
+  }
+  std::string content = absl::StrCat("# ", comment, "\n", ToBase64(raw), "\n");
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
+  sodium_memzero(content.data(), content.size());
+  ::close(fd);
+  if (!ok) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::Status ReadFile(const std::string& path, bool private_file, std::span<uint8_t> out) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat("key file ", path, ": ", std::strerror(errno)));
+    return absl::NotFoundError(absl::StrCat(path, ": ", std::strerror(errno)));
   }
-  if ((st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) != 0) {
+  if (private_file && (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) != 0) {
     return absl::PermissionDeniedError(
-        absl::StrFormat("key file %s is readable or writable by other users (mode %03o); run: "
-                        "chmod 600 %s",
+        absl::StrFormat("%s is readable or writable by other users (mode %03o); run: chmod 600 %s",
                         path, st.st_mode & 0777, path));
   }
   std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
-    Secret<kKeySize> raw;
-    auto status = FromBase64(line, {raw.data(), kKeySize});
+    auto status = FromBase64(line, out);
     sodium_memzero(line.data(), line.size());
-    if (!status.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("key file ", path, ": ", status.message()));
-    }
-    return KeyPair::FromPrivate(raw.span());
+    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", status.message()));
+    return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat("key file ", path, " holds no key"));
+  return absl::InvalidArgumentError(absl::StrCat(path, " holds nothing"));
 }
 
+}  // namespace text
 }  // namespace mesh::crypto

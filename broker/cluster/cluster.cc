@@ -16,7 +16,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -318,7 +317,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
         stats_(stats),
         gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
     UseSecretsLocked(secrets);
-    secret_mtime_ = SecretFileTime();
     hello_.set_protocol_version(peer::kProtocolVersion);
     hello_.set_node_name(config_.node_name);
     hello_.mutable_limits()->set_max_payload(link_config_.max_payload);
@@ -560,13 +558,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   peer::LinkConfig CurrentLinkConfig() const {
     std::lock_guard lock(mu_);
     return link_config_;
-  }
-
-  std::optional<std::filesystem::file_time_type> SecretFileTime() const {
-    std::error_code ec;
-    auto time = std::filesystem::last_write_time(config_.secret_file, ec);
-    if (ec) return std::nullopt;
-    return time;
   }
 
   // Homes are computed over live and suspect members that do not drain, and this node.
@@ -1028,13 +1019,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void Tick() {
-    if (!config_.secret_file.empty()) {
-      auto mtime = SecretFileTime();
-      if (mtime && mtime != secret_mtime_) {
-        secret_mtime_ = mtime;
-        ReloadSecret();
-      }
-    }
     std::vector<std::string> to_dial;
     std::vector<std::string> gone;
     std::vector<std::shared_ptr<ClusterLink>> links;
@@ -1111,7 +1095,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   // Every version of the secrets loaded, so a handshake under way keeps valid pointers across
   // a reload (a few bytes per reload; wiped at exit).
   std::deque<ClusterSecrets> secrets_;
-  std::optional<std::filesystem::file_time_type> secret_mtime_;
   ClusterStats& stats_;
   peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;

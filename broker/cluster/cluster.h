@@ -32,7 +32,7 @@ struct ClusterConfig {
   std::chrono::milliseconds suspect_timeout{30'000};
   std::chrono::milliseconds probe_interval{1000};
   std::string node_name;
-  std::string secret_file;  // re-read on ReloadSecret() and when it changes
+  std::string secret_file;  // re-read on ReloadSecret()
   int max_pending_handshakes = 256;
   int max_pending_handshakes_per_ip = 32;
 };
@@ -71,7 +71,7 @@ class Cluster final : public Placement {
   // Once the shards' threads have ended: drops the links this object holds, while their
   // io_contexts still exist (a socket must go before its io_context).
   void Release();
-  // Re-reads the secret file (SIGHUP; a change of the file is noticed on its own).
+  // Re-reads the secret file (the broker calls it on SIGHUP and when the file changes).
   void ReloadSecret();
   // Announces that this node drains: from now on it is left out of every home, and its
   // mailboxes go to their homes among the others.

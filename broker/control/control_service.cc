@@ -132,7 +132,16 @@ class AckWait {
 ControlService::ControlService(ControlContext context, const std::string& admin_token)
     : context_(std::move(context)), expected_authorization_("Bearer " + admin_token) {}
 
+bool ControlService::SetAdminToken(const std::string& admin_token) {
+  std::string expected = "Bearer " + admin_token;
+  std::lock_guard lock(token_mu_);
+  if (expected == expected_authorization_) return false;
+  expected_authorization_ = std::move(expected);
+  return true;
+}
+
 bool ControlService::Authorized(std::string_view authorization) const {
+  std::lock_guard lock(token_mu_);
   return authorization.size() == expected_authorization_.size() &&
          sodium_memcmp(authorization.data(), expected_authorization_.data(),
                        authorization.size()) == 0;

@@ -65,6 +65,8 @@ class ControlService {
 
   // True for "Bearer <the admin token>", compared in constant time.
   bool Authorized(std::string_view authorization) const;
+  // Replaces the admin token (a reload); false when it is the one in use.
+  bool SetAdminToken(const std::string& admin_token);
 
   absl::StatusOr<mesh::v1::Stats> GetStats(const mesh::v1::GetStatsRequest& request) const;
   absl::StatusOr<mesh::v1::ListPeersResponse> ListPeers(
@@ -98,7 +100,8 @@ class ControlService {
   };
 
   ControlContext context_;
-  std::string expected_authorization_;  // "Bearer <token>"
+  mutable std::mutex token_mu_;
+  std::string expected_authorization_;  // "Bearer <token>"; guarded by token_mu_
   std::mutex rate_mu_;
   std::deque<RateSample> rate_samples_;  // one per scrape, the last minute and one before it
 };

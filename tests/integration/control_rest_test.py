@@ -4,7 +4,7 @@ client, against the real mesh-broker and real mesh-cli peers: every endpoint and
 case (no token, bad JSON, unknown path, wrong method, oversized body and headers, garbage), and
 `promtool check metrics` (Debian's prometheus) on the live exposition.
 Usage: control_rest_test.py MESH_BROKER MESH_CLI"""
-import json, os, queue, re, socket, subprocess, sys, threading, unittest
+import json, os, queue, re, signal, socket, subprocess, sys, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
@@ -193,6 +193,42 @@ class RestDrainTest(unittest.TestCase):
             self.assertEqual(curl(broker, "GET", "/readyz")[0], 503)
             self.assertFalse(json.loads(curl(broker, "POST", "/api/v1/drain", broker.token)[2])
                              .get("started", False))
+        finally:
+            broker.stop()
+
+
+class TokenReloadTest(unittest.TestCase):
+    def test_admin_token_is_reread_when_it_changes_and_on_sighup(self):
+        broker = Broker("token-reload")
+        path = os.path.join(broker.dir, "data", "admin.token")
+
+        def rewrite(token, keep_mtime=False):
+            """Replaces the file as a Secret volume does; keep_mtime hides the change from the
+            broker's watch, so only SIGHUP can make it read the file."""
+            before = os.stat(path)
+            with open(os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(token + "\n")
+            os.replace(path + ".new", path)
+            if keep_mtime:
+                os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+        def accepted(token):
+            return curl(broker, "GET", "/api/v1/stats", token)[0] == 200 or None
+
+        try:
+            old, new, hup = broker.token, "n" * 32, "h" * 32
+            rewrite(new)
+            wait_for(lambda: accepted(new), "the changed token file to be read")
+            self.assertEqual(curl(broker, "GET", "/api/v1/stats", old)[0], 401)
+            rewrite(hup, keep_mtime=True)
+            broker.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: accepted(hup), "SIGHUP to re-read the token file")
+            self.assertEqual(curl(broker, "GET", "/api/v1/stats", new)[0], 401)
+            # A file that does not hold a token is logged; the token in use stays.
+            rewrite("short")
+            wait_for(lambda: "admin_token_reload_failed" in broker.log_text() or None,
+                     "the bad token file to be reported")
+            self.assertEqual(curl(broker, "GET", "/api/v1/stats", hup)[0], 200)
         finally:
             broker.stop()
 

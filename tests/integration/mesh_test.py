@@ -172,8 +172,7 @@ class MeshTest(unittest.TestCase):
             wait_for(lambda: metric(target, "mesh_cluster_handshake_failures_total",
                                     '{reason="handshake_failed"}') > failures_before,
                      "the wrong secret to be counted")
-            with open(target.log_path) as log:
-                self.assertIn("cluster_link_refused", log.read())
+            self.assertIn("cluster_link_refused", target.log_text())
             self.assertEqual(len(live_members(intruder)), 1)
         finally:
             intruder.stop()
@@ -337,8 +336,7 @@ class BalanceTest(unittest.TestCase):
                      and metric(second, "mesh_peers_connected") >= 4, "the peers to rebalance")
             wait_for(lambda: metric(first, "mesh_peers_connected")
                      + metric(second, "mesh_peers_connected") == 10, "every peer connected")
-            with open(first.log_path) as log:
-                self.assertIn('"event":"rebalance"', log.read())
+            self.assertIn('"event":"rebalance"', first.log_text())
         finally:
             for listener in listeners:
                 listener.terminate()
@@ -364,7 +362,7 @@ class SecretRotationTest(unittest.TestCase):
             # Rotation step 1 on a: the new secret goes first, the old one stays accepted.
             secret_file("rotating.secret", new, old)
             a.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: '"event":"cluster_secret_reloaded"' in open(a.log_path).read(),
+            wait_for(lambda: '"event":"cluster_secret_reloaded"' in a.log_text(),
                      "a to reload its secret")
             seed = ["--cluster-peers", "127.0.0.1:%d" % a.ports["cluster"]]
             for name, secret in (("rot-old", old), ("rot-new", new)):
@@ -377,7 +375,7 @@ class SecretRotationTest(unittest.TestCase):
                               "--cluster-secret-file",
                               secret_file("other-rot", os.urandom(32).hex()), *seed)
             joiners.append(stranger)
-            wait_for(lambda: '"event":"cluster_link_refused"' in open(a.log_path).read(),
+            wait_for(lambda: '"event":"cluster_link_refused"' in a.log_text(),
                      "a third secret to be refused")
             self.assertEqual(len(live_members(a)), 3, names())
         finally:
@@ -411,8 +409,7 @@ class DrainTest(unittest.TestCase):
             leaving.stop()  # SIGTERM: drain, then exit 0
             with open(os.path.join(leaving.dir, "data", "DRAINED")) as drained:
                 self.assertTrue(json.load(drained)["empty"])
-            with open(leaving.log_path) as log:
-                self.assertIn('"event":"drain_finished"', log.read())
+            self.assertIn('"event":"drain_finished"', leaving.log_text())
             # As a removed pod's volume would be: its data goes.
             subprocess.run(["rm", "-rf", os.path.join(leaving.dir, "data")], check=True)
             for key, peer_id in recipients:

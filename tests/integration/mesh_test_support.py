@@ -43,8 +43,7 @@ class Broker:
             self.token = token.read().strip()
 
     def _ports(self):
-        with open(self.log_path) as log:
-            text = log.read()
+        text = self.log_text()
         if self.proc.poll() is not None:
             raise AssertionError("the broker exited: " + text)
         found = {}
@@ -59,14 +58,17 @@ class Broker:
     def alive(self):
         return self.proc.poll() is None
 
+    def log_text(self):
+        with open(self.log_path) as log:
+            return log.read()
+
     def stop(self):
         """SIGTERM: the broker must exit 0 (a sanitizer report or a crash would not)."""
         self.proc.terminate()
         code = self.proc.wait(timeout=DEADLINE)
         self.log.close()
         if code != 0:
-            with open(self.log_path) as log:
-                raise AssertionError("mesh-broker exited %d on SIGTERM: %s" % (code, log.read()[-4000:]))
+            raise AssertionError("mesh-broker exited %d on SIGTERM: %s" % (code, self.log_text()[-4000:]))
 
 
 def keygen(path):

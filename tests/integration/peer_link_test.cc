@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "client/client.h"
@@ -380,6 +382,125 @@ TEST_F(PeerLinkTest, CapsPendingHandshakesPerAddress) {
   while (!result.ok() && std::chrono::steady_clock::now() < deadline) result = PingBroker();
   EXPECT_TRUE(result.ok()) << result.status();
   ExpectLoggedAndCounted("overloaded");
+}
+
+// Node certificates (DESIGN §5): a client given the mesh authority refuses a broker without a
+// valid certificate for its proven key; a client given broker keys refuses any other key.
+class BrokerTrustTest : public PeerLinkTest {
+ protected:
+  void SetUp() override {
+    PeerLinkTest::SetUp();
+    char tmpl[] = "/tmp/mesh-trust-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::filesystem::create_directory(dir_ + "/data");
+    ASSERT_TRUE(crypto::WriteKeyFile(dir_ + "/data/node.key", node_key_).ok());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Writes a certificate for `node` expiring `valid_for` from now and returns its path.
+  std::string WriteCert(const crypto::PeerId& node, std::chrono::seconds valid_for) {
+    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+        std::chrono::system_clock::now().time_since_epoch());
+    const std::string path = dir_ + "/node-" + std::to_string(++certs_) + ".cert";
+    auto cert = crypto::IssueNodeCertificate(authority_, node, (now + valid_for).count());
+    EXPECT_TRUE(crypto::WriteNodeCertificateFile(path, cert).ok());
+    return path;
+  }
+
+  absl::StatusOr<client::PingResult> PingWith(client::BrokerTrust trust) {
+    client::ConnectOptions options;
+    options.address = broker_->address();
+    options.key = &client_key_;
+    options.trust = std::move(trust);
+    return client::Ping(options, 1, kTestDeadline);
+  }
+
+  std::string dir_;
+  int certs_ = 0;
+  crypto::KeyPair node_key_ = crypto::KeyPair::Generate();
+  crypto::AuthorityKeyPair authority_ = crypto::AuthorityKeyPair::Generate();
+};
+
+TEST_F(BrokerTrustTest, ClientVerifiesTheBrokersCertificateAgainstItsAuthority) {
+  StartBroker({"--node-cert-file", WriteCert(node_key_.public_key, 3600s)}, dir_ + "/data");
+  auto verified = PingWith({.authority = authority_.public_key});
+  ASSERT_TRUE(verified.ok()) << verified.status() << "\n" << broker_->Log();
+  EXPECT_EQ(verified->broker_id, node_key_.public_key);
+
+  auto other = PingWith({.authority = crypto::AuthorityKeyPair::Generate().public_key});
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_NE(other.status().message().find("signed by authority"), std::string::npos)
+      << other.status();
+  ExpectServes();
+}
+
+TEST_F(BrokerTrustTest, ClientWithAnAuthorityRefusesABrokerWithoutCertificate) {
+  StartBroker({}, dir_ + "/data");
+  auto refused = PingWith({.authority = authority_.public_key});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_NE(refused.status().message().find("no node certificate"), std::string::npos)
+      << refused.status();
+  // Without checks the same broker is reachable: the refusal was the client's.
+  ExpectServes();
+}
+
+TEST_F(BrokerTrustTest, PinnedBrokerKeyAcceptsOnlyThatBroker) {
+  StartBroker({}, dir_ + "/data");
+  EXPECT_TRUE(PingWith({.pinned = {node_key_.public_key}}).ok());
+  auto refused = PingWith({.pinned = {crypto::KeyPair::Generate().public_key}});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_NE(refused.status().message().find("not one of the pinned"), std::string::npos)
+      << refused.status();
+}
+
+TEST_F(BrokerTrustTest, BrokerRefusesToStartWithAnotherNodesOrAnExpiredCertificate) {
+  for (const auto& [cert, why] :
+       {std::pair{WriteCert(crypto::KeyPair::Generate().public_key, 3600s), "names node"},
+        std::pair{WriteCert(node_key_.public_key, -60s), "expired"}}) {
+    BrokerProcess broker({"--node-cert-file", cert}, dir_ + "/data");
+    EXPECT_FALSE(broker.started());
+    EXPECT_EQ(broker.early_exit_code(), 1);
+    EXPECT_NE(broker.Log().find(why), std::string::npos) << broker.Log();
+  }
+  std::ofstream(dir_ + "/garbage.cert") << "# not a certificate\nAAAA\n";
+  BrokerProcess broker({"--node-cert-file", dir_ + "/garbage.cert"}, dir_ + "/data");
+  EXPECT_FALSE(broker.started());
+  EXPECT_NE(broker.Log().find("garbage.cert"), std::string::npos) << broker.Log();
+}
+
+// The operator's path: mesh-cli makes the authority and the certificate, and checks the broker.
+TEST_F(BrokerTrustTest, MeshCliCertifiesABrokerAndVerifiesIt) {
+  const std::string cli = std::string(MESH_BINARY_DIR) + "/client/mesh-cli";
+  auto run = [](const std::string& command) {
+    std::string out;
+    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    char buffer[512];
+    while (pipe && fgets(buffer, sizeof buffer, pipe)) out += buffer;
+    const int status = pipe ? pclose(pipe) : -1;
+    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  };
+  auto [keygen_exit, authority] = run(cli + " authority-keygen --out " + dir_ + "/authority.key");
+  ASSERT_EQ(keygen_exit, 0) << authority;
+  authority.erase(authority.find_last_not_of('\n') + 1);
+  auto [certify_exit, certified] =
+      run(cli + " certify --authority-key " + dir_ + "/authority.key --node " + dir_ +
+          "/data/node.key --days 30 --out " + dir_ + "/cli.cert");
+  ASSERT_EQ(certify_exit, 0) << certified;
+  EXPECT_NE(certified.find(node_key_.public_key.ToString()), std::string::npos) << certified;
+
+  StartBroker({"--node-cert-file", dir_ + "/cli.cert"}, dir_ + "/data");
+  auto [ping_exit, pinged] =
+      run(cli + " ping -c 1 --mesh-authority " + authority + " " + broker_->address());
+  EXPECT_EQ(ping_exit, 0) << pinged;
+  EXPECT_NE(pinged.find(" verified"), std::string::npos) << pinged;
+  auto [wrong_exit, wrong] =
+      run(cli + " ping -c 1 --mesh-authority " +
+          crypto::AuthorityKeyPair::Generate().public_key.ToString() + " " + broker_->address());
+  EXPECT_NE(wrong_exit, 0) << wrong;
+  EXPECT_NE(wrong.find("not certified by the mesh authority"), std::string::npos) << wrong;
+  auto [plain_exit, plain] = run(cli + " ping -c 1 " + broker_->address());
+  EXPECT_EQ(plain_exit, 0) << plain;
+  EXPECT_NE(plain.find("unverified"), std::string::npos) << plain;
 }
 
 }  // namespace
