@@ -13,7 +13,9 @@ case "${MESH_SANITIZE:-}" in
 esac
 
 # ccache across build trees and clones.
-export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+# The compiler is identified by its content, not its mtime, so the image build (same Debian
+# clang, another install) hits the same cache.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1 CCACHE_COMPILERCHECK=content
 if [[ ! -f $dir/build.ninja ]]; then
   cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DMESH_SANITIZE="$sanitize" >&2
 fi

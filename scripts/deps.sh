@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages mesh-broker needs to build, run and test.
+#   scripts/deps.sh          everything (build, tests, benchmarks)
+#   scripts/deps.sh build    only what building the binaries needs (the image's build stage)
 # Idempotent: apt runs only when a package is missing, so a second run takes a second.
 set -euo pipefail
 
 PACKAGES=(
   # toolchain
-  cmake ninja-build ccache pkg-config clang libclang-rt-14-dev git
+  cmake ninja-build ccache pkg-config clang
   # libraries
   libsodium-dev libprotobuf-dev protobuf-compiler libabsl-dev libboost-dev libspdlog-dev libcli11-dev
   librocksdb-dev nlohmann-json3-dev libjemalloc-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libssl-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
-  python3-grpcio prometheus curl wrk openssl
 )
+if [[ ${1:-} != build ]]; then
+  PACKAGES+=(
+    # sanitizers, libFuzzer
+    libclang-rt-14-dev git
+    # tests and benchmarks
+    libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
+    python3-grpcio prometheus curl wrk openssl
+  )
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

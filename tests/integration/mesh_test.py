@@ -365,10 +365,12 @@ class SecretRotationTest(unittest.TestCase):
             wait_for(lambda: '"event":"cluster_secret_reloaded"' in a.log_text(),
                      "a to reload its secret")
             seed = ["--cluster-peers", "127.0.0.1:%d" % a.ports["cluster"]]
-            for name, secret in (("rot-old", old), ("rot-new", new)):
+            # One joiner finds a through DNS (--cluster-dns, as a headless Service is used).
+            by_dns = ["--cluster-dns", "localhost:%d" % a.ports["cluster"]]
+            for name, secret, seeds in (("rot-old", old, seed), ("rot-new", new, by_dns)):
                 joiners.append(Broker(name, "--listen-cluster", "127.0.0.1:0",
                                       "--cluster-secret-file", secret_file(name + ".secret", secret),
-                                      *seed))
+                                      *seeds))
             names = lambda: {m["name"] for m in live_members(a)}
             wait_for(lambda: len(live_members(a)) == 3, "a broker on each secret to join a")
             stranger = Broker("rot-other", "--listen-cluster", "127.0.0.1:0",
