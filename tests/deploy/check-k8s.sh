@@ -14,7 +14,7 @@ work=$(mktemp -d)
 trap 'pkill -INT -f "$work/data" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 tools_apt python3 curl nodejs npm
-modules=$(tools_npm)
+modules=$(tools_npm) || exit $?
 kubectl_v2=$(tools_debian_binary kubernetes-client usr/bin/kubectl)
 renderers=("$kubectl_v2")
 if command -v kubectl >/dev/null && ! [[ $(readlink -f "$(command -v kubectl)") -ef $kubectl_v2 ]] &&

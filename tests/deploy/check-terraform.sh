@@ -36,7 +36,7 @@ else
 fi
 
 # 2. Parse and references.
-modules=$(tools_npm)
+modules=$(tools_npm) || exit $?
 check() {
   node "$root/tests/deploy/check-terraform.mjs" --node-modules "$modules" "$@"
 }

@@ -19,7 +19,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 tools_cmds shellcheck=shellcheck
-modules=$(tools_npm)
+modules=$(tools_npm) || exit $?
 check() {
   node "$root/tests/deploy/check-workflows.mjs" --node-modules "$modules" "$@"
 }

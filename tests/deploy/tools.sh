@@ -5,7 +5,8 @@
 #   tools_cmds CMD=PKG...         installs PKG for every CMD that is not on PATH
 #   tools_npm                     installs tests/deploy/package.json + package-lock.json with
 #                                 `npm ci` into the tools dir when missing or when the lock
-#                                 changed, and prints the node_modules path on stdout
+#                                 changed, and prints the node_modules path on stdout; returns
+#                                 $TOOLS_SKIP (77) when the registry cannot be reached
 #   tools_expect_reported FILE MSG  a negative case: prints whether MSG is in FILE (the output of
 #                                 a check run on something broken on purpose); 1 when it is not
 #   tools_debian_binary PKG PATH  prints the absolute path of file PATH (e.g. usr/bin/kubectl)
@@ -19,6 +20,9 @@
 TOOLS_SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_REPO=$(cd "$TOOLS_SRC_DIR/../.." && pwd)
 TOOLS_DIR=${MESH_TOOLS_DIR:-$TOOLS_REPO/build/deploy-tools}
+# tools_npm's status (and the checks' exit code, CTest's SKIP_RETURN_CODE) when the npm
+# registry cannot be reached.
+TOOLS_SKIP=77
 
 tools_log() {
   echo "tools: $*" >&2
@@ -86,7 +90,16 @@ tools_npm() {
     tools_log "npm ci into $TOOLS_DIR (node $(node --version), npm $(npm --version))"
     rm -rf "$TOOLS_DIR/node_modules" "$TOOLS_DIR/.lock-sha256" || exit
     cp "$TOOLS_SRC_DIR/package.json" "$TOOLS_SRC_DIR/package-lock.json" "$TOOLS_DIR/" || exit
-    (cd "$TOOLS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >&2 || exit
+    if ! (cd "$TOOLS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >"$TOOLS_DIR/npm.log" 2>&1; then
+      cat "$TOOLS_DIR/npm.log" >&2
+      # No way to the registry (offline, or a TLS-intercepting proxy whose CA this machine
+      # lacks): the checkers cannot be fetched, which says nothing about the artefacts.
+      if grep -qE 'code (E[A-Z]*CONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|SELF_SIGNED_CERT|UNABLE_TO_(GET|VERIFY)|CERT_|DEPTH_ZERO)' "$TOOLS_DIR/npm.log"; then
+        tools_log "SKIP: the npm registry cannot be reached from here, so the checkers cannot be installed"
+        exit "$TOOLS_SKIP"
+      fi
+      exit 1
+    fi
     echo "$want" >"$TOOLS_DIR/.lock-sha256"
   ) 9>"$TOOLS_DIR/.install.lock" || return
   tools_log "node_modules: $TOOLS_DIR/node_modules"
