@@ -11,11 +11,13 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "broker/routing/session.h"
 #include "crypto/crypto.h"
@@ -120,6 +122,17 @@ struct Mailbox {
   uint64_t spill_seq = 0;
   uint64_t deliver_from = 0;  // no undelivered loaded entry has a lower seq
   uint64_t writes_in_flight = 0;
+  // Seqs whose write is in flight and whose entry Unbind dropped from memory: not in `loaded`
+  // and not yet readable from the store. A refill waits for them, or it would read the
+  // messages after them and move spill_seq past them, leaving them on disk unread.
+  std::set<uint64_t> unloaded_writes;
+  // Seqs released here whose delete is committed but not yet applied: a read may still return
+  // them, and a refill must not load (deliver, release) them a second time.
+  absl::flat_hash_set<uint64_t> deleting;
+  // Messages handed to another broker whose dedup entry here is being deleted: until the delete
+  // is applied the entry is still read, and must not answer DUPLICATE if the message comes back
+  // (a home that moved away and back), or both brokers would drop it.
+  absl::flat_hash_set<PendingKey> dedup_deleting;
   uint64_t min_expire_ms = UINT64_MAX;
   absl::flat_hash_map<std::string, uint64_t> per_sender;
   absl::flat_hash_map<PendingKey, Pending> pending;
@@ -134,7 +147,7 @@ struct Mailbox {
   // Nothing held and no peer on it (a forwarder with nothing to forward goes with it).
   bool Idle() const {
     return count == 0 && pending.empty() && (!session || session->forwarder()) && loaded.empty() &&
-           writes_in_flight == 0;
+           writes_in_flight == 0 && deleting.empty() && dedup_deleting.empty();
   }
 };
 

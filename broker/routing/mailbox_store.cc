@@ -42,12 +42,27 @@ void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvel
 void Router::Impl::DeleteStored(Mailbox& mailbox, uint64_t seq) {
   store::Batch batch;
   batch.DeleteMessage(mailbox.recipient, seq);
-  CommitDeletes(std::move(batch));
+  CommitDeletes(mailbox, std::move(batch), {seq});
 }
 
-// Deletes are not waited for: one lost to a crash means a redelivery, never a loss.
-void Router::Impl::CommitDeletes(store::Batch batch) {
-  store.Commit(std::move(batch), store::Store::Durability::kLazy, [](const absl::Status&) {});
+// Deletes are not waited for: one lost to a crash means a redelivery, never a loss. Until one
+// is applied a read still returns the message: `deleting` keeps refills from loading it again.
+void Router::Impl::CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vector<uint64_t> seqs,
+                                 std::vector<PendingKey> handed) {
+  mailbox.deleting.insert(seqs.begin(), seqs.end());
+  mailbox.dedup_deleting.insert(handed.begin(), handed.end());
+  store.Commit(std::move(batch), store::Store::Durability::kLazy,
+               [this, recipient = mailbox.recipient, seqs = std::move(seqs),
+                handed = std::move(handed)](const absl::Status& status) {
+                 if (!status.ok()) return;  // the store is unavailable: keep them marked
+                 Stripe& stripe = StripeOf(recipient);
+                 std::lock_guard lock(stripe.mu);
+                 Mailbox* mailbox = Find(stripe, recipient);
+                 if (mailbox == nullptr) return;
+                 for (uint64_t seq : seqs) mailbox->deleting.erase(seq);
+                 for (const PendingKey& key : handed) mailbox->dedup_deleting.erase(key);
+                 MaybeErase(stripe, *mailbox);
+               });
 }
 
 // On the store's writer thread, once a Persist is durable (or failed).
@@ -58,6 +73,7 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
   Mailbox* mailbox = Find(stripe, recipient);
   if (mailbox == nullptr) return;  // cannot happen: writes_in_flight keeps it
   --mailbox->writes_in_flight;
+  mailbox->unloaded_writes.erase(seq);
   std::vector<Waiter> waiters;
   if (auto node = mailbox->pending.extract(key)) waiters = std::move(node.mapped().waiters);
   auto it = mailbox->loaded.find(seq);
@@ -73,10 +89,12 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
       if (it->second.acked) {
         store::Batch batch;
         batch.DeleteMessage(mailbox->recipient, seq);
+        std::vector<PendingKey> handed;
         if (it->second.handed_off) {
           batch.DeleteDedup(it->second.envelope.from(), it->second.envelope.id());
+          handed.push_back(key);
         }
-        CommitDeletes(std::move(batch));
+        CommitDeletes(*mailbox, std::move(batch), {seq}, std::move(handed));
         Release(*mailbox, it->second.envelope.from(), it->second.bytes);
         mailbox->loaded.erase(it);
       } else {
@@ -96,6 +114,8 @@ void Router::Impl::Refill(const std::string& recipient, Session& session) {
   Mailbox* mailbox = Find(stripe, recipient);
   if (mailbox == nullptr || mailbox->session.get() != &session) return;
   session.refill_scheduled_ = false;
+  // A message Unbind wrote late is not readable yet: its OnWritten schedules the refill.
+  if (!mailbox->unloaded_writes.empty()) return;
   const uint64_t now_ms = WallMs();
   while (mailbox->spilled && HasCapacity(session) && !UndeliveredLoaded(*mailbox) &&
          mailbox->loaded.size() < config.max_loaded) {
@@ -114,6 +134,7 @@ void Router::Impl::Refill(const std::string& recipient, Session& session) {
     for (auto& message : *read) {
       mailbox->spill_seq = message.seq + 1;
       if (mailbox->loaded.contains(message.seq)) continue;
+      if (mailbox->deleting.contains(message.seq)) continue;  // released: its delete is on its way
       Entry entry;
       entry.envelope = std::move(message.envelope);
       entry.bytes = AccountedBytes(entry.envelope.payload().size());
@@ -164,10 +185,12 @@ uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
                                     const EnvelopeVisit& keep) {
   uint64_t dropped = 0;
   store::Batch batch;
+  std::vector<uint64_t> seqs;
   for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {
     const Entry& entry = it->second;
     if (entry.state == State::kStored && entry.link_seq == 0 && drop(entry.envelope)) {
       batch.DeleteMessage(mailbox.recipient, it->first);
+      seqs.push_back(it->first);
       Release(mailbox, entry.envelope.from(), entry.bytes);
       it = mailbox.loaded.erase(it);
       ++dropped;
@@ -188,8 +211,10 @@ uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
         if (!first_left) first_left = message.seq;
         continue;
       }
+      if (mailbox.deleting.contains(message.seq)) continue;  // released, its delete on its way
       if (drop(message.envelope)) {
         batch.DeleteMessage(mailbox.recipient, message.seq);
+        seqs.push_back(message.seq);
         Release(mailbox, message.envelope.from(),
                 AccountedBytes(message.envelope.payload().size()));
         ++dropped;
@@ -205,7 +230,7 @@ uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
   if (mailbox.spilled && mailbox.writes_in_flight == 0) {
     mailbox.spill_seq = first_left.value_or(next_seq);
   }
-  if (!batch.empty()) CommitDeletes(std::move(batch));
+  if (!batch.empty()) CommitDeletes(mailbox, std::move(batch), std::move(seqs));
   return dropped;
 }
 

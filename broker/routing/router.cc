@@ -120,8 +120,13 @@ void Router::Impl::TryDeliver(Mailbox& mailbox) {
   }
   if (session.link_window_ && session.link_window_->full()) {
     // The link's window stopped this forwarder: it is woken when acks open the window again.
-    std::lock_guard lock(session.link_window_->mu);
-    session.link_window_->waiting.push_back(mailbox.session);
+    {
+      std::lock_guard lock(session.link_window_->mu);
+      session.link_window_->waiting.push_back(mailbox.session);
+    }
+    // Acks that opened the window between the check and the registration woke nobody: look
+    // again, or with nothing left in flight no ack would ever wake it.
+    WakeForwarders(*session.link_window_);
   }
 }
 
@@ -263,6 +268,18 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
       return Ack(sender, std::move(ack_id), SendAck::INVALID,
                  "id reused with another recipient or payload");
     }
+    auto entry = mailbox.loaded.find(it->second.seq);
+    if (entry != mailbox.loaded.end() && entry->second.handed_off) {
+      // Handed to another broker while its write here was in flight, and now back (a home that
+      // moved away and back): owned here again, or both copies would be deleted.
+      entry->second.acked = false;
+      entry->second.handed_off = false;
+      entry->second.envelope.set_payload(envelope.payload());  // cleared when it was acked
+      mailbox.deliver_from = std::min(mailbox.deliver_from, entry->first);
+      it->second.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::ACCEPTED});
+      TryDeliver(mailbox);
+      return;
+    }
     it->second.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::DUPLICATE});
     return;
   }
@@ -276,7 +293,8 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
     return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
                std::string(dedup.status().message()));
   }
-  if (dedup->has_value()) {
+  // A dedup entry whose delete is on its way is stale: its message went to another broker.
+  if (dedup->has_value() && !mailbox.dedup_deleting.contains(key)) {
     MaybeErase(stripe, mailbox);
     if ((*dedup)->digest() != AsText(DigestOf(envelope.to(), envelope.payload()))) {
       return Ack(sender, std::move(ack_id), SendAck::INVALID,
@@ -397,6 +415,8 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
   if (mailbox == nullptr || mailbox->session.get() != &session) return;
   const auto now = Clock::now();
   store::Batch deletes;  // one commit for the whole ack, not one per message
+  std::vector<uint64_t> deleted;
+  std::vector<PendingKey> handed;  // their dedup entries go too
   const bool forwarded = session.forwarder();
   for (uint64_t link_seq : link_seqs) {
     auto flight = session.in_flight_.find(link_seq);
@@ -429,9 +449,13 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
       }
       case State::kStored:
         deletes.DeleteMessage(mailbox->recipient, seq);
+        deleted.push_back(seq);
         // Handed to the next hop, which keeps its own dedup entry: one left here would answer
         // DUPLICATE if the message ever came back (a home moving back) and it would be lost.
-        if (forwarded) deletes.DeleteDedup(entry.envelope.from(), entry.envelope.id());
+        if (forwarded) {
+          deletes.DeleteDedup(entry.envelope.from(), entry.envelope.id());
+          handed.push_back(PendingKeyOf(entry.envelope));
+        }
         Release(*mailbox, entry.envelope.from(), entry.bytes);
         mailbox->loaded.erase(it);
         break;
@@ -444,7 +468,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
     }
   }
   if (!deletes.empty()) {
-    CommitDeletes(std::move(deletes));
+    CommitDeletes(*mailbox, std::move(deletes), std::move(deleted), std::move(handed));
   }
   TryDeliver(*mailbox);
   if (session.link_window_) WakeForwarders(*session.link_window_);
@@ -480,6 +504,7 @@ void Router::Impl::Unbind(Mailbox& mailbox) {
       ++it;  // kept until its write completes, so the delete follows it
       continue;
     }
+    if (entry.state == State::kWriting) mailbox.unloaded_writes.insert(it->first);
     mailbox.Spill(it->first);
     it = mailbox.loaded.erase(it);
   }

@@ -81,7 +81,10 @@ struct Router::Impl {
   void Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope);
 
   void DeleteStored(Mailbox& mailbox, uint64_t seq);
-  void CommitDeletes(store::Batch batch);
+  // Commits `batch`: deletes of the messages `seqs` of `mailbox` (already released) and of the
+  // dedup entries `handed` (messages another broker owns now).
+  void CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vector<uint64_t> seqs,
+                     std::vector<routing::PendingKey> handed = {});
 
   // On the store's writer thread, once a Persist is durable (or failed).
   void OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,

@@ -85,7 +85,7 @@ class MeshLoadTest : public ::testing::Test {
     size_t total = 0;
     for (size_t r = 0; r < recipient_keys.size(); ++r) {
       LibraryPeer& peer = r < kOnline ? *online[r] : *offline[r - kOnline];
-      total += load.ExpectDelivered(r, peer, RemainingLogs());
+      total += load.ExpectDelivered(r, peer, [this] { return RemainingLogs(); });
     }
     EXPECT_GT(total, 0u);
     std::cout << "mesh load: " << load.sent() << " sends, " << total
