@@ -396,11 +396,11 @@ class Broker::Impl {
 
   absl::Status StartControlPlane() {
     if (config_.listen_grpc.empty() && config_.listen_http.empty()) return absl::OkStatus();
-    token_file_ = WatchedFile(config_.admin_token_file.empty() ? config_.data_dir + "/admin.token"
-                                                               : config_.admin_token_file);
     auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
     if (!token.ok()) return token.status();
-    token_file_.Changed();  // the token just read is the one in use
+    // Watched from the token just read (the file may have been created by that read).
+    token_file_ = WatchedFile(config_.admin_token_file.empty() ? config_.data_dir + "/admin.token"
+                                                               : config_.admin_token_file);
     ControlContext context;
     context.router = router_.get();
     context.links = &stats_;

@@ -24,6 +24,14 @@ Bytes SignedPart(const PeerId& node, int64_t expires_unix_s, const AuthorityKey&
   return out;
 }
 
+// Ed25519 keeps a 64-byte secret key derived from the seed, and the public key with it.
+Secret<crypto_sign_SECRETKEYBYTES> ExpandSeed(const Secret<crypto_sign_SEEDBYTES>& seed,
+                                              AuthorityKey& public_key) {
+  Secret<crypto_sign_SECRETKEYBYTES> secret;
+  crypto_sign_seed_keypair(public_key.bytes.data(), secret.data(), seed.data());
+  return secret;
+}
+
 std::string TimeText(int64_t unix_s) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(unix_s), absl::UTCTimeZone());
 }
@@ -44,8 +52,7 @@ std::string AuthorityKey::ToString() const { return text::ToBase64(bytes); }
 AuthorityKeyPair AuthorityKeyPair::Generate() {
   AuthorityKeyPair pair;
   randombytes_buf(pair.seed.data(), pair.seed.size());
-  Secret<crypto_sign_SECRETKEYBYTES> secret;
-  crypto_sign_seed_keypair(pair.public_key.bytes.data(), secret.data(), pair.seed.data());
+  ExpandSeed(pair.seed, pair.public_key);
   return pair;
 }
 
@@ -63,17 +70,15 @@ absl::StatusOr<AuthorityKeyPair> LoadAuthorityKeyFile(const std::string& path) {
       !status.ok()) {
     return status;
   }
-  Secret<crypto_sign_SECRETKEYBYTES> secret;
-  crypto_sign_seed_keypair(pair.public_key.bytes.data(), secret.data(), pair.seed.data());
+  ExpandSeed(pair.seed, pair.public_key);
   return pair;
 }
 
 Bytes IssueNodeCertificate(const AuthorityKeyPair& authority, const PeerId& node,
                            int64_t expires_unix_s) {
   Bytes cert = SignedPart(node, expires_unix_s, authority.public_key);
-  Secret<crypto_sign_SECRETKEYBYTES> secret;
   AuthorityKey derived;
-  crypto_sign_seed_keypair(derived.bytes.data(), secret.data(), authority.seed.data());
+  const auto secret = ExpandSeed(authority.seed, derived);
   uint8_t signature[crypto_sign_BYTES];
   crypto_sign_detached(signature, nullptr, cert.data(), cert.size(), secret.data());
   cert.insert(cert.end(), std::begin(signature), std::end(signature));

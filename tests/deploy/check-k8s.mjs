@@ -14,6 +14,7 @@
 //   node check-k8s.mjs --node-modules DIR --render dev=dev.yaml --render eks=eks.yaml \
 //        --help help.txt --metrics metrics.txt --alerts monitoring/alerts.yml \
 //        --adapter monitoring/prometheus-adapter-values.yaml [--self-test]
+//   node check-k8s.mjs --node-modules DIR --same v2.yaml --and v5.yaml
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -88,27 +89,23 @@ function modelName(apiVersion, kind) {
   return version.charAt(0).toUpperCase() + version.slice(1) + kind;
 }
 
-// kubernetes-models: "apps/v1" StatefulSet -> kubernetes-models/apps/v1/StatefulSet.
-async function modelsValidator(apiVersion, kind) {
-  const group = apiVersion.includes("/") ? apiVersion : `v1`;
-  const candidates = apiVersion.includes("monitoring.coreos.com")
-    ? [`@kubernetes-models/prometheus-operator/${apiVersion}/${kind}`]
-    : [`kubernetes-models/${group}/${kind}`];
-  for (const name of candidates) {
-    try {
-      const module = require(name);
-      return module[kind] ?? module.default;
-    } catch (e) {
-      /* try the next */
-    }
+// kubernetes-models: "apps/v1" StatefulSet -> kubernetes-models/apps/v1/StatefulSet; the
+// prometheus-operator CRDs from @kubernetes-models/prometheus-operator likewise.
+function modelsValidator(apiVersion, kind) {
+  const name = apiVersion.includes("monitoring.coreos.com")
+    ? `@kubernetes-models/prometheus-operator/${apiVersion}/${kind}`
+    : `kubernetes-models/${apiVersion}/${kind}`;
+  try {
+    return require(name)[kind];
+  } catch {
+    return null;
   }
-  return null;
 }
 
 async function checkSchemas(objects, problems) {
   for (const obj of objects) {
     const where = `${obj.kind}/${obj.metadata?.name}`;
-    const Model = await modelsValidator(obj.apiVersion, obj.kind);
+    const Model = modelsValidator(obj.apiVersion, obj.kind);
     if (!Model) {
       problems.push(`${where}: no schema for ${obj.apiVersion} ${obj.kind}`);
       continue;
@@ -418,13 +415,25 @@ const BREAKS = [
 const find = (objects, kind) => objects.find((o) => o.kind === kind);
 const sts = (objects) => find(objects, "StatefulSet");
 
+// --same A B: whether two renderings hold the same objects (kustomize v2 against v5).
+if (args.same) {
+  const load = (f) => parseAllDocuments(readFileSync(f, "utf8")).map((d) => d.toJS()).filter(Boolean)
+    .sort((a, b) => `${a.kind}/${a.metadata.name}`.localeCompare(`${b.kind}/${b.metadata.name}`));
+  if (canonical(load(args.same)) !== canonical(load(args.and))) {
+    console.error(`FAIL: ${args.same} and ${args.and} hold different objects`);
+    process.exit(1);
+  }
+  process.exit(0);
+}
+
+const adapterRules = parse(readFileSync(args.adapter, "utf8")).rules?.custom ?? [];
 const ctx = {
   help: readFileSync(args.help, "utf8"),
   metrics: exportedMetrics(readFileSync(args.metrics, "utf8")),
   alerts: parse(readFileSync(args.alerts, "utf8")),
-  adapterMetrics: new Set((parse(readFileSync(args.adapter, "utf8")).rules?.custom ?? []).map((r) => r.name?.as ?? metricsIn(r.seriesQuery)[0])),
+  adapterMetrics: new Set(adapterRules.map((r) => r.name?.as ?? metricsIn(r.seriesQuery)[0])),
 };
-for (const rule of parse(readFileSync(args.adapter, "utf8")).rules?.custom ?? []) {
+for (const rule of adapterRules) {
   for (const metric of metricsIn(rule.seriesQuery)) if (!ctx.metrics.has(metric)) { console.error(`prometheus-adapter rule uses ${metric}, which mesh-broker does not export`); process.exit(1); }
 }
 const renders = {};

@@ -32,17 +32,8 @@ for overlay in dev eks; do
   done
   for i in "${!renderers[@]}"; do
     ((i == 0)) && continue
-    NODE_PATH=$modules node -e '
-      const { parseAllDocuments } = require("yaml"); const fs = require("fs");
-      const load = (f) => parseAllDocuments(fs.readFileSync(f, "utf8")).map((d) => d.toJS())
-        .sort((a, b) => (a.kind + a.metadata.name).localeCompare(b.kind + b.metadata.name));
-      const canon = (v) => Array.isArray(v) ? v.map(canon) : v && typeof v === "object"
-        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canon(v[k])])) : v;
-      const [a, b] = process.argv.slice(1).map(load);
-      if (JSON.stringify(canon(a)) !== JSON.stringify(canon(b))) {
-        console.error("FAIL: kustomize versions render " + process.argv[1] + " and " + process.argv[2] + " differently");
-        process.exit(1);
-      }' "$work/$overlay-0.yaml" "$work/$overlay-$i.yaml"
+    node "$root/tests/deploy/check-k8s.mjs" --node-modules "$modules" \
+      --same "$work/$overlay-0.yaml" --and "$work/$overlay-$i.yaml"
     echo "k8s/overlays/$overlay: kustomize v2.0.3 and v5 render the same objects"
   done
   renders+=(--render "$overlay=$work/$overlay-0.yaml")

@@ -107,10 +107,15 @@ def ccache_dir():
     return path
 
 
+def container_log(container):
+    """The broker logs to stderr; podman returns the container's streams as they were."""
+    out = run("podman", "logs", container, check=False)
+    return out.stdout + out.stderr
+
+
 def listening_ports(container):
     ports = {}
-    for line in run("podman", "logs", container, check=False).stderr.splitlines() + \
-            run("podman", "logs", container, check=False).stdout.splitlines():
+    for line in container_log(container).splitlines():
         try:
             event = json.loads(line)
         except ValueError:
@@ -167,21 +172,18 @@ class ImageTest(unittest.TestCase):
         def ports():
             state = run("podman", "inspect", "-f", "{{.State.Running}}", name).stdout.strip()
             if state != "true":
-                raise AssertionError("the container stopped:\n" + self.logs(name))
+                raise AssertionError("the container stopped:\n" + container_log(name))
             found = listening_ports(name)
             return found if {"peer", "grpc", "http"} <= found.keys() else None
         return name, wait_for(ports, "the broker in the container to listen")
 
-    def logs(self, name):
-        out = run("podman", "logs", name, check=False)
-        return out.stdout + out.stderr
 
     def stop(self, name):
         """podman stop sends the image's STOPSIGNAL (SIGTERM): the broker drains and exits 0."""
         run("podman", "stop", "-t", "60", name, timeout=90)
         code = run("podman", "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-        self.assertEqual(code, "0", self.logs(name))
-        self.assertIn('"event":"drain_finished"', self.logs(name))
+        self.assertEqual(code, "0", container_log(name))
+        self.assertIn('"event":"drain_finished"', container_log(name))
 
     def http(self, port, path, token=None):
         args = ["curl", "-sS", "-o", "/dev/stdout", "-w", "\n%{http_code}", "--max-time", "15",
