@@ -7,8 +7,9 @@
 #                                 `npm ci` into the tools dir when missing or when the lock
 #                                 changed, and prints the node_modules path on stdout; returns
 #                                 $TOOLS_SKIP (77) when the registry cannot be reached
-#   tools_expect_reported FILE MSG  a negative case: prints whether MSG is in FILE (the output of
-#                                 a check run on something broken on purpose); 1 when it is not
+#   tools_negative_case STATUS FILE WHAT MSG...
+#                                 a check run on WHAT, broken on purpose, exited STATUS with output
+#                                 FILE: it must have failed and reported every MSG (else 1)
 #   tools_debian_binary PKG PATH  prints the absolute path of file PATH (e.g. usr/bin/kubectl)
 #                                 of Debian package PKG: the installed one when PKG is
 #                                 installed, else one unpacked (not installed) in the tools dir,
@@ -129,11 +130,26 @@ tools_debian_binary() {
   echo "$dir/root/$rel"
 }
 
-tools_expect_reported() {
-  if grep -qF -- "$2" "$1"; then
-    echo "   reported: $2"
-  else
-    echo "   NOT reported: $2"
+tools_negative_case() {
+  local status=$1 out=$2 what=$3 message unreported=0
+  shift 3
+  if ((status == 0)); then
+    cat "$out"
+    echo "FAIL: $what passed the check"
+    return 1
+  fi
+  for message in "$@"; do
+    if grep -qF -- "$message" "$out"; then
+      echo "   reported: $message"
+    else
+      echo "   NOT reported: $message"
+      unreported=1
+    fi
+  done
+  if ((unreported)); then
+    echo "--- checker output on $what:"
+    cat "$out"
+    echo "FAIL: $what was not fully reported"
     return 1
   fi
 }
