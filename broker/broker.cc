@@ -16,9 +16,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -30,6 +28,7 @@
 #include "broker/control/control_service.h"
 #include "broker/control/grpc_server.h"
 #include "broker/control/http_server.h"
+#include "broker/drain.h"
 #include "broker/log.h"
 #include "peer/handshake_gate.h"
 
@@ -101,6 +100,9 @@ class Broker::Impl {
         frame_budget_(config_.frame_memory_budget),
         gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
     config_.link.frame_budget = &frame_budget_;
+    config_.link.ping_allowed = [this](const crypto::PeerId& peer) {
+      return router_->TakeRateToken(peer.Raw());
+    };
     int threads = config_.threads > 0
                       ? config_.threads
                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -119,26 +121,43 @@ class Broker::Impl {
     config_.store.on_sync = [this](std::chrono::microseconds d) { store_sync_.Observe(d); };
   }
 
+  // Teardown in the reverse of Start, spelled out rather than left to member order: nothing
+  // goes while a thread may still call into it.
+  ~Impl() {
+    grpc_.reset();  // no request reaches the control service any more
+    http_.reset();
+    control_.reset();
+    drain_.reset();
+    cluster_.reset();  // holds a Placement pointer into the router
+    store_.reset();    // joins the writer thread, which calls the router and the histograms
+    router_.reset();
+  }
+
   absl::Status Start() {
     RaiseFileLimit();
     if (auto status = LoadNodeCertificate(); !status.ok()) return status;
+    Shard& first = *shards_.front();
+    // Installed before the store recovers (which may take long): a SIGHUP meanwhile must not
+    // kill the broker, and a SIGTERM is handled once the shards run.
+    signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
+    WaitForSignal();
+    if (auto status = RemoveDrained(config_.data_dir); !status.ok()) return status;
     auto store = store::Store::Open(config_.store);
     if (!store.ok()) return store.status();
     store_ = *std::move(store);
     router_ = std::make_unique<Router>(config_.routing, *store_);
     if (auto status = router_->Recover(); !status.ok()) return status;
     if (auto status = StartCluster(); !status.ok()) return status;
+    drain_ = std::make_unique<Drain>(
+        DrainOptions{config_.data_dir, config_.drain_timeout, key_.public_key.ToString()}, first.io,
+        *router_, cluster_.get(), cluster_stats_, stopping_);
     Log(spdlog::level::info, "store_open",
         {{"path", config_.store.path}, {"sync", store::SyncPolicyName(config_.store.sync)}});
     if (auto status = StartControlPlane(); !status.ok()) return status;
-    Shard& first = *shards_.front();
     auto acceptor = peer::Listen(first.io, config_.listen_peer);
     if (!acceptor.ok()) return acceptor.status();
     acceptor_.emplace(*std::move(acceptor));
     const tcp::endpoint bound = acceptor_->local_endpoint();
-    // Signals are ours before the line that tells a supervisor (or a test) we listen.
-    signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
-    WaitForSignal();
     Log(spdlog::level::info, "listening",
         {{"listener", "peer"},
          {"addr", bound.address().to_string()},
@@ -164,95 +183,14 @@ class Broker::Impl {
   }
 
   // Not ready while draining or stopping, or once the store cannot write.
-  bool Ready() const { return !stopping_ && !draining_ && store_->available(); }
+  bool Ready() const { return !stopping_ && !drain_->draining() && store_->available(); }
 
-  // Readiness false, GoAway{DRAINING} to every peer, new links refused; in a mesh, every
-  // mailbox and outbox entry goes to its home among the other members. With no member to hand
-  // them to, they stay in the store for this broker's next start. `exit`: stop once done.
-  bool StartDrain(bool exit = false) {
-    if (draining_.exchange(true)) return false;
-    Log(spdlog::level::info, "drain_started",
-        {{"peers", router_->GoAwayAll(mesh::v1::GoAway::DRAINING)},
-         {"messages", router_->QueuedMessages()},
-         {"members", cluster_ ? cluster_->LiveMembers() : 0}});
-    mesh::v1::Event event;
-    event.mutable_drain_started();
-    router_->events().Publish(std::move(event));
-    const uint64_t handed_before = cluster_stats_.handoff_messages.load();
-    if (cluster_) cluster_->StartDrain();
-    asio::co_spawn(shards_.front()->io, FinishDrain(exit, handed_before), asio::detached);
-    return true;  // gRPC health follows on the next tick: only the first shard sets it
-  }
-
-  // Waits until nothing is held here, the drain timeout passes, or no member is left to take
-  // what is; then writes <data-dir>/DRAINED saying whether the store is empty.
-  awaitable<void> FinishDrain(bool exit, uint64_t handed_before) {
-    asio::steady_timer timer(shards_.front()->io);
-    const auto started = peer::Clock::now();
-    const auto deadline = started + config_.drain_timeout;
-    std::string why = "empty";
-    bool refusing = false;
-    while (!stopping_) {
-      if (router_->QueuedMessages() == 0) {
-        // Nothing held: from now on own nothing new (a member that has not yet seen the
-        // drain may still forward here), then make sure nothing came in meanwhile.
-        if (refusing) break;
-        router_->RefuseNewMessages();
-        refusing = true;
-        timer.expires_after(std::chrono::milliseconds(50));
-        error_code ec;
-        co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        continue;
-      }
-      if (!cluster_ || cluster_->LiveMembers() == 0) {
-        why = "no_member";
-        break;
-      }
-      if (peer::Clock::now() >= deadline) {
-        why = "timeout";
-        break;
-      }
-      timer.expires_after(std::chrono::milliseconds(50));
-      error_code ec;
-      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    }
-    const int64_t left = router_->QueuedMessages();
-    const uint64_t handed = cluster_stats_.handoff_messages.load() - handed_before;
-    const auto took =
-        std::chrono::duration_cast<std::chrono::milliseconds>(peer::Clock::now() - started).count();
-    Log(left == 0 ? spdlog::level::info : spdlog::level::warn, "drain_finished",
-        {{"empty", left == 0},
-         {"messages_left", left},
-         {"handed_off", handed},
-         {"ms", took},
-         {"why", left == 0 ? "empty" : why},
-         {"detail", left == 0 ? "every message is owned elsewhere or delivered"
-                              : "what is left stays in the data dir for this broker's next "
-                                "start; do not delete the volume"}});
-    WriteDrained(left, handed);
-    mesh::v1::Event event;
-    auto* finished = event.mutable_drain_finished();
-    finished->set_empty(left == 0);
-    finished->set_messages_left(static_cast<uint64_t>(std::max<int64_t>(left, 0)));
-    finished->set_handed_off(handed);
-    router_->events().Publish(std::move(event));
-    if (exit) Stop("drained");
-  }
-
-  void WriteDrained(int64_t left, uint64_t handed) {
-    nlohmann::json drained = {{"empty", left == 0},
-                              {"messages_left", left},
-                              {"handed_off", handed},
-                              {"node_id", key_.public_key.ToString()},
-                              {"at_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
-                                            std::chrono::system_clock::now().time_since_epoch())
-                                            .count()}};
-    const std::string path = config_.data_dir + "/DRAINED";
-    std::ofstream out(path + ".tmp", std::ios::trunc);
-    out << drained.dump() << "\n";
-    out.close();
-    std::error_code ec;
-    std::filesystem::rename(path + ".tmp", path, ec);
+  // SIGTERM and the control plane's Drain share one drain; SIGTERM stops once it ended.
+  mesh::v1::DrainResponse StartDrain(bool exit = false) {
+    auto response = drain_->Start([this, exit] {
+      if (exit) Stop("drained");
+    });
+    return response;  // gRPC health follows on the next tick: only the first shard sets it
   }
 
   // SIGTERM drains (then stops), SIGINT stops at once; a second signal during a drain stops
@@ -266,7 +204,7 @@ class Broker::Impl {
         WaitForSignal();
         return;
       }
-      if (signal == SIGTERM && !draining_) {
+      if (signal == SIGTERM && drain_ && !drain_->draining()) {
         Log(spdlog::level::info, "signal", {{"signal", "SIGTERM"}, {"action", "drain"}});
         StartDrain(/*exit=*/true);
         WaitForSignal();
@@ -411,7 +349,7 @@ class Broker::Impl {
     context.node_name = config_.node_name;
     context.version = kVersion;
     context.ready = [this] { return Ready(); };
-    context.draining = [this] { return draining_.load(); };
+    context.draining = [this] { return drain_->draining(); };
     context.start_drain = [this] { return StartDrain(); };
     if (cluster_) {
       context.members = [this] { return cluster_->Members(); };
@@ -552,7 +490,7 @@ class Broker::Impl {
     }
     std::shared_ptr<peer::Link> link = *std::move(accepted);
     if (stopping_) co_return;
-    if (draining_) {
+    if (drain_->draining()) {
       mesh::v1::Frame go_away;
       go_away.mutable_go_away()->set_reason(mesh::v1::GoAway::DRAINING);
       link->Send(go_away);
@@ -622,13 +560,11 @@ class Broker::Impl {
   peer::HandshakeGate gate_;
   mesh::v1::Hello hello_;
   std::vector<std::unique_ptr<Shard>> shards_;
-  // Declared last, so destroyed first: the store's writer calls back into the router until it
-  // stops.
+  LatencyHistogram store_write_;  // fed by the store's writer thread
+  LatencyHistogram store_sync_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<store::Store> store_;
-  // Declared after the router, so destroyed before it: calls may be running until Shutdown.
-  LatencyHistogram store_write_;
-  LatencyHistogram store_sync_;
+  std::unique_ptr<Drain> drain_;
   prometheus::Registry registry_;  // the control plane's request counters
   std::unique_ptr<monitoring::RequestMetrics> request_metrics_;
   std::unique_ptr<ControlService> control_;
@@ -636,10 +572,8 @@ class Broker::Impl {
   WatchedFile token_file_;
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<HttpServer> http_;
-  // After the router: holds a Placement pointer to it. Destroyed before the router.
   std::unique_ptr<Cluster> cluster_;
   bool serving_ = false;  // last readiness told to gRPC health; first shard only
-  std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
@@ -658,7 +592,12 @@ const RouterStats& Broker::router_stats() const { return impl_->router_stats(); 
 
 absl::StatusOr<crypto::KeyPair> LoadOrCreateNodeKey(const std::string& data_dir) {
   std::error_code ec;
-  std::filesystem::create_directories(data_dir, ec);
+  // Created private: the store holds who writes to whom and every unsealed payload. One that
+  // exists keeps its mode (an image or a volume may grant its group).
+  if (std::filesystem::create_directories(data_dir, ec)) {
+    std::filesystem::permissions(data_dir, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::replace, ec);
+  }
   if (ec)
     return absl::UnavailableError(
         absl::StrCat("cannot create data dir ", data_dir, ": ", ec.message()));

@@ -57,6 +57,17 @@ inline constexpr size_t kHashSize = 32;  // SHA-256 (HASHLEN)
 inline constexpr size_t kTagSize = 16;   // AEAD tag
 
 // ---------------------------------------------------------------------------------------------
+// Small primitives for the modules above, so that none of them calls libsodium itself.
+
+// `n` bytes from the operating system's CSPRNG.
+std::string RandomBytes(size_t n);
+// Unpadded base64url of any bytes (the text form of IDs, message ids and tokens).
+std::string Base64Url(std::string_view bytes);
+// Whether `a` equals `b`, in a time that depends on their lengths only (bearer tokens).
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+// Overwrites a string that held a secret with zeros (kept by the compiler, unlike memset).
+void Wipe(std::string& secret);
+
 // Keys and peer IDs
 
 // A peer's ID is its static X25519 public key; as text, unpadded base64url (43 characters).

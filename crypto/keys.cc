@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/files.h"
 #include "crypto/crypto.h"
 #include "crypto/text.h"
 
@@ -124,6 +125,22 @@ absl::StatusOr<KeyPair> LoadKeyFile(const std::string& path) {
   return KeyPair::FromPrivate(raw.span());
 }
 
+std::string RandomBytes(size_t n) {
+  std::string bytes(n, '\0');
+  randombytes_buf(bytes.data(), bytes.size());
+  return bytes;
+}
+
+std::string Base64Url(std::string_view bytes) {
+  return text::ToBase64({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+}
+
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && sodium_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+void Wipe(std::string& secret) { sodium_memzero(secret.data(), secret.size()); }
+
 namespace text {
 
 std::string ToBase64(ByteSpan raw) {
@@ -146,29 +163,17 @@ absl::Status FromBase64(std::string_view text, std::span<uint8_t> out) {
 
 absl::Status WriteFile(const std::string& path, int mode, const std::string& comment,
                        ByteSpan raw) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
-  }
   std::string content = absl::StrCat("# ", comment, "\n", ToBase64(raw), "\n");
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
-            ::fsync(fd) == 0;
+  absl::Status status = base::WriteFileAtomically(path, content, mode, base::Replace::kNo);
   sodium_memzero(content.data(), content.size());
-  ::close(fd);
-  if (!ok) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
+  return status;
 }
 
 absl::Status ReadFile(const std::string& path, bool private_file, std::span<uint8_t> out) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
+  if (private_file) {
+    if (auto status = base::CheckPrivateFile(path, "key file"); !status.ok()) return status;
+  } else if (struct stat st{}; ::stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat(path, ": ", std::strerror(errno)));
-  }
-  if (private_file && (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrFormat("%s is readable or writable by other users (mode %03o); run: chmod 600 %s",
-                        path, st.st_mode & 0777, path));
   }
   std::ifstream in(path);
   std::string line;

@@ -146,9 +146,11 @@ Link::Link(Socket socket, const LinkConfig& config, LinkStats& stats)
       stats_(stats),
       assembler_(config.max_frame()),
       watchdog_timer_(socket_.get_executor()),
-      write_signal_(socket_.get_executor()) {
+      write_signal_(socket_.get_executor()),
+      read_signal_(socket_.get_executor()) {
   started_ = last_received_ = last_sent_ = Clock::now();
   write_signal_.expires_at(Clock::time_point::max());
+  read_signal_.expires_at(Clock::time_point::max());
   error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   socket_.non_blocking(true, ec);  // ReadLoop's direct read must never block a shard
@@ -365,13 +367,20 @@ awaitable<absl::Status> Link::Run(FrameHandler on_frame) {
 }
 
 awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
-  asio::steady_timer pause(socket_.get_executor());
-  bool paused = false;
+  asio::steady_timer budget_retry(socket_.get_executor());
+  Pause pause = Pause::kNone;
   while (!closing_) {
-    if (paused) {
-      pause.expires_after(kBudgetRetry);
+    if (pause == Pause::kBudget) {
+      budget_retry.expires_after(kBudgetRetry);
       error_code ec;
-      co_await pause.async_wait(redirect_error(use_awaitable, ec));
+      co_await budget_retry.async_wait(redirect_error(use_awaitable, ec));
+    } else if (pause == Pause::kOutput) {
+      // The writer wakes us once the queue is under the cap; the watchdog's STALLED deadline
+      // runs meanwhile, as the write that does not finish is what keeps the queue full.
+      reader_waiting_ = true;
+      error_code ec;
+      co_await read_signal_.async_wait(redirect_error(use_awaitable, ec));
+      reader_waiting_ = false;
     } else {
       error_code ec;
       size_t n = 0;
@@ -407,8 +416,8 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
     }
     size_t consumed = 0;
     bool completed_frame = false;
-    paused = false;
-    absl::Status status = ProcessRecords(on_frame, consumed, completed_frame, paused);
+    pause = Pause::kNone;
+    absl::Status status = ProcessRecords(on_frame, consumed, completed_frame, pause);
     if (consumed > 0) {
       std::memmove(read_buffer_.get(), read_buffer_.get() + consumed, read_size_ - consumed);
       read_size_ -= consumed;
@@ -427,7 +436,7 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
 }
 
 absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
-                                  bool& paused) {
+                                  Pause& pause) {
   while (read_size_ - consumed >= kLengthPrefixSize && !closing_) {
     uint8_t* p = read_buffer_.get() + consumed;
     const size_t length = (size_t{p[0]} << 8) | p[1];
@@ -436,20 +445,30 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
                                                           " bytes cannot hold flags and tag"));
     }
     if (read_size_ - consumed < kLengthPrefixSize + length) break;
-    // Records that may continue a frame are charged to the shared budget before they are
-    // taken; full-size records are the only ones that can start a multi-record frame.
-    if (config_.frame_budget != nullptr &&
-        (assembler_.in_progress() || length == kMaxNoiseMessage)) {
-      if (!config_.frame_budget->TryAcquire(length)) {
-        paused = true;
-        break;
-      }
-      budget_held_ += length;
+    // A peer that does not read what it is sent earns no more replies: stop taking its frames
+    // until the writer has drained the queue (the socket's own buffers then fill, not ours).
+    if (queued_bytes() > config_.max_queued()) {
+      pause = Pause::kOutput;
+      break;
     }
     uint8_t* message = p + kLengthPrefixSize;
-    if (!receive_.DecryptWithAd({}, {message, length}, message).ok()) {
+    if (!head_decrypted_ && !receive_.DecryptWithAd({}, {message, length}, message).ok()) {
       return LinkError(mesh::v1::DECRYPT_FAILED, "a transport message failed authentication");
     }
+    // A frame of several records reserves max_frame from the shared budget as it begins (its
+    // first record has no FIN), so once begun it completes without waiting for budget again:
+    // frames that each held part of it could otherwise starve one another. A link holds at
+    // most one reservation; frames of one record are taken from the read buffer, uncharged.
+    const bool begins_long_frame = !assembler_.in_progress() && (message[0] & kFlagFin) == 0;
+    if (begins_long_frame && config_.frame_budget != nullptr && budget_held_ == 0) {
+      if (!config_.frame_budget->TryAcquire(config_.max_frame())) {
+        head_decrypted_ = true;  // decrypted in place: the nonce has moved on
+        pause = Pause::kBudget;
+        break;
+      }
+      budget_held_ = config_.max_frame();
+    }
+    head_decrypted_ = false;
     consumed += kLengthPrefixSize + length;
     auto frame = assembler_.Push({message, length - crypto::kTagSize});
     if (!frame.ok()) return frame.status();
@@ -470,6 +489,9 @@ absl::Status Link::Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame
   stats_.frames_received.fetch_add(1, std::memory_order_relaxed);
   switch (frame->body_case()) {
     case mesh::v1::Frame::kPing: {
+      if (config_.ping_allowed && !config_.ping_allowed(remote_id_)) {
+        return absl::OkStatus();  // over the peer's rate: no Pong
+      }
       mesh::v1::Frame pong;
       pong.mutable_pong()->set_nonce(frame->ping().nonce());
       Send(pong);
@@ -562,6 +584,7 @@ void Link::Close(absl::Status reason) {
     }
   }
   write_signal_.cancel();
+  read_signal_.cancel();
   watchdog_timer_.cancel();
 }
 
@@ -590,6 +613,7 @@ awaitable<void> Link::WriteLoop() {
     last_sent_ = Clock::now();  // once per coalesced write, not per frame
     in_flight_.clear();
     ShrinkIfLarge(in_flight_);
+    if (reader_waiting_ && queued_bytes() <= config_.max_queued()) read_signal_.cancel();
   }
   CloseSocket();
 }
@@ -679,6 +703,7 @@ void Link::CloseSocket() {
   }
   watchdog_timer_.cancel();
   write_signal_.cancel();
+  read_signal_.cancel();
   ReleaseFrameBudget();
 }
 

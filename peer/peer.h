@@ -52,7 +52,16 @@ struct LinkConfig {
   // A responder also accepts this one (the next secret, while it is rotated in). Borrowed.
   const crypto::Secret<crypto::kKeySize>* psk_next = nullptr;
 
+  // Replies queued for a link that does not read them: over this, the link stops reading
+  // (so it earns no more) until its writes drain; 0 means 2 x max_frame. A link stuck over it
+  // for frame_timeout is closed STALLED.
+  size_t max_queued_bytes = 0;
+  // Whether a peer's Ping is answered: the broker charges it to the peer's rate, so a Ping
+  // flood costs what a Send flood does. Null answers every Ping. Borrowed by the links.
+  std::function<bool(const crypto::PeerId&)> ping_allowed;
+
   size_t max_frame() const { return max_payload + kFrameOverhead; }
+  size_t max_queued() const { return max_queued_bytes > 0 ? max_queued_bytes : 2 * max_frame(); }
 };
 
 // What the links of one listener (or one client) did, as plain counters; broker/ exports them.
@@ -133,8 +142,11 @@ class Link : public std::enable_shared_from_this<Link> {
   awaitable<absl::StatusOr<crypto::Bytes>> ReadHandshakeMessage();
   awaitable<absl::Status> WriteHandshakeMessage(const crypto::Bytes& message);
   awaitable<absl::Status> ReadLoop(FrameHandler& on_frame);
+  // Why reading stopped for a while: the shared frame budget is spent, or replies wait unread.
+  enum class Pause { kNone, kBudget, kOutput };
   absl::Status ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool& completed_frame,
-                              bool& paused);
+                              Pause& pause);
+
   absl::Status Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame);
   absl::Status DispatchCluster(crypto::ByteSpan frame_bytes);
   void SendMessage(const google::protobuf::MessageLite& frame);
@@ -169,12 +181,15 @@ class Link : public std::enable_shared_from_this<Link> {
   size_t read_size_ = 0;
   FrameAssembler assembler_;
   size_t budget_held_ = 0;
+  bool head_decrypted_ = false;  // the record at the front of read_buffer_ waits for budget
   crypto::Bytes scratch_;
   crypto::Bytes out_;        // records queued, not yet handed to the socket
   crypto::Bytes in_flight_;  // records being written
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer write_signal_;  // cancelled to wake the writer
   bool writer_waiting_ = false;             // the writer sleeps on write_signal_
+  boost::asio::steady_timer read_signal_;   // cancelled to wake a reader paused on output
+  bool reader_waiting_ = false;
 };
 
 }  // namespace mesh::peer

@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/files.h"
 #include "broker/log.h"
 #include "peer/handshake_gate.h"
 
@@ -99,8 +100,13 @@ class ClusterLink : public std::enable_shared_from_this<ClusterLink> {
   const std::shared_ptr<ForwardWindow> window = std::make_shared<ForwardWindow>(kLinkWindow);
   std::shared_ptr<Session> acks;  // collects the SendAcks of messages forwarded to us
 
+  // Keeps the order of everything queued: forwards and acks batched so far go out before this
+  // frame. A presence delta must not overtake the ack of a delivery that preceded it, or the
+  // sender's broker sees the recipient leave with the message still unacknowledged and hands
+  // it on to be delivered a second time.
   void Queue(mesh::v1::ClusterFrame frame) {
     std::lock_guard lock(mu_);
+    CutPending();
     frames_.push_back(std::move(frame));
     ScheduleFlush();
   }
@@ -187,17 +193,22 @@ class ClusterLink : public std::enable_shared_from_this<ClusterLink> {
     asio::post(link_->get_executor(), [self = shared_from_this()] { self->Flush(); });
   }
 
+  // Moves the batched forwards and acks into frames_, behind what is queued there already.
+  void CutPending() {
+    if (forwards_.messages_size() > 0) CutBatch();
+    if (acks_.acks_size() > 0) {
+      mesh::v1::ClusterFrame frame;
+      frame.mutable_acks()->Swap(&acks_);
+      frames_.push_back(std::move(frame));
+    }
+  }
+
   void Flush() {
     std::vector<mesh::v1::ClusterFrame> frames;
     {
       std::lock_guard lock(mu_);
       flush_scheduled_ = false;
-      if (forwards_.messages_size() > 0) CutBatch();
-      if (acks_.acks_size() > 0) {
-        mesh::v1::ClusterFrame frame;
-        frame.mutable_acks()->Swap(&acks_);
-        frames_.push_back(std::move(frame));
-      }
+      CutPending();
       frames.swap(frames_);
     }
     for (const auto& frame : frames) link_->Send(frame);
@@ -273,25 +284,20 @@ absl::StatusOr<crypto::Secret<crypto::kKeySize>> ParseSecretLine(const std::stri
   std::string bytes = absl::HexStringToBytes(hex);
   crypto::Secret<crypto::kKeySize> secret(
       {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
-  sodium_memzero(bytes.data(), bytes.size());
+  crypto::Wipe(bytes);
   return secret;
 }
 
 }  // namespace
 
 absl::StatusOr<ClusterSecrets> LoadClusterSecret(const std::string& path) {
-  struct stat info {};
-  if (stat(path.c_str(), &info) != 0) {
-    return absl::NotFoundError(absl::StrCat("cluster secret file ", path, " cannot be read"));
-  }
-  if ((info.st_mode & (S_IROTH | S_IWOTH)) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cluster secret file ", path, " is readable by other users; chmod o-rwx it"));
-  }
-  std::ifstream in(path);
+  auto text = base::ReadPrivateFile(path, "cluster secret file");
+  if (!text.ok()) return text.status();
+  std::istringstream in(*text);
   std::string first, second;
   std::getline(in, first);
   std::getline(in, second);
+  crypto::Wipe(*text);
   auto current = ParseSecretLine(path, first);
   if (!current.ok()) return current.status();
   ClusterSecrets secrets{*current, std::nullopt};

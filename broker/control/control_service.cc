@@ -1,19 +1,15 @@
 #include "broker/control/control_service.h"
 
-#include <fcntl.h>
-#include <sodium.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <condition_variable>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "base/files.h"
 #include "peer/record.h"
 
 namespace mesh::broker {
@@ -29,15 +25,6 @@ uint64_t WallMs(std::chrono::steady_clock::time_point at) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch() - since)
                                    .count());
-}
-
-std::string Base64Url(std::string_view bytes) {
-  std::string text(
-      sodium_base64_ENCODED_LEN(bytes.size(), sodium_base64_VARIANT_URLSAFE_NO_PADDING), '\0');
-  sodium_bin2base64(text.data(), text.size(), reinterpret_cast<const unsigned char*>(bytes.data()),
-                    bytes.size(), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-  text.resize(text.find('\0'));
-  return text;
 }
 
 // A peer or node ID from a request: `field` names it in the error.
@@ -142,9 +129,7 @@ bool ControlService::SetAdminToken(const std::string& admin_token) {
 
 bool ControlService::Authorized(std::string_view authorization) const {
   std::lock_guard lock(token_mu_);
-  return authorization.size() == expected_authorization_.size() &&
-         sodium_memcmp(authorization.data(), expected_authorization_.data(),
-                       authorization.size()) == 0;
+  return crypto::ConstantTimeEquals(authorization, expected_authorization_);
 }
 
 absl::StatusOr<mesh::v1::Stats> ControlService::GetStats(const mesh::v1::GetStatsRequest&) const {
@@ -239,8 +224,7 @@ absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
     const mesh::v1::SendMessageRequest& request, std::chrono::milliseconds timeout) {
   auto to = ParseId("to", request.to());
   if (!to.ok()) return to.status();
-  std::string id(store::kMessageIdSize, '\0');
-  randombytes_buf(id.data(), id.size());
+  const std::string id = crypto::RandomBytes(store::kMessageIdSize);
   auto wait = std::make_shared<AckWait>();
   auto sender =
       std::make_shared<Session>(context_.node_id, [wait, id](const mesh::v1::Frame& frame) {
@@ -260,7 +244,7 @@ absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
   }
   if (auto status = StatusOfAck(*ack); !status.ok()) return status;
   mesh::v1::SendMessageResponse response;
-  response.set_id(Base64Url(id));
+  response.set_id(crypto::Base64Url(id));
   response.set_status(ack->status());
   response.set_detail(ack->detail());
   return response;
@@ -314,13 +298,8 @@ absl::StatusOr<mesh::v1::ListMembersResponse> ControlService::ListMembers(
 }
 
 absl::StatusOr<mesh::v1::DrainResponse> ControlService::Drain(const mesh::v1::DrainRequest&) {
-  mesh::v1::DrainResponse response;
-  response.set_started(context_.start_drain && context_.start_drain());
-  response.set_detail(response.started()
-                          ? "draining: not ready, peers told to go; no other member to hand "
-                            "mailboxes to, so they stay in the data dir"
-                          : "a drain is already under way");
-  return response;
+  if (!context_.start_drain) return absl::UnimplementedError("this broker cannot drain");
+  return context_.start_drain();
 }
 
 std::shared_ptr<EventWatcher> ControlService::WatchEvents(const mesh::v1::WatchEventsRequest&) {
@@ -418,28 +397,15 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path,
                                                    const std::string& data_dir) {
   const std::string file = path.empty() ? data_dir + "/admin.token" : path;
-  struct stat info {};
-  if (path.empty() && ::stat(file.c_str(), &info) != 0) {
-    std::string secret(32, '\0');
-    randombytes_buf(secret.data(), secret.size());
-    const std::string text = Base64Url(secret);
-    const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
-    if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot create ", file));
-    const std::string line = text + "\n";
-    const bool written = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    ::close(fd);
-    if (!written) return absl::UnavailableError(absl::StrCat("cannot write ", file));
-    return text;
+  if (path.empty() && ::access(file.c_str(), F_OK) != 0) {
+    const std::string token = crypto::Base64Url(crypto::RandomBytes(32));
+    auto written = base::WriteFileAtomically(file, token + "\n", 0600, base::Replace::kNo);
+    if (!written.ok()) return written;
+    return token;
   }
-  if (::stat(file.c_str(), &info) == 0 && (info.st_mode & S_IROTH) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("admin token file ", file, " is readable by everyone; chmod o-r it"));
-  }
-  std::ifstream in(file);
-  if (!in) return absl::UnavailableError(absl::StrCat("cannot read admin token file ", file));
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string token(absl::StripAsciiWhitespace(text.str()));
+  auto text = base::ReadPrivateFile(file, "admin token file");
+  if (!text.ok()) return text.status();
+  std::string token(absl::StripAsciiWhitespace(*text));
   if (token.size() < 16) {
     return absl::FailedPreconditionError(
         absl::StrCat("admin token in ", file, " is shorter than 16 characters"));

@@ -43,8 +43,8 @@ struct ControlContext {
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::function<bool()> ready;     // serving and accepting
   std::function<bool()> draining;  // a drain is under way
-  // Starts a drain; false if one was already under way.
-  std::function<bool()> start_drain;
+  // Starts a drain (or says one is under way) and tells what it will do with what is held.
+  std::function<mesh::v1::DrainResponse()> start_drain;
   // The mesh, when there is one: its members, where a peer is connected (node ID as text),
   // and its series for the metrics snapshot.
   std::function<std::vector<mesh::v1::Member>()> members;

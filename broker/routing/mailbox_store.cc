@@ -153,6 +153,11 @@ void Router::Impl::Tick() {
   const auto now = Clock::now();
   const bool sweep = now >= next_sweep;
   if (sweep) next_sweep = now + config.expiry_sweep_interval;
+  if (now >= next_prune) {
+    // Rate buckets refilled since are as good as none: memory follows the peers sending now.
+    next_prune = now + std::chrono::seconds(1);
+    rates.Prune(now);
+  }
   const uint64_t now_ms = WallMs();
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);

@@ -171,21 +171,6 @@ void Router::Impl::ScheduleRefill(Mailbox& mailbox) {
   });
 }
 
-bool Router::Impl::TakeToken(Session& session) {
-  if (config.send_rate <= 0) return true;
-  const auto now = Clock::now();
-  if (session.tokens_ < 0) {
-    session.tokens_ = config.send_burst;
-  } else {
-    const double elapsed = std::chrono::duration<double>(now - session.tokens_at_).count();
-    session.tokens_ = std::min(config.send_burst, session.tokens_ + elapsed * config.send_rate);
-  }
-  session.tokens_at_ = now;
-  if (session.tokens_ < 1) return false;
-  session.tokens_ -= 1;
-  return true;
-}
-
 // Whether a retried Send carries the message its pending (from, id) stands for.
 bool Router::Impl::SameMessage(const Mailbox& mailbox, const Pending& pending,
                                const mesh::v1::StoredEnvelope& message) {
@@ -199,6 +184,11 @@ bool Router::Impl::SameMessage(const Mailbox& mailbox, const Pending& pending,
 void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
   stats.sends.fetch_add(1, std::memory_order_relaxed);
   const std::string& id = send.id();
+  // First: every Send earns an answer, so an invalid one costs the sender a token as well.
+  if (!sender.local() && !rates.Take(sender.peer())) {
+    return Ack(sender, id, SendAck::RATE_LIMITED,
+               absl::StrCat("over ", config.send_rate, " messages/s"));
+  }
   if (id.size() != store::kMessageIdSize) {
     return Ack(sender, id, SendAck::INVALID, "id must be 16 bytes");
   }
@@ -214,10 +204,6 @@ void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
     return Ack(
         sender, id, SendAck::INVALID,
         absl::StrCat("ttl_s ", send.ttl_s(), " is over the maximum ", config.max_ttl.count()));
-  }
-  if (!sender.local() && !TakeToken(sender)) {
-    return Ack(sender, id, SendAck::RATE_LIMITED,
-               absl::StrCat("over ", config.send_rate, " messages/s"));
   }
   const uint64_t now_ms = WallMs();
   const uint64_t ttl_s = send.ttl_s() == 0 ? config.default_ttl.count() : send.ttl_s();
@@ -686,6 +672,8 @@ absl::Status Router::OnFrame(Session& session, mesh::v1::Frame& frame) {
           absl::StrCat("frame '", peer::FrameName(frame), "' is not accepted from a peer"));
   }
 }
+
+bool Router::TakeRateToken(std::string_view peer) { return impl_->rates.Take(peer); }
 
 void Router::Detach(Session& session, std::string_view reason) { impl_->Detach(session, reason); }
 

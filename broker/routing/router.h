@@ -140,6 +140,9 @@ class Router {
   // A frame from the session's link (or a local sender's Send); a non-OK status closes the link
   // with it.
   absl::Status OnFrame(Session& session, mesh::v1::Frame& frame);
+  // Takes one token of `peer`'s send rate (held per peer ID across its links) for a request
+  // that is not a Send, such as a Ping; false when it has none left.
+  bool TakeRateToken(std::string_view peer);
   // The link ended (`reason`, for watchers): unacknowledged deliveries go back to the mailbox
   // for the next session.
   void Detach(Session& session, std::string_view reason = "closed");

@@ -5,6 +5,7 @@
 
 #include "broker/routing/mailbox.h"
 #include "broker/routing/router.h"
+#include "peer/rate_limiter.h"
 
 namespace mesh::broker {
 
@@ -29,7 +30,10 @@ struct Router::Impl {
   const std::atomic<bool>& refusing;  // Router::RefuseNewMessages
   std::array<Stripe, routing::kStripes> stripes;
   routing::SenderLedger ledger;
+  // Send rate per peer ID, across its links (a reconnect does not refill it); Pings too.
+  peer::RateLimiter rates{config.send_rate, config.send_burst};
   Clock::time_point next_sweep = Clock::now();
+  Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
 
@@ -108,8 +112,6 @@ struct Router::Impl {
 
   // On the session's executor: reads the next messages of a spilled mailbox from the store.
   void Refill(const std::string& recipient, Session& session);
-
-  bool TakeToken(Session& session);
 
   // Whether a retried Send carries the message its pending (from, id) stands for.
   bool SameMessage(const Mailbox& mailbox, const Pending& pending,

@@ -86,10 +86,6 @@ class Session : public std::enable_shared_from_this<Session> {
   bool flush_scheduled_ = false;
   bool close_requested_ = false;
 
-  // Touched only on the link's executor: the sender-side rate limit (token bucket).
-  double tokens_ = -1;  // < 0: not yet filled
-  std::chrono::steady_clock::time_point tokens_at_;
-
   // Guarded by the router's stripe lock for this peer: the delivery window.
   bool attached_ = false;
   uint64_t credit_ = 0;         // sum of Credit frames

@@ -137,4 +137,13 @@ uint64_t BrokerProcess::FailureCount(const std::string& reason) const {
   return std::regex_search(log, m, re) ? std::stoull(m[1]) : 0;
 }
 
+uint64_t BrokerProcess::ResidentBytes() const {
+  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // in kB
+  }
+  return 0;
+}
+
 }  // namespace mesh::testing

@@ -28,6 +28,9 @@ class BrokerProcess {
   uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   const std::string& data_dir() const { return data_dir_; }
+  pid_t pid() const { return pid_; }
+  // The broker's resident memory now (VmRSS), in bytes; 0 once it has exited.
+  uint64_t ResidentBytes() const;
 
   // Sends `signal` and waits (15 s at most, or `timeout`) for the exit; returns the exit code,
   // or -1 when it did not exit or died of a signal.

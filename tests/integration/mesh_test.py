@@ -11,7 +11,7 @@ import urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
-from mesh_test_support import DEADLINE, Broker, Peer, keygen, wait_for  # noqa: E402
+from mesh_test_support import DEADLINE, Broker, Peer, keygen, offline_id, wait_for  # noqa: E402
 
 BROKER, CLI = sys.argv[1:3]
 WORK = support.setup(BROKER, CLI, "mesh-cluster-test-")
@@ -423,6 +423,83 @@ class DrainTest(unittest.TestCase):
                     listener.stop()
         finally:
             for broker in brokers:
+                if broker.alive():
+                    broker.stop()
+
+    def test_a_drain_hands_off_no_message_the_recipient_acknowledged(self):
+        """bob, homed on the broker that leaves, reads 5 messages at another broker and exits;
+        the drain that follows must not hand the 5th (acknowledged, its ack still on its way
+        back) to his next home, where his next listen would show it again."""
+        first = start_member("r0")
+        brokers = [first, start_member("r1", first), start_member("r2", first)]
+        try:
+            for broker in brokers:
+                wait_for(lambda b=broker: len(live_members(b)) == 3, "three live members")
+            nodes = [b.node_id for b in brokers]
+            leaving = brokers[0]
+            while True:
+                key = os.path.join(WORK, "acked-%d.key" % time.monotonic_ns())
+                bob_id = keygen(key)
+                if home_of(bob_id, nodes) == leaving.node_id:
+                    break
+            alice = os.path.join(WORK, "acked-sender-%d.key" % time.monotonic_ns())
+            keygen(alice)
+            bob = Peer(brokers[2], None, count=5, key=key)
+            wait_for(lambda: node_of(leaving, bob_id) == brokers[2].node_id,
+                     "bob's presence at the broker that leaves")
+            for i in range(5):
+                self.assertEqual(send(leaving, alice, bob_id, "acked %d" % i), "ACCEPTED")
+            got = [bob.next_message()["payload"] for _ in range(5)]
+            self.assertEqual(got, ["acked %d" % i for i in range(5)])
+            bob.stop()  # `--count 5` exits after acknowledging the 5th
+            leaving.stop()  # SIGTERM: drain, then exit 0
+            with open(os.path.join(leaving.dir, "data", "DRAINED")) as drained:
+                self.assertTrue(json.load(drained)["empty"])
+            # FIFO per sender: the marker comes first exactly when nothing was handed on.
+            self.assertEqual(send(brokers[1], alice, bob_id, "marker"), "ACCEPTED")
+            again = Peer.with_key(brokers[1], key)
+            try:
+                self.assertEqual(again.next_message()["payload"], "marker")
+            finally:
+                again.stop()
+        finally:
+            for broker in brokers:
+                if broker.alive():
+                    broker.stop()
+
+    def test_drain_says_what_it_does_with_what_is_held(self):
+        """The Drain answer tells the truth: in a mesh it hands messages to the other members;
+        a broker alone keeps them in its data dir."""
+        first = start_member("t0")
+        brokers = [first, start_member("t1", first)]
+        alone = Broker("t-alone")
+        try:
+            for broker in brokers:
+                wait_for(lambda b=broker: len(live_members(b)) == 2, "two live members")
+            nodes = [b.node_id for b in brokers]
+            sender = os.path.join(WORK, "truth-sender.key")
+            keygen(sender)
+            while True:
+                recipient = offline_id()
+                if home_of(recipient, nodes) == brokers[0].node_id:
+                    break
+            self.assertEqual(send(brokers[1], sender, recipient, "held"), "ACCEPTED")
+            self.assertEqual(send(alone, sender, recipient, "held"), "ACCEPTED")
+            wait_for(lambda: metric(brokers[0], "mesh_messages_queue_size") == 1,
+                     "the home to hold the message")
+            answer = rest(brokers[0], "/api/v1/drain", method="POST")
+            self.assertTrue(answer["started"])
+            self.assertIn("handing 1 messages to their homes among 1 other members",
+                          answer["detail"])
+            self.assertNotIn("no other member", answer["detail"])
+            again = rest(brokers[0], "/api/v1/drain", method="POST")
+            self.assertFalse(again.get("started", False))
+            self.assertIn("already under way", again["detail"])
+            answer = rest(alone, "/api/v1/drain", method="POST")
+            self.assertIn("not in a mesh", answer["detail"])
+            self.assertIn("stay in the data dir", answer["detail"])
+        finally:
+            for broker in brokers + [alone]:
                 if broker.alive():
                     broker.stop()
 

@@ -79,6 +79,8 @@ bool RawConnection::WaitClosed(std::chrono::milliseconds timeout) {
 
 void RawConnection::ShutdownWrite() { shutdown(fd_, SHUT_WR); }
 
+void RawConnection::Shutdown() { shutdown(fd_, SHUT_RDWR); }
+
 RawNoiseClient::RawNoiseClient() : key_(crypto::KeyPair::Generate()) {}
 RawNoiseClient::RawNoiseClient(crypto::KeyPair key) : key_(std::move(key)) {}
 

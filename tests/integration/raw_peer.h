@@ -33,6 +33,8 @@ class RawConnection {
   // True when the other side closes before the deadline (bytes before the close are dropped).
   bool WaitClosed(std::chrono::milliseconds timeout = kTestDeadline);
   void ShutdownWrite();
+  // Both directions: wakes a Write blocked in another thread (it then returns false).
+  void Shutdown();
 
  private:
   int fd_ = -1;

@@ -1,0 +1,200 @@
+// The broker against what an operator's mistakes, a crash at the wrong moment or an untrusted
+// peer can do to it (DESIGN §3 "Untrusted peers", §4): files that tell an operator what to
+// delete stay true, secrets stay private, and no peer can make it hold unbounded memory.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "tests/integration/broker_process.h"
+#include "tests/integration/test_peers.h"
+
+namespace mesh::testing {
+namespace {
+
+using mesh::v1::SendAck;
+using namespace std::chrono_literals;
+
+class HardeningTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(crypto::Init().ok()); }
+};
+
+int ModeOf(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return -1;
+  return static_cast<int>(st.st_mode & 07777);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A drain writes DRAINED {"empty":true}; the broker then restarts on the same volume and takes
+// mail. If it dies without draining, a DRAINED left from before would tell the operator to
+// delete a volume holding acknowledged mail: it must be gone before the store opens.
+TEST_F(HardeningTest, ARestartRemovesDrainedBeforeItTakesMail) {
+  BrokerProcess drained;
+  ASSERT_TRUE(drained.started()) << drained.Log();
+  ASSERT_EQ(drained.Stop(SIGTERM), 0) << drained.Log();
+  const std::string marker = drained.data_dir() + "/DRAINED";
+  ASSERT_THAT(ReadAll(marker), ::testing::HasSubstr("\"empty\":true"));
+
+  auto bob = crypto::KeyPair::Generate();
+  {
+    BrokerProcess restarted({}, drained.data_dir());
+    ASSERT_TRUE(restarted.started()) << restarted.Log();
+    EXPECT_FALSE(std::filesystem::exists(marker)) << ReadAll(marker);
+    FramePeer alice(restarted.port());
+    ASSERT_TRUE(alice.Connect());
+    auto ack = alice.Send(bob.public_key, "kept across a crash");
+    ASSERT_TRUE(ack.has_value());
+    ASSERT_EQ(ack->status(), SendAck::ACCEPTED) << ack->detail();
+    restarted.Stop(SIGKILL);
+  }
+  EXPECT_FALSE(std::filesystem::exists(marker)) << ReadAll(marker);
+
+  BrokerProcess again({}, drained.data_dir());
+  ASSERT_TRUE(again.started()) << again.Log();
+  FramePeer reader(again.port(), bob);
+  ASSERT_TRUE(reader.Connect());
+  auto deliver = reader.NextDeliver();
+  ASSERT_TRUE(deliver.has_value());
+  EXPECT_EQ(deliver->payload(), "kept across a crash");
+}
+
+// The data dir, the node key and the admin token a first start creates are the owner's only.
+TEST_F(HardeningTest, AFirstStartCreatesItsFilesPrivate) {
+  std::string name = std::filesystem::temp_directory_path().string() + "/mesh-private-XXXXXX";
+  ASSERT_NE(::mkdtemp(name.data()), nullptr);
+  const std::string data_dir = name + "/data";
+  const mode_t old_umask = ::umask(022);  // a typical shell's, which left it 0755
+  {
+    BrokerProcess broker({}, data_dir);
+    ::umask(old_umask);
+    ASSERT_TRUE(broker.started()) << broker.Log();
+    EXPECT_EQ(ModeOf(data_dir), 0700);
+    EXPECT_EQ(ModeOf(data_dir + "/node.key"), 0600);
+    EXPECT_EQ(ModeOf(data_dir + "/admin.token"), 0600);
+    EXPECT_EQ(broker.Stop(SIGINT), 0);
+  }
+  std::filesystem::remove_all(name);
+}
+
+// A token file others may write is someone else's token: refused at start, as key files are.
+TEST_F(HardeningTest, AnAdminTokenFileOthersMayWriteIsRefused) {
+  const std::string token =
+      std::filesystem::temp_directory_path().string() + "/mesh-token-" + std::to_string(::getpid());
+  {
+    std::ofstream out(token);
+    out << "a-token-of-thirty-two-characters\n";
+  }
+  ::chmod(token.c_str(), 0662);
+  BrokerProcess broker({"--admin-token-file", token});
+  EXPECT_FALSE(broker.started());
+  EXPECT_THAT(broker.Log(), ::testing::HasSubstr("may be read or written by other users"));
+  ::chmod(token.c_str(), 0620);
+  BrokerProcess group_writable({"--admin-token-file", token});
+  EXPECT_FALSE(group_writable.started());
+  ::chmod(token.c_str(), 0640);
+  BrokerProcess group_readable({"--admin-token-file", token});
+  EXPECT_TRUE(group_readable.started()) << group_readable.Log();
+  std::filesystem::remove(token);
+}
+
+// Peers that stream Pings or invalid Sends and never read the replies. The broker must stop
+// reading them rather than queue every Pong and SendAck: memory stays bounded, and a peer that
+// behaves is served all along.
+TEST_F(HardeningTest, PeersThatStopReadingCannotMakeTheBrokerBufferTheirReplies) {
+  BrokerProcess broker;
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  FramePeer honest(broker.port());
+  ASSERT_TRUE(honest.Connect());
+  ASSERT_TRUE(honest.Sync());
+  const uint64_t before = broker.ResidentBytes();
+
+  constexpr int kFlooders = 4;
+  std::vector<std::unique_ptr<RawConnection>> connections;
+  std::vector<std::thread> flooders;
+  std::atomic<bool> stop{false};
+  std::atomic<int> handshakes{0};
+  for (int i = 0; i < kFlooders; ++i) {
+    connections.push_back(std::make_unique<RawConnection>(broker.port()));
+    flooders.emplace_back([&, conn = connections.back().get(), invalid = i % 2 == 1] {
+      RawNoiseClient noise;
+      if (!noise.Handshake(*conn).ok()) return;
+      ++handshakes;
+      mesh::v1::Frame frame;
+      if (invalid) {
+        frame.mutable_send()->set_id(RandomId());  // no recipient: answered INVALID
+      } else {
+        frame.mutable_ping()->set_nonce(1);
+      }
+      // Blocks once the broker stops reading; Shutdown below wakes it.
+      while (!stop && noise.SendFrame(*conn, frame)) {
+      }
+    });
+  }
+  uint64_t peak = before;
+  const auto end = std::chrono::steady_clock::now() + 20s;  // inside the 30 s frame timeout
+  while (std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(250ms);
+    peak = std::max(peak, broker.ResidentBytes());
+  }
+  EXPECT_EQ(handshakes.load(), kFlooders);
+  EXPECT_TRUE(honest.Sync()) << "a peer that reads its replies is still served";
+  stop = true;
+  for (auto& conn : connections) conn->Shutdown();
+  for (auto& flooder : flooders) flooder.join();
+  EXPECT_LT(peak - before, uint64_t{64} << 20)
+      << "RSS went from " << before << " to " << peak << " bytes";
+}
+
+// The send rate belongs to the peer, not to its link: reconnecting does not refill it.
+TEST_F(HardeningTest, TheSendRateHoldsAcrossReconnects) {
+  BrokerProcess broker({"--send-rate", "1", "--send-burst", "3"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  const auto alice = crypto::KeyPair::Generate();
+  const auto bob = crypto::KeyPair::Generate();
+  int accepted = 0;
+  int limited = 0;
+  for (int i = 0; i < 6; ++i) {  // one link per message
+    FramePeer link(broker.port(), alice);
+    ASSERT_TRUE(link.Connect());
+    auto ack = link.Send(bob.public_key, "m" + std::to_string(i));
+    ASSERT_TRUE(ack.has_value());
+    (ack->status() == SendAck::ACCEPTED ? accepted : limited) += 1;
+  }
+  // 3 from the burst, at most a few more from the refill while the links came and went.
+  EXPECT_LE(accepted, 4);
+  EXPECT_GE(limited, 2);
+}
+
+// Invalid Sends earn an answer too, so they cost the sender's rate like valid ones.
+TEST_F(HardeningTest, InvalidSendsCountAgainstTheRate) {
+  BrokerProcess broker({"--send-rate", "1", "--send-burst", "3"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  FramePeer alice(broker.port());
+  ASSERT_TRUE(alice.Connect());
+  const auto bob = crypto::KeyPair::Generate();
+  for (int i = 0; i < 3; ++i) {
+    const std::string id = "short-" + std::to_string(i);  // ids are 16 bytes
+    ASSERT_TRUE(alice.SendNoWait(bob.public_key, "x", id));
+    auto ack = alice.AwaitAck(id);
+    ASSERT_TRUE(ack.has_value());
+    EXPECT_EQ(ack->status(), SendAck::INVALID) << ack->detail();
+  }
+  auto ack = alice.Send(bob.public_key, "valid");
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->status(), SendAck::RATE_LIMITED) << ack->detail();
+}
+
+}  // namespace
+}  // namespace mesh::testing
