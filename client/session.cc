@@ -1,5 +1,6 @@
 #include "client/session.h"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -203,9 +204,15 @@ asio::awaitable<void> Session::ConnectLoop() {
       if (const auto& limits = link_->remote_hello().limits(); limits.max_payload() > 0) {
         max_payload_ = limits.max_payload();
       }
-      mesh::v1::Frame credit;
-      credit.mutable_credit()->set_n(options_.credit);
-      link_->Send(credit);
+      // Credit is a window (acks open it again), so bounding it by what is still wanted
+      // bounds the deliveries in flight, not their total: OnDeliver refuses the rest.
+      uint64_t window = options_.credit;
+      if (options_.max_messages > 0) window = std::min(window, options_.max_messages - handed_);
+      if (window > 0) {
+        mesh::v1::Frame credit;
+        credit.mutable_credit()->set_n(static_cast<uint32_t>(window));
+        link_->Send(credit);
+      }
       for (const auto& [order, send] : pending_) {
         Transmit(send);
         ++stats_.resent;
@@ -356,6 +363,9 @@ absl::Status Session::OnFrame(mesh::v1::Frame& frame) {
 }
 
 void Session::OnDeliver(mesh::v1::Deliver& deliver) {
+  // Past the application's limit: left unacknowledged, so the broker keeps it for the next
+  // session (an ack for the last message handed on opened the window for one more).
+  if (options_.max_messages > 0 && handed_ >= options_.max_messages) return;
   const bool first_ack = acks_.empty();
   acks_.push_back(deliver.seq());
   if (first_ack) {
@@ -385,6 +395,7 @@ void Session::OnDeliver(mesh::v1::Deliver& deliver) {
     message.payload = std::move(*deliver.mutable_payload());
   }
   ++stats_.received;
+  ++handed_;
   if (on_message_) on_message_(message);
   dedup_->Record(key);
 }

@@ -12,6 +12,18 @@
 
 namespace mesh::testing {
 
+// What a finished (or killed) child process left: its exit code (-1 when killed or timed
+// out) and its output.
+struct ProcessResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` (argv[0] a path) with its stdout and stderr captured; kills it after `timeout`.
+ProcessResult RunProcess(const std::vector<std::string>& argv,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(15));
+
 class BrokerProcess {
  public:
   // Starts mesh-broker with --data-dir, --listen-peer/-grpc/-http 127.0.0.1:0 plus `args`

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "tests/integration/broker_process.h"
@@ -402,6 +403,39 @@ TEST_F(DataPlaneTest, ClientLibraryShowsAMessageOnceAcrossItsRestarts) {
   auto messages = bob.WaitForMessages(2);
   ASSERT_EQ(messages.size(), 2u);
   EXPECT_EQ(messages[1].payload, "marker");
+}
+
+// `mesh-cli listen -n N` shows and acknowledges exactly N messages; the rest stay queued for
+// the next listener, in order, and none it showed comes back.
+TEST_F(DataPlaneTest, MeshCliListenTakesExactlyCountAndLeavesTheRestQueued) {
+  StartBroker();
+  const std::string scratch = broker_->data_dir() + "/..";
+  const std::string bob_key_file = scratch + "/bob.key";
+  auto bob_key = crypto::KeyPair::Generate();
+  ASSERT_TRUE(crypto::WriteKeyFile(bob_key_file, bob_key).ok());
+  auto alice = Peer();
+  for (const char* payload : {"m1", "m2", "m3"}) {
+    ASSERT_THAT(alice->Send(bob_key.public_key, payload), HasStatus(SendAck::ACCEPTED));
+  }
+  auto listen = [&](int count) {
+    auto result = RunProcess({std::string(MESH_BINARY_DIR) + "/client/mesh-cli", "listen", "-n",
+                              std::to_string(count), "--key", bob_key_file, "--broker",
+                              broker_->address(), "--dedup-file", scratch + "/bob.dedup"});
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    std::vector<std::string> payloads;
+    std::istringstream lines(result.out);
+    for (std::string line; std::getline(lines, line);) {
+      const auto at = line.find("\"payload\":\"");
+      payloads.push_back(at == std::string::npos ? line : line.substr(at + 11, 2));
+    }
+    return payloads;
+  };
+  EXPECT_THAT(listen(1), ::testing::ElementsAre("m1"));
+  EXPECT_THAT(listen(2), ::testing::ElementsAre("m2", "m3"));
+  // Nothing shown comes back (the last one was acknowledged before the exit): a new message
+  // is the next one.
+  ASSERT_THAT(alice->Send(bob_key.public_key, "m4"), HasStatus(SendAck::ACCEPTED));
+  EXPECT_THAT(listen(1), ::testing::ElementsAre("m4"));
 }
 
 TEST_F(DataPlaneTest, AThousandPeersAtOnce) {
