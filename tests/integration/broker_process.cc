@@ -1,9 +1,12 @@
 #include "tests/integration/broker_process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -190,6 +193,32 @@ bool BrokerProcess::WaitForLogLine(const std::vector<std::string>& needles,
     std::this_thread::sleep_for(kPoll);
   } while (std::chrono::steady_clock::now() < deadline);
   return false;
+}
+
+std::string BrokerProcess::ApiGet(const std::string& path) const {
+  std::ifstream token_file(data_dir_ + "/admin.token");
+  std::string token;
+  std::getline(token_file, token);
+  const uint16_t port = ListenerPort("http");
+  if (token.empty() || port == 0) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
+                                "Authorization: Bearer " + token + "\r\nConnection: close\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;) response.append(buffer, n);
+    }
+  }
+  close(fd);
+  const auto body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
 }
 
 uint64_t BrokerProcess::FailureCount(const std::string& reason) const {

@@ -50,6 +50,9 @@ class BrokerProcess {
   // Waits until the log holds a line containing every one of `needles`.
   bool WaitForLogLine(const std::vector<std::string>& needles,
                       std::chrono::milliseconds timeout = std::chrono::seconds(15)) const;
+  // GET `path` from the control plane's REST listener with the admin token of the data dir;
+  // the response body, or an empty string when the request failed.
+  std::string ApiGet(const std::string& path) const;
   // After Stop(): the link_failures count logged for `reason` (0 when none was logged).
   uint64_t FailureCount(const std::string& reason) const;
 
