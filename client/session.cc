@@ -139,6 +139,10 @@ struct Session::Dedup {
   }
 };
 
+std::chrono::milliseconds GoAwayRetryDelay(uint32_t retry_after_ms) {
+  return std::min(std::chrono::milliseconds(retry_after_ms), kMaxGoAwayRetry);
+}
+
 std::shared_ptr<Session> Session::Create(asio::any_io_executor executor, SessionOptions options) {
   return std::shared_ptr<Session>(new Session(std::move(executor), std::move(options)));
 }
@@ -343,7 +347,7 @@ absl::Status Session::OnFrame(mesh::v1::Frame& frame) {
       OnDeliver(*frame.mutable_deliver());
       return absl::OkStatus();
     case mesh::v1::Frame::kGoAway:
-      retry_hint_ = std::chrono::milliseconds(frame.go_away().retry_after_ms());
+      retry_hint_ = GoAwayRetryDelay(frame.go_away().retry_after_ms());
       if (frame.go_away().reason() == mesh::v1::GoAway::REPLACED) {
         // A newer session with this key exists: reconnecting would only push it out in turn.
         if (on_state_) {

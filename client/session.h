@@ -26,6 +26,13 @@ namespace mesh::client {
 
 using MessageId = std::array<uint8_t, 16>;
 
+// The longest wait before reconnecting that a broker's GoAway can ask for: retry_after_ms goes
+// up to 49 days, and one broken or malicious broker must not park its clients that long.
+inline constexpr std::chrono::milliseconds kMaxGoAwayRetry{60'000};
+
+// The wait a GoAway's retry_after_ms asks for, at most kMaxGoAwayRetry.
+std::chrono::milliseconds GoAwayRetryDelay(uint32_t retry_after_ms);
+
 struct SessionOptions {
   std::vector<std::string> brokers;      // HOST:PORT, tried in turn
   const crypto::KeyPair* key = nullptr;  // borrowed; must outlive the session
