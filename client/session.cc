@@ -94,24 +94,28 @@ struct Session::Dedup {
       }
       std::fclose(in);
     }
-    // Rewrite with only the live entries, so the file stays about one window long.
-    const std::string tmp = path + ".tmp";
-    FILE* out = std::fopen(tmp.c_str(), "wb");
-    if (out == nullptr) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-    for (const auto& [key, at] : live) Append(out, key, at);
-    if (std::fclose(out) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::UnavailableError(absl::StrCat("cannot replace ", path));
+    // Rewrite with only the live entries, so the file stays about one window long. Owner-only
+    // (it tells who wrote to this key), and atomic: a crash leaves the old file or the new one.
+    std::string records;
+    records.reserve(live.size() * kRecordSize);
+    for (const auto& [key, at] : live) {
+      const auto record = EncodeRecord(key, at);
+      records.append(record.data(), record.size());
+    }
+    if (auto status = crypto::WriteFileAtomically(path, records, 0600, /*replace=*/true);
+        !status.ok()) {
+      return absl::UnavailableError(status.message());
     }
     file = std::fopen(path.c_str(), "ab");
     if (file == nullptr) return absl::UnavailableError(absl::StrCat("cannot append to ", path));
     return absl::OkStatus();
   }
 
-  static void Append(FILE* out, const Key& key, uint64_t at) {
-    char stamp[8];
-    for (int i = 7; i >= 0; --i, at >>= 8) stamp[i] = static_cast<char>(at & 0xff);
-    std::fwrite(key.data(), 1, key.size(), out);
-    std::fwrite(stamp, 1, sizeof(stamp), out);
+  static std::array<char, kRecordSize> EncodeRecord(const Key& key, uint64_t at) {
+    std::array<char, kRecordSize> record;
+    std::copy(key.begin(), key.end(), record.begin());
+    for (size_t i = kRecordSize; i-- > kKeySize; at >>= 8) record[i] = static_cast<char>(at & 0xff);
+    return record;
   }
 
   void Rotate(uint64_t now) {
@@ -129,7 +133,10 @@ struct Session::Dedup {
 
   void Record(const Key& key) {
     const uint64_t now = WallSeconds();
-    if (file != nullptr) Append(file, key, now);
+    if (file != nullptr) {
+      const auto record = EncodeRecord(key, now);
+      std::fwrite(record.data(), 1, record.size(), file);
+    }
     current.insert(key);
   }
 

@@ -86,6 +86,14 @@ struct KeyPair {
   static KeyPair FromPrivate(ByteSpan private_key);
 };
 
+// Writes `contents` to `path` so that a reader, or a restart after a crash, finds the old file
+// or the whole new one, never a part: a new file beside it (created exclusively with `mode`,
+// under the umask) is written and synced, then renamed over `path` (`replace`) or linked to
+// it (otherwise: an existing `path` is left alone and the call fails), and the directory is
+// synced.
+absl::Status WriteFileAtomically(const std::string& path, std::string_view contents, int mode,
+                                 bool replace);
+
 // Key files hold the private key as one base64url line after a comment naming the peer ID.
 // Writing creates the file with mode 0600 and never overwrites one that exists.
 absl::Status WriteKeyFile(const std::string& path, const KeyPair& key);

@@ -3,7 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -124,6 +126,55 @@ absl::StatusOr<KeyPair> LoadKeyFile(const std::string& path) {
   return KeyPair::FromPrivate(raw.span());
 }
 
+absl::Status WriteFileAtomically(const std::string& path, std::string_view contents, int mode,
+                                 bool replace) {
+  // A fresh name beside `path` (same file system, so the rename is atomic), created exclusively
+  // with `mode` under the umask: nobody else can have it open, nor see it more open than that.
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+  }
+  bool written = true;
+  for (size_t done = 0; written && done < contents.size();) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    written = n > 0;
+    if (written) done += static_cast<size_t>(n);
+  }
+  written = written && ::fsync(fd) == 0;
+  const int write_errno = errno;
+  ::close(fd);
+  if (!written) {
+    ::unlink(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat("cannot write ", path, ": ", std::strerror(write_errno)));
+  }
+  // rename replaces; link refuses an existing file, leaving it as it was.
+  if (replace ? ::rename(tmp.c_str(), path.c_str()) != 0 : ::link(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", path, ": ", std::strerror(error)));
+  }
+  if (!replace) ::unlink(tmp.c_str());
+  // The new directory entry survives a crash only once the directory is synced.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const bool synced = dir_fd >= 0 && ::fsync(dir_fd) == 0;
+  if (dir_fd >= 0) ::close(dir_fd);
+  if (!synced) return absl::InternalError(absl::StrCat("cannot sync the directory of ", path));
+  return absl::OkStatus();
+}
+
 namespace text {
 
 std::string ToBase64(ByteSpan raw) {
@@ -146,18 +197,10 @@ absl::Status FromBase64(std::string_view text, std::span<uint8_t> out) {
 
 absl::Status WriteFile(const std::string& path, int mode, const std::string& comment,
                        ByteSpan raw) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
-  }
   std::string content = absl::StrCat("# ", comment, "\n", ToBase64(raw), "\n");
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
-            ::fsync(fd) == 0;
+  absl::Status status = WriteFileAtomically(path, content, mode, /*replace=*/false);
   sodium_memzero(content.data(), content.size());
-  ::close(fd);
-  if (!ok) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
+  return status;
 }
 
 absl::Status ReadFile(const std::string& path, bool private_file, std::span<uint8_t> out) {

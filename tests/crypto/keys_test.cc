@@ -73,6 +73,29 @@ TEST_F(KeysTest, KeyFileRoundTripsWithOwnerOnlyMode) {
   EXPECT_FALSE(WriteKeyFile(path, KeyPair::Generate()).ok()) << "must never overwrite a key";
 }
 
+TEST_F(KeysTest, WritesFilesAtomicallyReplacingOnlyWhenAsked) {
+  const std::string path = dir_ + "/file";
+  auto read = [&] {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_TRUE(WriteFileAtomically(path, "first", 0600, /*replace=*/false).ok());
+  EXPECT_EQ(read(), "first");
+  EXPECT_EQ(WriteFileAtomically(path, "second", 0600, /*replace=*/false).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(read(), "first");
+  // A replacement takes the new file's mode, whatever the old one had.
+  ASSERT_EQ(chmod(path.c_str(), 0644), 0);
+  ASSERT_TRUE(WriteFileAtomically(path, "third", 0600, /*replace=*/true).ok());
+  EXPECT_EQ(read(), "third");
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // No temporary file is left beside it.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
+  EXPECT_FALSE(WriteFileAtomically(dir_ + "/missing-dir/file", "x", 0600, true).ok());
+}
+
 TEST_F(KeysTest, RefusesWorldReadableKeyFileButAcceptsGroupReadable) {
   std::string path = dir_ + "/node.key";
   ASSERT_TRUE(WriteKeyFile(path, KeyPair::Generate()).ok());

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -73,6 +74,23 @@ class DataPlaneTest : public ::testing::Test {
       std::this_thread::sleep_for(10ms);
     } while (std::chrono::steady_clock::now() < deadline);
     return false;
+  }
+
+  // A key file for mesh-cli, in the test's scratch dir (beside the broker's data dir).
+  std::string KeyFile(const crypto::KeyPair& key) {
+    const std::string path = broker_->data_dir() + "/../" + key.public_key.ToString() + ".key";
+    EXPECT_TRUE(crypto::WriteKeyFile(path, key).ok());
+    return path;
+  }
+
+  // `mesh-cli listen -n count` as `key` (its dedup file beside the key file); returns once the
+  // broker has let the session go, so a later link cannot race its last DeliverAck.
+  ProcessResult CliListen(const crypto::KeyPair& key, const std::string& key_file, int count) {
+    auto result = RunProcess({std::string(MESH_BINARY_DIR) + "/client/mesh-cli", "listen", "-n",
+                              std::to_string(count), "--key", key_file, "--broker",
+                              broker_->address(), "--dedup-file", key_file + ".dedup"});
+    EXPECT_TRUE(WaitForOffline(key.public_key)) << broker_->Log();
+    return result;
   }
 
   std::unique_ptr<BrokerProcess> broker_;
@@ -436,20 +454,15 @@ TEST_F(DataPlaneTest, ClientLibraryShowsAMessageOnceAcrossItsRestarts) {
 
 TEST_F(DataPlaneTest, MeshCliListenTakesExactlyCountAndLeavesTheRestQueued) {
   StartBroker();
-  const std::string scratch = broker_->data_dir() + "/..";
-  const std::string bob_key_file = scratch + "/bob.key";
   auto bob_key = crypto::KeyPair::Generate();
-  ASSERT_TRUE(crypto::WriteKeyFile(bob_key_file, bob_key).ok());
+  const std::string bob_key_file = KeyFile(bob_key);
   auto alice = Peer();
   for (const char* payload : {"m1", "m2", "m3"}) {
     ASSERT_THAT(alice->Send(bob_key.public_key, payload), HasStatus(SendAck::ACCEPTED));
   }
   auto listen = [&](int count) {
-    auto result = RunProcess({std::string(MESH_BINARY_DIR) + "/client/mesh-cli", "listen", "-n",
-                              std::to_string(count), "--key", bob_key_file, "--broker",
-                              broker_->address(), "--dedup-file", scratch + "/bob.dedup"});
+    auto result = CliListen(bob_key, bob_key_file, count);
     EXPECT_EQ(result.exit_code, 0) << result.err;
-    EXPECT_TRUE(WaitForOffline(bob_key.public_key)) << broker_->Log();
     std::vector<std::string> payloads;
     std::istringstream lines(result.out);
     for (std::string line; std::getline(lines, line);) {
@@ -464,6 +477,24 @@ TEST_F(DataPlaneTest, MeshCliListenTakesExactlyCountAndLeavesTheRestQueued) {
   // is the next one.
   ASSERT_THAT(alice->Send(bob_key.public_key, "m4"), HasStatus(SendAck::ACCEPTED));
   EXPECT_THAT(listen(1), ::testing::ElementsAre("m4"));
+}
+
+// The dedup file tells who wrote to this key: owner-only whatever the umask.
+TEST_F(DataPlaneTest, MeshCliListenKeepsItsDedupFileOwnerOnly) {
+  StartBroker();
+  auto bob_key = crypto::KeyPair::Generate();
+  const std::string bob_key_file = KeyFile(bob_key);
+  auto alice = Peer();
+  ASSERT_THAT(alice->Send(bob_key.public_key, "m1"), HasStatus(SendAck::ACCEPTED));
+  const mode_t umask_before = umask(022);  // mesh-cli inherits it
+  auto result = CliListen(bob_key, bob_key_file, 1);
+  umask(umask_before);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("\"payload\":\"m1\""), std::string::npos) << result.out;
+  struct stat st {};
+  ASSERT_EQ(stat((bob_key_file + ".dedup").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_size, 56);  // the one message's record: from, id, time
 }
 
 TEST_F(DataPlaneTest, AThousandPeersAtOnce) {
