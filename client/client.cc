@@ -94,20 +94,20 @@ peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const Conne
   hello.set_protocol_version(peer::kProtocolVersion);
   hello.set_agent(options.agent);
   crypto::CipherSuite suite = options.suite.value_or(PreferredSuite());
+  // Checked after handshake message 2, before message 3 carries our key and Hello: a broker
+  // that fails the check never learns who dialled it (DESIGN §3, untrusted peers).
+  peer::Link::RemoteVerifier verify;
+  if (options.trust.verifies()) {
+    verify = [&trust = options.trust](const crypto::PeerId& broker, const mesh::v1::Hello& hello) {
+      return CheckBroker(trust, broker, hello);
+    };
+  }
   for (int attempt = 0;; ++attempt) {
     auto socket = co_await Dial(options);
     if (!socket.ok()) co_return socket.status();
     auto link = co_await peer::Link::Connect(*std::move(socket), *options.key, hello, suite,
-                                             options.link, stats);
-    if (link.ok()) {
-      auto trusted = CheckBroker(options.trust, (*link)->remote_id(), (*link)->remote_hello());
-      if (!trusted.ok()) {
-        (*link)->Close(trusted);
-        co_return trusted;
-      }
-      co_return link;
-    }
-    if (attempt > 0) co_return link;
+                                             options.link, stats, peer::LinkKind::kPeer, verify);
+    if (link.ok() || attempt > 0) co_return link;
     // One retry with the best common suite when the broker refused ours.
     auto spoken = peer::RefusedSuites(link.status());
     if (!spoken || peer::ErrorCodeOf(link.status()) != mesh::v1::UNSUPPORTED_SUITE) co_return link;

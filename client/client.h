@@ -41,9 +41,9 @@ struct ConnectOptions {
 // The suite to offer first: AES-GCM when available, else ChaChaPoly.
 crypto::CipherSuite PreferredSuite();
 
-// Resolves, dials and runs the handshake, then checks the broker against `options.trust`
-// (closing the link when it fails). A broker that refuses the suite is retried once with the
-// best suite both speak.
+// Resolves, dials and runs the handshake, checking the broker against `options.trust` after
+// handshake message 2 (a broker that fails never receives message 3, which carries the client's
+// key). A broker that refuses the suite is retried once with the best suite both speak.
 peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const ConnectOptions& options,
                                                                      peer::LinkStats& stats);
 

@@ -216,6 +216,8 @@ int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_fi
   auto options = flags.Options(*key);
   if (!options.ok()) return Fail(options.status());
   options->dedup_file = dedup_file;
+  // The library hands on (and acknowledges) no more than `count`; the rest stay queued.
+  if (count > 0) options->max_messages = static_cast<uint64_t>(count);
   asio::io_context io;
   auto session = mesh::client::Session::Create(io.get_executor(), *options);
   int64_t received = 0;

@@ -1,5 +1,6 @@
 #include "client/session.h"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -9,6 +10,7 @@
 #include <random>
 
 #include "absl/container/flat_hash_set.h"
+#include "base/files.h"
 #include "absl/strings/str_cat.h"
 
 namespace mesh::client {
@@ -93,24 +95,28 @@ struct Session::Dedup {
       }
       std::fclose(in);
     }
-    // Rewrite with only the live entries, so the file stays about one window long.
-    const std::string tmp = path + ".tmp";
-    FILE* out = std::fopen(tmp.c_str(), "wb");
-    if (out == nullptr) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-    for (const auto& [key, at] : live) Append(out, key, at);
-    if (std::fclose(out) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::UnavailableError(absl::StrCat("cannot replace ", path));
+    // Rewrite with only the live entries, so the file stays about one window long. Owner-only
+    // (it tells who wrote to this key), and atomic: a crash leaves the old file or the new one.
+    std::string records;
+    records.reserve(live.size() * kRecordSize);
+    for (const auto& [key, at] : live) {
+      const auto record = EncodeRecord(key, at);
+      records.append(record.data(), record.size());
+    }
+    if (auto status = base::WriteFileAtomically(path, records, 0600, base::Replace::kYes);
+        !status.ok()) {
+      return absl::UnavailableError(status.message());
     }
     file = std::fopen(path.c_str(), "ab");
     if (file == nullptr) return absl::UnavailableError(absl::StrCat("cannot append to ", path));
     return absl::OkStatus();
   }
 
-  static void Append(FILE* out, const Key& key, uint64_t at) {
-    char stamp[8];
-    for (int i = 7; i >= 0; --i, at >>= 8) stamp[i] = static_cast<char>(at & 0xff);
-    std::fwrite(key.data(), 1, key.size(), out);
-    std::fwrite(stamp, 1, sizeof(stamp), out);
+  static std::array<char, kRecordSize> EncodeRecord(const Key& key, uint64_t at) {
+    std::array<char, kRecordSize> record;
+    std::copy(key.begin(), key.end(), record.begin());
+    for (size_t i = kRecordSize; i-- > kKeySize; at >>= 8) record[i] = static_cast<char>(at & 0xff);
+    return record;
   }
 
   void Rotate(uint64_t now) {
@@ -128,7 +134,10 @@ struct Session::Dedup {
 
   void Record(const Key& key) {
     const uint64_t now = WallSeconds();
-    if (file != nullptr) Append(file, key, now);
+    if (file != nullptr) {
+      const auto record = EncodeRecord(key, now);
+      std::fwrite(record.data(), 1, record.size(), file);
+    }
     current.insert(key);
   }
 
@@ -137,6 +146,10 @@ struct Session::Dedup {
     if (file != nullptr) std::fflush(file);
   }
 };
+
+std::chrono::milliseconds GoAwayRetryDelay(uint32_t retry_after_ms) {
+  return std::min(std::chrono::milliseconds(retry_after_ms), kMaxGoAwayRetry);
+}
 
 std::shared_ptr<Session> Session::Create(asio::any_io_executor executor, SessionOptions options) {
   return std::shared_ptr<Session>(new Session(std::move(executor), std::move(options)));
@@ -203,9 +216,15 @@ asio::awaitable<void> Session::ConnectLoop() {
       if (const auto& limits = link_->remote_hello().limits(); limits.max_payload() > 0) {
         max_payload_ = limits.max_payload();
       }
-      mesh::v1::Frame credit;
-      credit.mutable_credit()->set_n(options_.credit);
-      link_->Send(credit);
+      // Credit is a window (acks open it again), so bounding it by what is still wanted
+      // bounds the deliveries in flight, not their total: OnDeliver refuses the rest.
+      uint64_t window = options_.credit;
+      if (options_.max_messages > 0) window = std::min(window, options_.max_messages - handed_);
+      if (window > 0) {
+        mesh::v1::Frame credit;
+        credit.mutable_credit()->set_n(static_cast<uint32_t>(window));
+        link_->Send(credit);
+      }
       for (const auto& [order, send] : pending_) {
         Transmit(send);
         ++stats_.resent;
@@ -336,7 +355,7 @@ absl::Status Session::OnFrame(mesh::v1::Frame& frame) {
       OnDeliver(*frame.mutable_deliver());
       return absl::OkStatus();
     case mesh::v1::Frame::kGoAway:
-      retry_hint_ = std::chrono::milliseconds(frame.go_away().retry_after_ms());
+      retry_hint_ = GoAwayRetryDelay(frame.go_away().retry_after_ms());
       if (frame.go_away().reason() == mesh::v1::GoAway::REPLACED) {
         // A newer session with this key exists: reconnecting would only push it out in turn.
         if (on_state_) {
@@ -356,6 +375,9 @@ absl::Status Session::OnFrame(mesh::v1::Frame& frame) {
 }
 
 void Session::OnDeliver(mesh::v1::Deliver& deliver) {
+  // Past the application's limit: left unacknowledged, so the broker keeps it for the next
+  // session (an ack for the last message handed on opened the window for one more).
+  if (options_.max_messages > 0 && handed_ >= options_.max_messages) return;
   const bool first_ack = acks_.empty();
   acks_.push_back(deliver.seq());
   if (first_ack) {
@@ -385,6 +407,7 @@ void Session::OnDeliver(mesh::v1::Deliver& deliver) {
     message.payload = std::move(*deliver.mutable_payload());
   }
   ++stats_.received;
+  ++handed_;
   if (on_message_) on_message_(message);
   dedup_->Record(key);
 }

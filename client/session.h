@@ -26,6 +26,13 @@ namespace mesh::client {
 
 using MessageId = std::array<uint8_t, 16>;
 
+// The longest wait before reconnecting that a broker's GoAway can ask for: retry_after_ms goes
+// up to 49 days, and one broken or malicious broker must not park its clients that long.
+inline constexpr std::chrono::milliseconds kMaxGoAwayRetry{60'000};
+
+// The wait a GoAway's retry_after_ms asks for, at most kMaxGoAwayRetry.
+std::chrono::milliseconds GoAwayRetryDelay(uint32_t retry_after_ms);
+
 struct SessionOptions {
   std::vector<std::string> brokers;      // HOST:PORT, tried in turn
   const crypto::KeyPair* key = nullptr;  // borrowed; must outlive the session
@@ -37,6 +44,10 @@ struct SessionOptions {
   std::chrono::milliseconds backoff_min{100};
   std::chrono::milliseconds backoff_max{5'000};
   uint32_t credit = 256;  // deliveries in flight at once
+  // Hand at most this many messages to the application (0: no limit). Later deliveries are
+  // neither handed on nor acknowledged, so the broker keeps them for the next session; the
+  // credit never exceeds what is still wanted, so few of them are sent at all.
+  uint64_t max_messages = 0;
   // A send not acknowledged within this is reported failed (the broker's dedup window).
   std::chrono::seconds give_up_after{600};
   // Received (from, id) pairs are remembered this long; with dedup_file, across restarts.
@@ -128,6 +139,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool closed_ = false;
   std::chrono::milliseconds retry_hint_{0};
   uint64_t next_order_ = 0;
+  uint64_t handed_ = 0;  // messages handed to the application, against max_messages
   std::map<uint64_t, PendingSend> pending_;  // in send order
   absl::flat_hash_map<MessageId, uint64_t> pending_by_id_;
   std::vector<uint64_t> acks_;  // DeliverAck seqs not yet sent

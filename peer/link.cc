@@ -172,16 +172,17 @@ awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(Socket socket,
 
 awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
     Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
-    const LinkConfig& config, LinkStats& stats, LinkKind kind) {
+    const LinkConfig& config, LinkStats& stats, LinkKind kind, RemoteVerifier verify) {
   std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
   absl::Status status =
-      co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, kind);
+      co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, kind, verify);
   if (!status.ok()) co_return status;
   co_return link;
 }
 
 awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
-                                        bool initiator, crypto::CipherSuite suite, LinkKind kind) {
+                                        bool initiator, crypto::CipherSuite suite, LinkKind kind,
+                                        const RemoteVerifier& verify) {
   stats_.handshakes_started.fetch_add(1, std::memory_order_relaxed);
   kind_ = kind;
   asio::co_spawn(socket_.get_executor(), Watchdog(), asio::detached);
@@ -210,6 +211,12 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
     const crypto::ByteSpan hello_span(reinterpret_cast<const uint8_t*>(hello_bytes.data()),
                                       hello_bytes.size());
     crypto::Bytes message, payload;
+    auto parse_hello = [&]() -> absl::Status {
+      if (!remote_hello_.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+        return LinkError(mesh::v1::MALFORMED_FRAME, "handshake payload is not a mesh.v1.Hello");
+      }
+      return absl::OkStatus();
+    };
     auto read_step = [&](int number) -> awaitable<absl::Status> {
       auto received = co_await ReadHandshakeMessage();
       if (!received.ok()) co_return received.status();
@@ -230,6 +237,11 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
       co_await asio::async_write(socket_, asio::buffer(message), redirect_error(use_awaitable, ec));
       if (ec) co_return IoFailure(ec, "handshake message 1");
       if (auto st = co_await read_step(2); !st.ok()) co_return st;
+      if (auto st = parse_hello(); !st.ok()) co_return st;
+      // The responder is checked before message 3 reveals who we are.
+      if (verify) {
+        if (auto st = verify(*hs->remote_static(), remote_hello_); !st.ok()) co_return st;
+      }
       message.clear();
       if (auto st = hs->WriteMessage(hello_span, message); !st.ok())
         co_return LinkError(mesh::v1::INTERNAL, st.message());
@@ -258,9 +270,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
       } else if (auto st = co_await read_step(3); !st.ok()) {
         co_return st;
       }
-    }
-    if (!remote_hello_.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
-      co_return LinkError(mesh::v1::MALFORMED_FRAME, "handshake payload is not a mesh.v1.Hello");
+      if (auto st = parse_hello(); !st.ok()) co_return st;
     }
     crypto::TransportCiphers ciphers = hs->Split();
     send_ = std::move(ciphers.send);

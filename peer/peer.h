@@ -101,6 +101,11 @@ class Link : public std::enable_shared_from_this<Link> {
   using FrameHandler = std::function<absl::Status(mesh::v1::Frame&)>;
   // The same for a cluster link, which carries ClusterFrames only.
   using ClusterHandler = std::function<absl::Status(mesh::v1::ClusterFrame&)>;
+  // An initiator's check of the responder: its proven static key and the Hello of message 2.
+  // A non-OK status ends the handshake before message 3, which carries the initiator's static
+  // key and Hello, so a refused responder never learns who dialled it.
+  using RemoteVerifier =
+      std::function<absl::Status(const crypto::PeerId& remote, const mesh::v1::Hello& hello)>;
 
   // Responder: reads the preamble (answering a refused one), runs the handshake, sending `hello`
   // in message 2. On failure the socket is closed and the status carries the reason.
@@ -109,10 +114,12 @@ class Link : public std::enable_shared_from_this<Link> {
       const LinkConfig& config, LinkStats& stats);
   // Initiator: sends the preamble and `hello` in message 3. The heartbeat interval becomes the
   // one the responder announces. A refused preamble fails with the refusal in the message.
-  // A cluster link (kind kCluster) needs config.psk, and so does its responder.
+  // A cluster link (kind kCluster) needs config.psk, and so does its responder. `verify`, when
+  // set, runs between messages 2 and 3; its refusal is Connect's status.
   static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Connect(
       Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
-      const LinkConfig& config, LinkStats& stats, LinkKind kind = LinkKind::kPeer);
+      const LinkConfig& config, LinkStats& stats, LinkKind kind = LinkKind::kPeer,
+      RemoteVerifier verify = {});
   ~Link();
 
   // Reads frames until the link ends, answers Ping, pings when idle and closes a link silent
@@ -137,7 +144,8 @@ class Link : public std::enable_shared_from_this<Link> {
   Link(Socket socket, const LinkConfig& config, LinkStats& stats);
 
   awaitable<absl::Status> Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
-                                    bool initiator, crypto::CipherSuite suite, LinkKind kind);
+                                    bool initiator, crypto::CipherSuite suite, LinkKind kind,
+                                    const RemoteVerifier& verify = {});
   awaitable<absl::Status> ReadPreamble(LinkKind kind, crypto::CipherSuite& suite);
   awaitable<absl::StatusOr<crypto::Bytes>> ReadHandshakeMessage();
   awaitable<absl::Status> WriteHandshakeMessage(const crypto::Bytes& message);

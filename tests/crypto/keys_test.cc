@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "base/files.h"
 #include "crypto/crypto.h"
 
 namespace mesh::crypto {
@@ -71,6 +72,29 @@ TEST_F(KeysTest, KeyFileRoundTripsWithOwnerOnlyMode) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->public_key, key.public_key);
   EXPECT_FALSE(WriteKeyFile(path, KeyPair::Generate()).ok()) << "must never overwrite a key";
+}
+
+TEST_F(KeysTest, WritesFilesAtomicallyReplacingOnlyWhenAsked) {
+  const std::string path = dir_ + "/file";
+  auto read = [&] {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_TRUE(base::WriteFileAtomically(path, "first", 0600, base::Replace::kNo).ok());
+  EXPECT_EQ(read(), "first");
+  EXPECT_EQ(base::WriteFileAtomically(path, "second", 0600, base::Replace::kNo).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(read(), "first");
+  // A replacement takes the new file's mode, whatever the old one had.
+  ASSERT_EQ(chmod(path.c_str(), 0644), 0);
+  ASSERT_TRUE(base::WriteFileAtomically(path, "third", 0600, base::Replace::kYes).ok());
+  EXPECT_EQ(read(), "third");
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // No temporary file is left beside it.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
+  EXPECT_FALSE(base::WriteFileAtomically(dir_ + "/missing-dir/file", "x", 0600, base::Replace::kYes).ok());
 }
 
 TEST_F(KeysTest, RefusesWorldReadableKeyFileButAcceptsGroupReadable) {

@@ -12,6 +12,18 @@
 
 namespace mesh::testing {
 
+// What a finished (or killed) child process left: its exit code (-1 when killed or timed
+// out) and its output.
+struct ProcessResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` (argv[0] a path) with its stdout and stderr captured; kills it after `timeout`.
+ProcessResult RunProcess(const std::vector<std::string>& argv,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(15));
+
 class BrokerProcess {
  public:
   // Starts mesh-broker with --data-dir, --listen-peer/-grpc/-http 127.0.0.1:0 plus `args`
@@ -41,6 +53,9 @@ class BrokerProcess {
   // Waits until the log holds a line containing every one of `needles`.
   bool WaitForLogLine(const std::vector<std::string>& needles,
                       std::chrono::milliseconds timeout = std::chrono::seconds(15)) const;
+  // GET `path` from the control plane's REST listener with the admin token of the data dir;
+  // the response body, or an empty string when the request failed.
+  std::string ApiGet(const std::string& path) const;
   // After Stop(): the link_failures count logged for `reason` (0 when none was logged).
   uint64_t FailureCount(const std::string& reason) const;
 

@@ -444,6 +444,40 @@ TEST_F(BrokerTrustTest, ClientWithAnAuthorityRefusesABrokerWithoutCertificate) {
   ExpectServes();
 }
 
+// The client checks the broker after handshake message 2 and before message 3, which carries
+// its static key: a broker that fails the check ends up with a truncated handshake, never a
+// link naming the client's peer ID.
+TEST_F(BrokerTrustTest, ARefusedBrokerNeverLearnsTheClientsId) {
+  StartBroker({}, dir_ + "/data");
+  const client::BrokerTrust refusing[] = {
+      {.authority = authority_.public_key},
+      {.pinned = {crypto::KeyPair::Generate().public_key}},
+  };
+  for (const auto& trust : refusing) {
+    EXPECT_EQ(PingWith(trust).status().code(), absl::StatusCode::kUnauthenticated);
+  }
+  // Each attempt ends in the broker's log one way or the other (refused handshake, or a link
+  // that came up and went down): wait for both before looking for the client's ID.
+  auto ended = [&] {
+    const std::string log = broker_->Log();
+    size_t count = 0;
+    for (const char* event : {"\"event\":\"link_refused\"", "\"event\":\"link_down\""}) {
+      for (size_t at = log.find(event); at != std::string::npos; at = log.find(event, at + 1)) {
+        ++count;
+      }
+    }
+    return count;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+  while (ended() < std::size(refusing) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  const std::string log = broker_->Log();
+  EXPECT_EQ(ended(), std::size(refusing)) << log;
+  EXPECT_EQ(log.find(client_key_.public_key.ToString()), std::string::npos) << log;
+  EXPECT_EQ(log.find("\"event\":\"link_up\""), std::string::npos) << log;
+}
+
 TEST_F(BrokerTrustTest, PinnedBrokerKeyAcceptsOnlyThatBroker) {
   StartBroker({}, dir_ + "/data");
   EXPECT_TRUE(PingWith({.pinned = {node_key_.public_key}}).ok());
