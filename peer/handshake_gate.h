@@ -49,6 +49,32 @@ class HandshakeGate {
     if (--per_address_[key] == 0) per_address_.erase(key);
   }
 
+  // Behind a proxy the source is known only once its header is read: until then a connection
+  // holds a place in the total alone.
+  bool TryEnterUnattributed() {
+    std::lock_guard lock(mu_);
+    if (total_ >= total_limit_) return false;
+    ++total_;
+    return true;
+  }
+  // Moves an unattributed place to `address` (then Leave(address) ends it); false when that
+  // source is at its cap, and the place is still held.
+  bool TryAttribute(const boost::asio::ip::address& address) {
+    std::lock_guard lock(mu_);
+    const auto key = KeyOf(address);
+    int& mine = per_address_[key];
+    if (mine >= per_address_limit_) {
+      if (mine == 0) per_address_.erase(key);
+      return false;
+    }
+    ++mine;
+    return true;
+  }
+  void LeaveUnattributed() {
+    std::lock_guard lock(mu_);
+    --total_;
+  }
+
  private:
   struct AddressHash {
     size_t operator()(const boost::asio::ip::address& a) const {

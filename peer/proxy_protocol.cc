@@ -135,7 +135,8 @@ asio::awaitable<absl::StatusOr<ProxyHeader>> ReadProxyHeader(tcp::socket& socket
   if (ec) {
     header = failure(ec);
   } else if (auto size = ProxyHeaderSize({buffer.data(), kProxyFixedSize}); !size.ok()) {
-    header = LinkError(mesh::v1::BAD_PREAMBLE, size.status().message());
+    header = LinkError(mesh::v1::BAD_PREAMBLE,
+                       absl::StrCat("no valid PROXY v2 header: ", size.status().message()));
   } else {
     co_await asio::async_read(
         socket, asio::buffer(buffer.data() + kProxyFixedSize, *size - kProxyFixedSize),
@@ -143,7 +144,8 @@ asio::awaitable<absl::StatusOr<ProxyHeader>> ReadProxyHeader(tcp::socket& socket
     if (ec) {
       header = failure(ec);
     } else if (header = ParseProxyHeader({buffer.data(), *size}); !header.ok()) {
-      header = LinkError(mesh::v1::BAD_PREAMBLE, header.status().message());
+      header = LinkError(mesh::v1::BAD_PREAMBLE,
+                         absl::StrCat("no valid PROXY v2 header: ", header.status().message()));
     }
   }
   *done = true;

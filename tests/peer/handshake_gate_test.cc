@@ -52,5 +52,20 @@ TEST(HandshakeGateTest, CapsTheTotal) {
   EXPECT_TRUE(gate.TryEnter(make_address("198.51.100.3")));
 }
 
+TEST(HandshakeGateTest, AProxiedConnectionHoldsTheTotalUntilItsSourceIsKnown) {
+  HandshakeGate gate(/*total=*/2, /*per_address=*/1);
+  ASSERT_TRUE(gate.TryEnterUnattributed());
+  ASSERT_TRUE(gate.TryEnterUnattributed());
+  EXPECT_FALSE(gate.TryEnterUnattributed());
+  EXPECT_FALSE(gate.TryEnter(make_address("198.51.100.1")));
+  EXPECT_TRUE(gate.TryAttribute(make_address("198.51.100.1")));
+  EXPECT_FALSE(gate.TryAttribute(make_address("198.51.100.1")));  // its source is at the cap
+  gate.LeaveUnattributed();
+  gate.Leave(make_address("198.51.100.1"));
+  EXPECT_TRUE(gate.TryEnter(make_address("198.51.100.1")));
+  EXPECT_TRUE(gate.TryEnterUnattributed());
+  EXPECT_FALSE(gate.TryEnterUnattributed());
+}
+
 }  // namespace
 }  // namespace mesh::peer
