@@ -30,6 +30,7 @@
 #include "broker/control/http_server.h"
 #include "broker/drain.h"
 #include "broker/log.h"
+#include "broker/proxied_accept.h"
 #include "peer/handshake_gate.h"
 
 namespace mesh::broker {
@@ -164,7 +165,8 @@ class Broker::Impl {
          {"port", bound.port()},
          {"node_id", key_.public_key.ToString()},
          {"node_name", config_.node_name},
-         {"shards", shards_.size()}});
+         {"shards", shards_.size()},
+         {"proxy_protocol", config_.proxy_protocol}});
     asio::co_spawn(first.io, AcceptLoop(), asio::detached);
     asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {
@@ -471,7 +473,8 @@ class Broker::Impl {
       }
       const auto remote = socket.remote_endpoint(ec);
       if (ec) continue;
-      if (!gate_.TryEnter(remote.address())) {
+      if (!(config_.proxy_protocol ? gate_.TryEnterUnattributed()
+                                   : gate_.TryEnter(remote.address()))) {
         stats_.CountFailure(mesh::v1::OVERLOADED);
         LogThrottled(mesh::v1::OVERLOADED, remote, "too many handshakes in progress");
         continue;  // the socket closes as it goes out of scope
@@ -481,8 +484,17 @@ class Broker::Impl {
   }
 
   awaitable<void> ServeLink(Shard& shard, tcp::socket socket, tcp::endpoint remote) {
+    peer::LinkConfig link_config = config_.link;
+    if (config_.proxy_protocol) {
+      auto admitted = co_await AdmitProxied(socket, remote, gate_, link_config.handshake_timeout);
+      if (!admitted.ok()) {
+        stats_.CountFailure(peer::ErrorCodeOf(admitted));
+        LogThrottled(peer::ErrorCodeOf(admitted), remote, admitted.message());
+        co_return;
+      }
+    }
     auto accepted = co_await peer::Link::Accept(std::move(socket), key_, hello_,
-                                                peer::LinkKind::kPeer, config_.link, stats_);
+                                                peer::LinkKind::kPeer, link_config, stats_);
     gate_.Leave(remote.address());
     if (!accepted.ok()) {
       LogThrottled(peer::ErrorCodeOf(accepted.status()), remote, accepted.status().message());

@@ -31,6 +31,9 @@ struct BrokerConfig {
   size_t frame_memory_budget = size_t{256} << 20;
   int max_pending_handshakes = 1024;
   int max_pending_handshakes_per_ip = 64;
+  // Peer connections start with a PROXY protocol v2 header (a load balancer's), whose source
+  // address is the one capped, logged and shown; a connection without one is refused.
+  bool proxy_protocol = false;
   store::StoreOptions store;  // path: empty means <data_dir>/store
   RouterConfig routing;       // node_id and max_payload are filled in from the above
   // The mesh: on when a cluster secret is given.

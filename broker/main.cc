@@ -83,6 +83,11 @@ int main(int argc, char** argv) {
   flag("max-pending-handshakes-per-ip", config.max_pending_handshakes_per_ip,
        "Handshakes in progress at once from one address")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--proxy-protocol", config.proxy_protocol,
+               "Peer connections start with a PROXY protocol v2 header (a load balancer's, e.g. "
+               "an NLB with proxy protocol on): its source address is the one capped, logged and "
+               "shown; a connection without a valid header is refused")
+      ->envname(EnvName("proxy-protocol"));
   flag("store-sync", store_sync,
        "always: fsync every write; batch: one fsync covers the writes of an interval; none: no "
        "fsync (survives a crash of the process, not of the machine)")

@@ -18,6 +18,7 @@
 #include "mesh/v1/cluster.pb.h"
 #include "mesh/v1/wire.pb.h"
 #include "peer/counter.h"
+#include "peer/proxy_protocol.h"
 #include "peer/record.h"
 #include "peer/wire.h"
 

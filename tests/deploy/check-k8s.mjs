@@ -7,7 +7,8 @@
 //     serviceName is the headless Service that --cluster-dns names, the HPA targets the
 //     StatefulSet, every MESH_* variable is one mesh-broker accepts (its --help), every metric the
 //     HPA, the adapter and the rules use is one a running broker exports (a scrape), the grace
-//     period covers the drain, the PrometheusRule equals monitoring/alerts.yml.
+//     period covers the drain, the PrometheusRule equals monitoring/alerts.yml; on eks, the NLB
+//     lets the broker see client addresses (preserved, or PROXY v2 that the broker reads).
 // With --self-test, it breaks copies of the objects on purpose and fails unless each break is
 // reported: the checks cannot pass vacuously.
 //
@@ -368,6 +369,14 @@ function checkConsistency(overlay, objects, ctx, problems) {
     const peer = services.find((s) => (s.spec.ports ?? []).some((p) => p.targetPort === "peer"));
     if (peer?.spec.type !== "LoadBalancer" || !peer.metadata.annotations?.["service.beta.kubernetes.io/aws-load-balancer-type"]) bad("the peer Service is not an NLB");
     if ((set.spec.volumeClaimTemplates ?? []).some((c) => c.spec.storageClassName !== "gp3")) bad("volumes are not gp3");
+    // The per-address handshake cap needs the client's address: preserved by the NLB, or carried
+    // in a PROXY v2 header that the broker then reads (both sides, or no connection works).
+    const notes = peer?.metadata.annotations ?? {};
+    const preserved = /(^|,)\s*preserve_client_ip\.enabled=true\s*(,|$)/.test(notes["service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"] ?? "");
+    const nlbProxy = notes["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] === "*";
+    const brokerProxy = String(env.MESH_PROXY_PROTOCOL ?? "false").toLowerCase() === "true";
+    if (nlbProxy !== brokerProxy) bad(`the NLB ${nlbProxy ? "sends" : "does not send"} PROXY v2 headers but MESH_PROXY_PROTOCOL is ${env.MESH_PROXY_PROTOCOL ?? "unset"}`);
+    if (!preserved && !nlbProxy) bad("the NLB hides client addresses: set preserve_client_ip.enabled=true in aws-load-balancer-target-group-attributes (or PROXY v2 on both sides)");
   }
 
   // Rules: identical to monitoring/alerts.yml, and every series they use is exported.
@@ -412,6 +421,12 @@ const BREAKS = [
   ["a world-readable Secret", (o) => { sts(o).spec.template.spec.volumes.find((v) => v.secret).secret.defaultMode = 0o444; }, "not 0440"],
   ["serviceName of a normal Service", (o) => { sts(o).spec.serviceName = "mesh-broker"; }, "not headless"],
 ];
+// Breaks of what only the eks overlay has, run on its rendering.
+const peerService = (o) => o.find((x) => x.kind === "Service" && (x.spec.ports ?? []).some((p) => p.targetPort === "peer"));
+const EKS_BREAKS = [
+  ["an NLB that hides client addresses", (o) => { delete peerService(o).metadata.annotations["service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"]; }, "hides client addresses"],
+  ["PROXY v2 from the NLB the broker does not read", (o) => { peerService(o).metadata.annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] = "*"; }, "MESH_PROXY_PROTOCOL"],
+];
 const find = (objects, kind) => objects.find((o) => o.kind === kind);
 const sts = (objects) => find(objects, "StatefulSet");
 
@@ -449,17 +464,22 @@ if (problems.length) process.exit(1);
 console.log(`schemas, restricted profile and consistency: ${Object.keys(renders).join(" and ")} pass`);
 
 if (args.selfTest) {
-  let missed = 0;
-  const [overlay, objects] = Object.entries(renders)[0];
-  for (const [what, breakIt, expect] of BREAKS) {
-    const copy = structuredClone(objects);
-    breakIt(copy);
-    const found = await checkAll({ [overlay]: copy }, ctx);
-    if (!found.some((p) => p.includes(expect))) {
-      console.error(`FAIL self-test: ${what} went unreported (expected "${expect}"; got ${JSON.stringify(found)})`);
-      missed++;
+  // Every break on a copy of one overlay's objects; the number that went unreported.
+  const unreported = async (overlay, breaks) => {
+    let missed = 0;
+    for (const [what, breakIt, expect] of breaks) {
+      const copy = structuredClone(renders[overlay]);
+      breakIt(copy);
+      const found = await checkAll({ [overlay]: copy }, ctx);
+      if (!found.some((p) => p.includes(expect))) {
+        console.error(`FAIL self-test: ${what} went unreported (expected "${expect}"; got ${JSON.stringify(found)})`);
+        missed++;
+      }
     }
-  }
+    return missed;
+  };
+  const eksBreaks = renders.eks ? EKS_BREAKS : [];
+  const missed = (await unreported(Object.keys(renders)[0], BREAKS)) + (await unreported("eks", eksBreaks));
   if (missed) process.exit(1);
-  console.log(`self-test: all ${BREAKS.length} deliberate breaks were reported`);
+  console.log(`self-test: all ${BREAKS.length + eksBreaks.length} deliberate breaks were reported`);
 }

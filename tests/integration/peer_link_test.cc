@@ -11,7 +11,10 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "client/client.h"
+#include "peer/proxy_protocol.h"
 #include "peer/wire.h"
 #include "tests/integration/broker_process.h"
 #include "tests/integration/raw_peer.h"
@@ -382,6 +385,109 @@ TEST_F(PeerLinkTest, CapsPendingHandshakesPerAddress) {
   while (!result.ok() && std::chrono::steady_clock::now() < deadline) result = PingBroker();
   EXPECT_TRUE(result.ok()) << result.status();
   ExpectLoggedAndCounted("overloaded");
+}
+
+// A PROXY v2 header, as a load balancer sends it, for a TCP client at `source`:`port`.
+crypto::Bytes ProxyV2Header(const std::string& source, uint16_t port) {
+  const auto address = boost::asio::ip::make_address(source);
+  crypto::Bytes block;
+  auto append = [&](const auto& bytes) { block.insert(block.end(), bytes.begin(), bytes.end()); };
+  if (address.is_v4()) {
+    append(address.to_v4().to_bytes());
+    append(boost::asio::ip::make_address_v4("10.0.0.1").to_bytes());  // the broker's pod
+  } else {
+    append(address.to_v6().to_bytes());
+    append(boost::asio::ip::make_address_v6("fd00::1").to_bytes());
+  }
+  block.insert(block.end(),
+               {static_cast<uint8_t>(port >> 8), static_cast<uint8_t>(port), 0x1E, 0x14});  // 7700
+  crypto::Bytes header(peer::kProxySignature.begin(), peer::kProxySignature.end());
+  header.insert(header.end(), {0x21, static_cast<uint8_t>(address.is_v4() ? 0x11 : 0x21), 0,
+                               static_cast<uint8_t>(block.size())});
+  header.insert(header.end(), block.begin(), block.end());
+  return header;
+}
+
+// The response to GET `path` on the control plane's REST port, with the admin token: the
+// head, then a body of Content-Length bytes.
+std::string RestGet(uint16_t port, const std::string& path, const std::string& token) {
+  RawConnection conn(port);
+  EXPECT_TRUE(conn.Write("GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+                         token + "\r\n\r\n"));
+  std::string response;
+  while (!response.ends_with("\r\n\r\n")) {
+    auto byte = conn.Read(1);
+    if (!byte) return response;
+    response.push_back(static_cast<char>((*byte)[0]));
+  }
+  const std::string lower = absl::AsciiStrToLower(response);
+  const size_t at = lower.find("content-length:");
+  size_t length = 0;
+  if (at == std::string::npos ||
+      !absl::SimpleAtoi(lower.substr(at + 15, lower.find('\r', at) - at - 15), &length)) {
+    return response;
+  }
+  auto body = conn.Read(length);
+  if (body) response.append(body->begin(), body->end());
+  return response;
+}
+
+// Behind a load balancer every connection comes from its address (here 127.0.0.1): with
+// --proxy-protocol the per-address cap, the logs and the control plane use the source the
+// PROXY v2 header carries, and a connection without a header is refused.
+TEST_F(PeerLinkTest, ProxyProtocolCapsAndShowsTheCarriedSource) {
+  // A long handshake deadline, so the connection closed within kTestDeadline is the refused one.
+  StartBroker({"--proxy-protocol", "--max-pending-handshakes-per-ip", "4", "--handshake-timeout-ms",
+               "60000"});
+  const std::string source_a = "203.0.113.7";
+  // Five handshakes begun from A, never finished: the shards read their headers in any order,
+  // so whichever comes fifth is refused.
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < 5; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(broker_->port()));
+    ASSERT_TRUE(idle.back()->Write(ProxyV2Header(source_a, 40000 + i)));
+    ASSERT_TRUE(idle.back()->Write(crypto::Bytes{'M'}));
+  }
+  EXPECT_TRUE(
+      broker_->WaitForLogLine({"\"reason\":\"overloaded\"", "\"remote\":\"" + source_a + "\""}))
+      << broker_->Log();
+  int closed = 0;
+  for (auto& conn : idle) closed += conn->WaitClosed(200ms) ? 1 : 0;
+  EXPECT_EQ(closed, 1);
+
+  // Another source through the same balancer address still gets in, and is shown as itself.
+  const std::string source_b = "2001:db8:5:6::20";
+  auto conn = std::make_unique<RawConnection>(broker_->port());
+  ASSERT_TRUE(conn->Write(ProxyV2Header(source_b, 50000)));
+  RawNoiseClient raw;
+  auto status = raw.Handshake(*conn);
+  ASSERT_TRUE(status.ok()) << status << "\n" << broker_->Log();
+  const std::string peer_id = raw.key().public_key.ToString();
+  EXPECT_TRUE(broker_->WaitForLogLine(
+      {"\"event\":\"link_up\"", peer_id, "\"remote\":\"" + source_b + "\""}))
+      << broker_->Log();
+  std::ifstream token_file(broker_->data_dir() + "/admin.token");
+  std::string token;
+  token_file >> token;
+  const uint16_t http = broker_->ListenerPort("http");
+  ASSERT_NE(http, 0) << broker_->Log();
+  const std::string got = RestGet(http, "/api/v1/peers/" + peer_id, token);
+  EXPECT_NE(got.find("\"" + source_b + "\""), std::string::npos) << got;
+  EXPECT_EQ(got.find("127.0.0.1"), std::string::npos) << got;
+  const std::string listed = RestGet(http, "/api/v1/peers", token);
+  EXPECT_NE(listed.find("\"" + source_b + "\""), std::string::npos) << listed;
+
+  // A client that speaks to the port directly, without a header, is refused.
+  RawConnection bare(broker_->port());
+  RawNoiseClient direct;
+  EXPECT_FALSE(direct.Handshake(bare).ok());
+  EXPECT_TRUE(bare.WaitClosed());
+  EXPECT_TRUE(broker_->WaitForLogLine({"\"reason\":\"bad_preamble\"", "PROXY v2"}))
+      << broker_->Log();
+  idle.clear();
+  conn.reset();
+  ExpectLoggedAndCounted("overloaded");
+  EXPECT_GE(broker_->FailureCount("bad_preamble"), 1u) << broker_->Log();
 }
 
 // Node certificates (DESIGN §5): a client given the mesh authority refuses a broker without a
