@@ -504,7 +504,8 @@ class Broker::Impl {
          {"writes", stored.writes.load()},
          {"syncs", stored.syncs.load()},
          {"write_micros", stored.write_micros.load()},
-         {"failed_writes", stored.failed_writes.load()}});
+         {"failed_writes", stored.failed_writes.load()},
+         {"resumes", stored.resumes.load()}});
     for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
       if (!mesh::v1::ErrorCode_IsValid(code)) continue;
       uint64_t n = stats_.failures[code].load();

@@ -54,7 +54,7 @@ void Router::Impl::CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vect
   store.Commit(std::move(batch), store::Store::Durability::kLazy,
                [this, recipient = mailbox.recipient, seqs = std::move(seqs),
                 handed = std::move(handed)](const absl::Status& status) {
-                 if (!status.ok()) return;  // the store is unavailable: keep them marked
+                 if (!status.ok()) return;  // the store closed before it resumed
                  Stripe& stripe = StripeOf(recipient);
                  std::lock_guard lock(stripe.mu);
                  Mailbox* mailbox = Find(stripe, recipient);
