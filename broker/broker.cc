@@ -42,6 +42,8 @@ using asio::ip::tcp;
 using boost::system::error_code;
 
 constexpr std::chrono::milliseconds kShutdownFlush{2000};
+// How often the free space of the store's volume is read (statfs).
+constexpr std::chrono::milliseconds kSpaceCheck{250};
 
 // Lifts the open-files limit to the hard limit: each link is a descriptor.
 void RaiseFileLimit() {
@@ -163,8 +165,9 @@ class Broker::Impl {
     if (http_) http_->Shutdown();
   }
 
-  // Not ready while draining or stopping, or once the store cannot write.
-  bool Ready() const { return !stopping_ && !draining_ && store_->available(); }
+  // Not ready while draining or stopping, while the store cannot write, or at a high-water mark
+  // (new messages would get STORE_FULL).
+  bool Ready() const { return !stopping_ && !draining_ && store_->available() && !router_->Full(); }
 
   // Readiness false, GoAway{DRAINING} to every peer, new links refused; in a mesh, every
   // mailbox and outbox entry goes to its home among the other members. With no member to hand
@@ -351,11 +354,18 @@ class Broker::Impl {
         window / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
     asio::steady_timer timer(shards_.front()->io);
     auto files_checked = peer::Clock::now();
+    auto space_checked = peer::Clock::now();
     while (!stopping_) {
       timer.expires_after(period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      // statfs at most every kSpaceCheck, not per message: Sends read the answer.
+      if (peer::Clock::now() - space_checked >= kSpaceCheck) {
+        space_checked = peer::Clock::now();
+        store_->CheckSpace();
+      }
       router_->Tick();
+      LogStoreChanges();
       if (peer::Clock::now() - files_checked >= std::chrono::seconds(1)) {
         files_checked = peer::Clock::now();
         ReloadFiles(/*changed_only=*/true);
@@ -364,6 +374,28 @@ class Broker::Impl {
         const bool ready = Ready();
         if (ready != serving_) grpc_->SetServing(serving_ = ready);
       }
+    }
+  }
+
+  // One line when the store turns unavailable or full and when it comes back: the causes of a
+  // readiness change that an operator cannot see in the Sends' answers alone.
+  void LogStoreChanges() {
+    const bool available = store_->available();
+    if (available != store_available_) {
+      store_available_ = available;
+      const store::StoreStats& stats = store_->stats();
+      Log(available ? spdlog::level::info : spdlog::level::err,
+          available ? "store_resumed" : "store_unavailable",
+          {{"failed_writes", stats.failed_writes.load()}, {"resumes", stats.resumes.load()}});
+    }
+    const bool full = router_->Full();
+    if (full != store_full_) {
+      store_full_ = full;
+      Log(full ? spdlog::level::warn : spdlog::level::info, full ? "store_full" : "store_not_full",
+          {{"volume_full", store_->full()},
+           {"queued_bytes", router_->stats().queued_bytes.load()},
+           {"store_max_bytes", config_.routing.store_max_bytes},
+           {"min_free_fraction", config_.store.min_free_fraction}});
     }
   }
 
@@ -639,7 +671,9 @@ class Broker::Impl {
   std::unique_ptr<HttpServer> http_;
   // After the router: holds a Placement pointer to it. Destroyed before the router.
   std::unique_ptr<Cluster> cluster_;
-  bool serving_ = false;  // last readiness told to gRPC health; first shard only
+  bool serving_ = false;         // last readiness told to gRPC health; first shard only
+  bool store_available_ = true;  // as last logged; first shard only
+  bool store_full_ = false;
   std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string store_sync = "batch";
   int64_t store_sync_interval_us = config.store.sync_interval.count();
+  double store_min_free_percent = config.store.min_free_fraction * 100;
   auto& routing = config.routing;
   int64_t ack_window_ms = routing.ack_window.count();
   int64_t default_ttl_s = routing.default_ttl.count();
@@ -110,7 +111,12 @@ int main(int argc, char** argv) {
        "Messages one sender may have waiting across all mailboxes")
       ->check(CLI::PositiveNumber);
   flag("store-max-bytes", routing.store_max_bytes,
-       "High-water mark of queued bytes; above it Sends get STORE_FULL (0: none)");
+       "High-water mark of queued bytes; above it Sends get STORE_FULL and the broker is not "
+       "ready (0: none)");
+  flag("store-min-free-percent", store_min_free_percent,
+       "High-water mark of the data dir's volume: with less of it free, Sends get STORE_FULL "
+       "and the broker is not ready until one more percent is free (0: none)")
+      ->check(CLI::Range(0.0, 100.0));
   flag("send-rate", routing.send_rate, "Messages per second one peer may send (0: no limit)")
       ->check(CLI::NonNegativeNumber);
   flag("send-burst", routing.send_burst, "Messages a peer may send at once above the rate")
@@ -155,6 +161,7 @@ int main(int argc, char** argv) {
   if (config.node_name.empty()) config.node_name = HostName();
   config.store.sync = *mesh::store::ParseSyncPolicy(store_sync);  // checked by IsMember above
   config.store.sync_interval = std::chrono::microseconds(store_sync_interval_us);
+  config.store.min_free_fraction = store_min_free_percent / 100;
   routing.ack_window = std::chrono::milliseconds(ack_window_ms);
   routing.default_ttl = std::chrono::seconds(default_ttl_s);
   routing.max_ttl = std::chrono::seconds(max_ttl_s);

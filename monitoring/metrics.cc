@@ -158,6 +158,10 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(Gauge("mesh_store_available",
                       "0 from a failed store write (disk full, I/O error) until the store resumes",
                       s.store_available ? 1 : 0));
+  out.push_back(Gauge("mesh_store_full",
+                      "1 at a high-water mark (volume free space, --store-max-bytes): Sends get "
+                      "STORE_FULL",
+                      s.store_full ? 1 : 0));
   out.push_back(Gauge("mesh_draining", "1 while the broker drains", s.draining ? 1 : 0));
   out.push_back(
       Seconds("mesh_store_write_duration_seconds", "One RocksDB write", s.store_write_duration));

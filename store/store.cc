@@ -8,6 +8,7 @@
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -31,6 +32,8 @@ using Clock = std::chrono::steady_clock;
 // After a failed write: the first DB::Resume this long after it, then twice as long each time.
 constexpr std::chrono::milliseconds kResumeFirst{100};
 constexpr std::chrono::milliseconds kResumeMax{5000};
+// A full volume counts as free again only with this much more of it free than the mark asks.
+constexpr double kFreeHysteresis = 0.01;
 
 constexpr char kFormatKey[] = "format";
 constexpr char kFormatVersion[] = "1";
@@ -245,6 +248,7 @@ absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& opt
     return absl::FailedPreconditionError(absl::StrCat(
         "store ", options.path, " has format ", format, "; this broker reads ", kFormatVersion));
   }
+  store->CheckSpace();
   d.writer = std::thread([s = store.get()] { s->WriterLoop(); });
   return store;
 }
@@ -430,6 +434,16 @@ std::chrono::steady_clock::duration Store::UnavailableFor() const {
   const auto since = Clock::time_point(
       std::chrono::nanoseconds(unavailable_since_ns_.load(std::memory_order_relaxed)));
   return std::max(Clock::now() - since, Clock::duration::zero());
+}
+
+void Store::CheckSpace() {
+  if (options_.min_free_fraction <= 0) return;
+  struct statvfs volume {};
+  // Unreadable (the path went away?): the last answer stands.
+  if (statvfs(options_.path.c_str(), &volume) != 0 || volume.f_blocks == 0) return;
+  const double free = static_cast<double>(volume.f_bavail) / static_cast<double>(volume.f_blocks);
+  const double mark = options_.min_free_fraction + (full() ? kFreeHysteresis : 0.0);
+  full_.store(free < mark, std::memory_order_relaxed);
 }
 
 absl::StatusOr<std::vector<StoredMessage>> Store::ReadMailbox(std::string_view recipient,

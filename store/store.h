@@ -45,6 +45,9 @@ struct StoreOptions {
   SyncPolicy sync = SyncPolicy::kBatch;
   std::chrono::microseconds sync_interval{2000};
   size_t block_cache_bytes = size_t{64} << 20;
+  // The volume's high-water mark: full() once less than this fraction of the volume under `path`
+  // is free (statfs). 0: none.
+  double min_free_fraction = 0.10;
   // Called on the writer thread with how long each RocksDB write (fsync included under
   // `always`) and each batch fsync took: the broker keeps the histograms.
   std::function<void(std::chrono::microseconds)> on_write;
@@ -134,6 +137,13 @@ class Store {
   bool available() const { return available_.load(std::memory_order_relaxed); }
   // How long the store has been unavailable without a successful resume; zero while available.
   std::chrono::steady_clock::duration UnavailableFor() const;
+  // Whether the volume has less free than StoreOptions::min_free_fraction, as of the last
+  // CheckSpace(). It stays full until one more percent of the volume is free, so that it does
+  // not flap at the mark.
+  bool full() const { return full_.load(std::memory_order_relaxed); }
+  // Reads the volume's free space (statfs, a system call): call it on a timer, not per message.
+  // Thread-safe; Open calls it once.
+  void CheckSpace();
   const StoreStats& stats() const { return stats_; }
   const StoreOptions& options() const { return options_; }
   // Estimated bytes of live data on disk (RocksDB's own estimate).
@@ -150,6 +160,7 @@ class Store {
   StoreStats stats_;
   std::atomic<bool> available_{true};
   std::atomic<int64_t> unavailable_since_ns_{0};  // steady clock; meaningful while unavailable
+  std::atomic<bool> full_{false};
 };
 
 // recipient ‖ seq big-endian: keys sort by mailbox, then by arrival.
