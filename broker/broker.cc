@@ -169,6 +169,16 @@ class Broker::Impl {
   // (new messages would get STORE_FULL).
   bool Ready() const { return !stopping_ && !draining_ && store_->available() && !router_->Full(); }
 
+  // Liveness: false only when a restart is the way out. A store that failed a write and has not
+  // resumed for store_unavailable_timeout holds an error RocksDB cannot resume from (a fatal
+  // I/O error; a full disk resumes by itself once space returns); reopening it clears that.
+  // Not while its volume is at the high-water mark: a restart makes no room, and a broker
+  // that stays up still delivers what it holds. Full alone is never a reason.
+  bool Live() const {
+    const auto timeout = config_.store_unavailable_timeout;
+    return timeout.count() == 0 || store_->UnavailableFor() < timeout || store_->full();
+  }
+
   // Readiness false, GoAway{DRAINING} to every peer, new links refused; in a mesh, every
   // mailbox and outbox entry goes to its home among the other members. With no member to hand
   // them to, they stay in the store for this broker's next start. `exit`: stop once done.
@@ -388,6 +398,16 @@ class Broker::Impl {
           available ? "store_resumed" : "store_unavailable",
           {{"failed_writes", stats.failed_writes.load()}, {"resumes", stats.resumes.load()}});
     }
+    const bool live = Live();
+    if (live != live_) {
+      live_ = live;
+      Log(live ? spdlog::level::info : spdlog::level::critical, live ? "store_live" : "store_stuck",
+          {{"unavailable_s",
+            std::chrono::duration_cast<std::chrono::seconds>(store_->UnavailableFor()).count()},
+           {"detail", live ? "the store resumed or its volume is full: /healthz answers 200"
+                           : "the store has not resumed: /healthz answers 503 so that the "
+                             "broker is restarted, which reopens it"}});
+    }
     const bool full = router_->Full();
     if (full != store_full_) {
       store_full_ = full;
@@ -443,6 +463,7 @@ class Broker::Impl {
     context.node_name = config_.node_name;
     context.version = kVersion;
     context.ready = [this] { return Ready(); };
+    context.live = [this] { return Live(); };
     context.draining = [this] { return draining_.load(); };
     context.start_drain = [this] { return StartDrain(); };
     if (cluster_) {
@@ -674,6 +695,7 @@ class Broker::Impl {
   bool serving_ = false;         // last readiness told to gRPC health; first shard only
   bool store_available_ = true;  // as last logged; first shard only
   bool store_full_ = false;
+  bool live_ = true;
   std::atomic<bool> draining_{false};
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
