@@ -42,6 +42,8 @@ using asio::ip::tcp;
 using boost::system::error_code;
 
 constexpr std::chrono::milliseconds kShutdownFlush{2000};
+// How often the free space of the store's volume is read (statfs).
+constexpr std::chrono::milliseconds kSpaceCheck{250};
 
 // Lifts the open-files limit to the hard limit: each link is a descriptor.
 void RaiseFileLimit() {
@@ -184,8 +186,21 @@ class Broker::Impl {
     if (http_) http_->Shutdown();
   }
 
-  // Not ready while draining or stopping, or once the store cannot write.
-  bool Ready() const { return !stopping_ && !drain_->draining() && store_->available(); }
+  // Not ready while draining or stopping, while the store cannot write, or at a high-water mark
+  // (new messages would get STORE_FULL).
+  bool Ready() const {
+    return !stopping_ && !drain_->draining() && store_->available() && !router_->Full();
+  }
+
+  // Liveness: false only when a restart is the way out. A store that failed a write and has not
+  // resumed for store_unavailable_timeout holds an error RocksDB cannot resume from (a fatal
+  // I/O error; a full disk resumes by itself once space returns); reopening it clears that.
+  // Not while its volume is at the high-water mark: a restart makes no room, and a broker
+  // that stays up still delivers what it holds. Full alone is never a reason.
+  bool Live() const {
+    const auto timeout = config_.store_unavailable_timeout;
+    return timeout.count() == 0 || store_->UnavailableFor() < timeout || store_->full();
+  }
 
   // SIGTERM and the control plane's Drain share one drain; SIGTERM stops once it ended.
   mesh::v1::DrainResponse StartDrain(bool exit = false) {
@@ -291,11 +306,18 @@ class Broker::Impl {
         window / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
     asio::steady_timer timer(shards_.front()->io);
     auto files_checked = peer::Clock::now();
+    auto space_checked = peer::Clock::now();
     while (!stopping_) {
       timer.expires_after(period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      // statfs at most every kSpaceCheck, not per message: Sends read the answer.
+      if (peer::Clock::now() - space_checked >= kSpaceCheck) {
+        space_checked = peer::Clock::now();
+        store_->CheckSpace();
+      }
       router_->Tick();
+      LogStoreChanges();
       if (peer::Clock::now() - files_checked >= std::chrono::seconds(1)) {
         files_checked = peer::Clock::now();
         ReloadFiles(/*changed_only=*/true);
@@ -304,6 +326,38 @@ class Broker::Impl {
         const bool ready = Ready();
         if (ready != serving_) grpc_->SetServing(serving_ = ready);
       }
+    }
+  }
+
+  // One line when the store turns unavailable or full and when it comes back: the causes of a
+  // readiness change that an operator cannot see in the Sends' answers alone.
+  void LogStoreChanges() {
+    const bool available = store_->available();
+    if (available != store_available_) {
+      store_available_ = available;
+      const store::StoreStats& stats = store_->stats();
+      Log(available ? spdlog::level::info : spdlog::level::err,
+          available ? "store_resumed" : "store_unavailable",
+          {{"failed_writes", stats.failed_writes.load()}, {"resumes", stats.resumes.load()}});
+    }
+    const bool live = Live();
+    if (live != live_) {
+      live_ = live;
+      Log(live ? spdlog::level::info : spdlog::level::critical, live ? "store_live" : "store_stuck",
+          {{"unavailable_s",
+            std::chrono::duration_cast<std::chrono::seconds>(store_->UnavailableFor()).count()},
+           {"detail", live ? "the store resumed or its volume is full: /healthz answers 200"
+                           : "the store has not resumed: /healthz answers 503 so that the "
+                             "broker is restarted, which reopens it"}});
+    }
+    const bool full = router_->Full();
+    if (full != store_full_) {
+      store_full_ = full;
+      Log(full ? spdlog::level::warn : spdlog::level::info, full ? "store_full" : "store_not_full",
+          {{"volume_full", store_->full()},
+           {"queued_bytes", router_->stats().queued_bytes.load()},
+           {"store_max_bytes", config_.routing.store_max_bytes},
+           {"min_free_fraction", config_.store.min_free_fraction}});
     }
   }
 
@@ -351,6 +405,7 @@ class Broker::Impl {
     context.node_name = config_.node_name;
     context.version = kVersion;
     context.ready = [this] { return Ready(); };
+    context.live = [this] { return Live(); };
     context.draining = [this] { return drain_->draining(); };
     context.start_drain = [this] { return StartDrain(); };
     if (cluster_) {
@@ -444,7 +499,8 @@ class Broker::Impl {
          {"writes", stored.writes.load()},
          {"syncs", stored.syncs.load()},
          {"write_micros", stored.write_micros.load()},
-         {"failed_writes", stored.failed_writes.load()}});
+         {"failed_writes", stored.failed_writes.load()},
+         {"resumes", stored.resumes.load()}});
     for (int code = 1; code < peer::LinkStats::kReasons; ++code) {
       if (!mesh::v1::ErrorCode_IsValid(code)) continue;
       uint64_t n = stats_.failures[code].load();
@@ -585,7 +641,10 @@ class Broker::Impl {
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<Cluster> cluster_;
-  bool serving_ = false;  // last readiness told to gRPC health; first shard only
+  bool serving_ = false;         // last readiness told to gRPC health; first shard only
+  bool store_available_ = true;  // as last logged; first shard only
+  bool store_full_ = false;
+  bool live_ = true;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard

@@ -40,6 +40,9 @@ struct BrokerConfig {
   std::string cluster_secret_file;
   ClusterConfig cluster;
   std::chrono::seconds drain_timeout{120};
+  // Liveness (/healthz) fails once the store has been unavailable this long without a resume,
+  // unless its volume is at the high-water mark (a restart would not make room). 0: never.
+  std::chrono::seconds store_unavailable_timeout{60};
 };
 
 class Broker {

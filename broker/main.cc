@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string store_sync = "batch";
   int64_t store_sync_interval_us = config.store.sync_interval.count();
+  double store_min_free_percent = config.store.min_free_fraction * 100;
+  int64_t store_unavailable_timeout_s = config.store_unavailable_timeout.count();
   auto& routing = config.routing;
   int64_t ack_window_ms = routing.ack_window.count();
   int64_t default_ttl_s = routing.default_ttl.count();
@@ -115,7 +117,17 @@ int main(int argc, char** argv) {
        "Messages one sender may have waiting across all mailboxes")
       ->check(CLI::PositiveNumber);
   flag("store-max-bytes", routing.store_max_bytes,
-       "High-water mark of queued bytes; above it Sends get STORE_FULL (0: none)");
+       "High-water mark of queued bytes; above it Sends get STORE_FULL and the broker is not "
+       "ready (0: none)");
+  flag("store-unavailable-timeout-s", store_unavailable_timeout_s,
+       "After a failed write the store retries; once it has been unavailable this long "
+       "without a resume (and its volume is not full), /healthz answers 503 so that a "
+       "supervisor restarts the broker (0: never)")
+      ->check(CLI::NonNegativeNumber);
+  flag("store-min-free-percent", store_min_free_percent,
+       "High-water mark of the data dir's volume: with less of it free, Sends get STORE_FULL "
+       "and the broker is not ready until one more percent is free (0: none)")
+      ->check(CLI::Range(0.0, 100.0));
   flag("send-rate", routing.send_rate, "Messages per second one peer may send (0: no limit)")
       ->check(CLI::NonNegativeNumber);
   flag("send-burst", routing.send_burst, "Messages a peer may send at once above the rate")
@@ -160,6 +172,7 @@ int main(int argc, char** argv) {
   if (config.node_name.empty()) config.node_name = HostName();
   config.store.sync = *mesh::store::ParseSyncPolicy(store_sync);  // checked by IsMember above
   config.store.sync_interval = std::chrono::microseconds(store_sync_interval_us);
+  config.store.min_free_fraction = store_min_free_percent / 100;
   routing.ack_window = std::chrono::milliseconds(ack_window_ms);
   routing.default_ttl = std::chrono::seconds(default_ttl_s);
   routing.max_ttl = std::chrono::seconds(max_ttl_s);
@@ -168,6 +181,7 @@ int main(int argc, char** argv) {
   cluster.suspect_timeout = std::chrono::milliseconds(suspect_timeout_ms);
   cluster.dns_interval = std::chrono::milliseconds(dns_interval_ms);
   config.drain_timeout = std::chrono::seconds(drain_timeout_s);
+  config.store_unavailable_timeout = std::chrono::seconds(store_unavailable_timeout_s);
 
   using mesh::broker::Log;
   mesh::broker::InitLogging(log_level);

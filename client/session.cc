@@ -10,8 +10,8 @@
 #include <random>
 
 #include "absl/container/flat_hash_set.h"
-#include "base/files.h"
 #include "absl/strings/str_cat.h"
+#include "base/files.h"
 
 namespace mesh::client {
 namespace {

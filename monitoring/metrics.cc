@@ -155,8 +155,13 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(Gauge("mesh_store_size_bytes",
                       "Mailbox data in the store: live data on disk plus memtables (estimates)",
                       static_cast<double>(s.store_size_bytes)));
-  out.push_back(Gauge("mesh_store_available", "0 once a store write failed (disk full, I/O error)",
+  out.push_back(Gauge("mesh_store_available",
+                      "0 from a failed store write (disk full, I/O error) until the store resumes",
                       s.store_available ? 1 : 0));
+  out.push_back(Gauge("mesh_store_full",
+                      "1 at a high-water mark (volume free space, --store-max-bytes): Sends get "
+                      "STORE_FULL",
+                      s.store_full ? 1 : 0));
   out.push_back(Gauge("mesh_draining", "1 while the broker drains", s.draining ? 1 : 0));
   out.push_back(
       Seconds("mesh_store_write_duration_seconds", "One RocksDB write", s.store_write_duration));

@@ -59,6 +59,7 @@ struct BrokerSnapshot {
   uint64_t store_failed_writes = 0;
   uint64_t store_size_bytes = 0;
   bool store_available = true;
+  bool store_full = false;  // at a high-water mark: Sends get STORE_FULL
   bool draining = false;
   Histogram store_write_duration;
   Histogram store_sync_duration;

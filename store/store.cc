@@ -8,7 +8,9 @@
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
+#include <sys/statvfs.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -26,6 +28,12 @@ std::chrono::microseconds MicrosSince(std::chrono::steady_clock::time_point star
 }
 
 using Clock = std::chrono::steady_clock;
+
+// After a failed write: the first DB::Resume this long after it, then twice as long each time.
+constexpr std::chrono::milliseconds kResumeFirst{100};
+constexpr std::chrono::milliseconds kResumeMax{5000};
+// A full volume counts as free again only with this much more of it free than the mark asks.
+constexpr double kFreeHysteresis = 0.01;
 
 constexpr char kFormatKey[] = "format";
 constexpr char kFormatVersion[] = "1";
@@ -176,6 +184,18 @@ struct Store::Db {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   ExpiredDedupFilter dedup_filter;
 
+  // Appends `batch`'s changes to `out`, in order.
+  void Add(const Batch& batch, rocksdb::WriteBatch& out) const {
+    for (const auto& op : batch.ops_) {
+      auto* family = op.family == Batch::Family::kMailbox ? mailbox : dedup;
+      if (op.is_delete) {
+        out.Delete(family, op.key);
+      } else {
+        out.Put(family, op.key, op.value);
+      }
+    }
+  }
+
   // The writer's queue: commits append to `open`; the writer swaps it out and writes it.
   std::mutex mu;
   std::condition_variable wake;
@@ -183,6 +203,7 @@ struct Store::Db {
   struct Waiter {
     Durability durability;
     Done done;
+    Batch batch;  // lazy commits only: written again if the store resumes after a failed write
   };
   std::vector<Waiter> open_waiters;
   bool stopping = false;
@@ -227,6 +248,7 @@ absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& opt
     return absl::FailedPreconditionError(absl::StrCat(
         "store ", options.path, " has format ", format, "; this broker reads ", kFormatVersion));
   }
+  store->CheckSpace();
   d.writer = std::thread([s = store.get()] { s->WriterLoop(); });
   return store;
 }
@@ -258,15 +280,9 @@ void Store::Commit(Batch batch, Durability durability, Done done) {
   Db& d = *db_;
   {
     std::lock_guard lock(d.mu);
-    for (auto& op : batch.ops_) {
-      auto* family = op.family == Batch::Family::kMailbox ? d.mailbox : d.dedup;
-      if (op.is_delete) {
-        d.open.Delete(family, op.key);
-      } else {
-        d.open.Put(family, op.key, op.value);
-      }
-    }
-    d.open_waiters.push_back({durability, std::move(done)});
+    d.Add(batch, d.open);
+    d.open_waiters.push_back({durability, std::move(done),
+                              durability == Durability::kLazy ? std::move(batch) : Batch{}});
   }
   stats_.commits.fetch_add(1, std::memory_order_relaxed);
   if (durability == Durability::kDurable) {
@@ -283,10 +299,46 @@ void Store::WriterLoop() {
   Clock::time_point last_sync{};
   rocksdb::WriteBatch writing;
   std::vector<Db::Waiter> waiters;
+  // Lazy commits of failed writes and those made since: written once the store resumes.
+  std::vector<Db::Waiter> held;
+  std::chrono::milliseconds backoff = kResumeFirst;
+  Clock::time_point next_resume{};
 
   auto finish = [](std::vector<Db::Waiter>& list, const absl::Status& status) {
     for (auto& waiter : list) waiter.done(status);
     list.clear();
+  };
+  // A write or sync failed: unavailable until a DB::Resume succeeds.
+  auto failed = [&] {
+    stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);
+    if (!available()) return;
+    const auto now = Clock::now();
+    unavailable_since_ns_.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count(),
+        std::memory_order_relaxed);
+    available_.store(false, std::memory_order_relaxed);
+    backoff = kResumeFirst;
+    next_resume = now + backoff;
+  };
+  // Durable commits get `status` (their senders still own the messages); lazy ones wait.
+  auto refuse = [&](std::vector<Db::Waiter>& list, const absl::Status& status) {
+    for (auto& waiter : list) {
+      if (waiter.durability == Durability::kLazy) {
+        held.push_back(std::move(waiter));
+      } else {
+        waiter.done(status);
+      }
+    }
+    list.clear();
+  };
+  auto write = [&](rocksdb::WriteBatch& batch, const rocksdb::WriteOptions& write_options) {
+    const auto write_started = Clock::now();
+    absl::Status status = FromRocks(d.db->Write(write_options, &batch), "write");
+    if (options_.on_write) options_.on_write(MicrosSince(write_started));
+    stats_.writes.fetch_add(1, std::memory_order_relaxed);
+    if (sync_each_write) stats_.syncs.fetch_add(1, std::memory_order_relaxed);
+    batch.Clear();
+    return status;
   };
 
   for (;;) {
@@ -294,34 +346,62 @@ void Store::WriterLoop() {
     {
       std::unique_lock lock(d.mu);
       auto ready = [&] { return d.stopping || d.open.Count() > 0 || !d.open_waiters.empty(); };
-      if (unsynced.empty()) {
-        d.wake.wait(lock, ready);
+      std::optional<Clock::time_point> until;
+      if (!unsynced.empty()) until = last_sync + options_.sync_interval;
+      if (!available()) until = std::min(until.value_or(next_resume), next_resume);
+      if (until) {
+        d.wake.wait_until(lock, *until, ready);
       } else {
-        d.wake.wait_until(lock, last_sync + options_.sync_interval, ready);
+        d.wake.wait(lock, ready);
       }
       stopping = d.stopping;
-      if (stopping && d.open_waiters.empty() && unsynced.empty()) return;
+      if (stopping && d.open_waiters.empty() && unsynced.empty()) {
+        lock.unlock();
+        finish(held, absl::UnavailableError("store closed before it could write again"));
+        return;
+      }
       std::swap(writing, d.open);
       std::swap(waiters, d.open_waiters);
     }
     const auto started = Clock::now();
-    if (!waiters.empty()) {
-      rocksdb::WriteOptions write_options;
-      write_options.sync = sync_each_write;
-      absl::Status status = absl::OkStatus();
-      if (writing.Count() > 0) {
-        const auto write_started = Clock::now();
-        status = FromRocks(d.db->Write(write_options, &writing), "write");
-        if (options_.on_write) options_.on_write(MicrosSince(write_started));
-        stats_.writes.fetch_add(1, std::memory_order_relaxed);
-        if (sync_each_write) stats_.syncs.fetch_add(1, std::memory_order_relaxed);
+    if (!available() && started >= next_resume) {
+      // Flushes the memtables and clears RocksDB's background error; Busy while RocksDB's own
+      // recovery (which it starts for a full disk) is under way.
+      if (d.db->Resume().ok()) {
+        available_.store(true, std::memory_order_relaxed);
+        stats_.resumes.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        backoff = std::min(backoff * 2, kResumeMax);
+        next_resume = Clock::now() + backoff;
       }
+    }
+    rocksdb::WriteOptions write_options;
+    write_options.sync = sync_each_write;
+    if (available() && !held.empty()) {
+      // Before anything newer, so deletes keep their order with the writes after them.
+      rocksdb::WriteBatch retry;
+      for (const auto& waiter : held) d.Add(waiter.batch, retry);
+      if (absl::Status status = write(retry, write_options); status.ok()) {
+        finish(held, status);
+      } else {
+        failed();
+        finish(unsynced, status);
+      }
+    }
+    if (!available()) {
+      writing.Clear();
+      refuse(waiters, absl::UnavailableError(
+                          "store unavailable: a write failed; writing again once it resumes"));
+      continue;
+    }
+    if (!waiters.empty()) {
+      absl::Status status = absl::OkStatus();
+      if (writing.Count() > 0) status = write(writing, write_options);
       writing.Clear();
       if (!status.ok()) {
-        available_.store(false, std::memory_order_relaxed);
-        stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);
+        failed();
         finish(unsynced, status);
-        finish(waiters, status);
+        refuse(waiters, status);
         continue;
       }
       for (auto& waiter : waiters) {
@@ -340,16 +420,30 @@ void Store::WriterLoop() {
       stats_.syncs.fetch_add(1, std::memory_order_relaxed);
       last_sync = Clock::now();
       if (options_.on_sync) options_.on_sync(MicrosSince(sync_started));
-      if (!status.ok()) {
-        available_.store(false, std::memory_order_relaxed);
-        stats_.failed_writes.fetch_add(1, std::memory_order_relaxed);
-      }
+      if (!status.ok()) failed();
       finish(unsynced, status);
     }
     stats_.write_micros.fetch_add(
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count(),
         std::memory_order_relaxed);
   }
+}
+
+std::chrono::steady_clock::duration Store::UnavailableFor() const {
+  if (available()) return {};
+  const auto since = Clock::time_point(
+      std::chrono::nanoseconds(unavailable_since_ns_.load(std::memory_order_relaxed)));
+  return std::max(Clock::now() - since, Clock::duration::zero());
+}
+
+void Store::CheckSpace() {
+  if (options_.min_free_fraction <= 0) return;
+  struct statvfs volume {};
+  // Unreadable (the path went away?): the last answer stands.
+  if (statvfs(options_.path.c_str(), &volume) != 0 || volume.f_blocks == 0) return;
+  const double free = static_cast<double>(volume.f_bavail) / static_cast<double>(volume.f_blocks);
+  const double mark = options_.min_free_fraction + (full() ? kFreeHysteresis : 0.0);
+  full_.store(free < mark, std::memory_order_relaxed);
 }
 
 absl::StatusOr<std::vector<StoredMessage>> Store::ReadMailbox(std::string_view recipient,

@@ -9,6 +9,8 @@
 //
 // Writes go through one group-commit writer thread: every Commit() made while the previous write
 // was in progress lands in the next RocksDB write, and `done` runs once the sync policy covers it.
+// After a failed write (disk full, I/O error) the store is unavailable until RocksDB resumes: the
+// writer thread retries DB::Resume with backoff, and resumes by itself once space returns.
 #pragma once
 
 #include <atomic>
@@ -43,6 +45,9 @@ struct StoreOptions {
   SyncPolicy sync = SyncPolicy::kBatch;
   std::chrono::microseconds sync_interval{2000};
   size_t block_cache_bytes = size_t{64} << 20;
+  // The volume's high-water mark: full() once less than this fraction of the volume under `path`
+  // is free (statfs). 0: none.
+  double min_free_fraction = 0.10;
   // Called on the writer thread with how long each RocksDB write (fsync included under
   // `always`) and each batch fsync took: the broker keeps the histograms.
   std::function<void(std::chrono::microseconds)> on_write;
@@ -57,6 +62,7 @@ struct StoreStats {
   std::atomic<uint64_t> syncs{0};
   std::atomic<uint64_t> write_micros{0};  // summed over writes, sync included
   std::atomic<uint64_t> failed_writes{0};
+  std::atomic<uint64_t> resumes{0};  // DB::Resume calls that made the store available again
 };
 
 struct StoredMessage {
@@ -106,8 +112,10 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Queues `batch` for the writer thread. `done` runs on that thread, in commit order; it gets
-  // an error if the write failed (the store then stays unavailable).
+  // Queues `batch` for the writer thread. `done` runs on that thread, in commit order. A durable
+  // commit gets an error if its write failed or the store is unavailable. A lazy one (deletes,
+  // which free space) is kept while the store is unavailable and written once it resumes; it
+  // gets an error only if the store closes first.
   void Commit(Batch batch, Durability durability, Done done);
 
   // Messages of one mailbox with seq >= from_seq, in seq order: at most max_count, and no more
@@ -124,8 +132,18 @@ class Store {
   using Visitor = std::function<void(std::string_view recipient, const StoredMessage&)>;
   absl::Status ForEachMessage(const Visitor& visit) const;
 
-  // False once a write failed (disk full, I/O error): the broker answers STORE_UNAVAILABLE.
+  // False from a failed write (disk full, I/O error) until RocksDB resumes: the broker answers
+  // STORE_UNAVAILABLE meanwhile.
   bool available() const { return available_.load(std::memory_order_relaxed); }
+  // How long the store has been unavailable without a successful resume; zero while available.
+  std::chrono::steady_clock::duration UnavailableFor() const;
+  // Whether the volume has less free than StoreOptions::min_free_fraction, as of the last
+  // CheckSpace(). It stays full until one more percent of the volume is free, so that it does
+  // not flap at the mark.
+  bool full() const { return full_.load(std::memory_order_relaxed); }
+  // Reads the volume's free space (statfs, a system call): call it on a timer, not per message.
+  // Thread-safe; Open calls it once.
+  void CheckSpace();
   const StoreStats& stats() const { return stats_; }
   const StoreOptions& options() const { return options_; }
   // Estimated bytes of live data on disk (RocksDB's own estimate).
@@ -141,6 +159,8 @@ class Store {
   std::unique_ptr<Db> db_;
   StoreStats stats_;
   std::atomic<bool> available_{true};
+  std::atomic<int64_t> unavailable_since_ns_{0};  // steady clock; meaningful while unavailable
+  std::atomic<bool> full_{false};
 };
 
 // recipient ‖ seq big-endian: keys sort by mailbox, then by arrival.

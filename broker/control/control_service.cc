@@ -162,6 +162,7 @@ absl::StatusOr<mesh::v1::Stats> ControlService::GetStats(const mesh::v1::GetStat
   stats.set_store_syncs(stored.syncs.load());
   stats.set_store_live_bytes(context_.store->EstimatedLiveBytes());
   stats.set_store_available(context_.store->available());
+  stats.set_store_full(context_.router->Full());
   return stats;
 }
 
@@ -374,6 +375,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.store_failed_writes = stored.failed_writes.load();
   s.store_size_bytes = context_.store->EstimatedLiveBytes();
   s.store_available = context_.store->available();
+  s.store_full = context_.router->Full();
   if (context_.store_write_duration) {
     s.store_write_duration = ToMonitoring(*context_.store_write_duration);
   }

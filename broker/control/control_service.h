@@ -42,6 +42,7 @@ struct ControlContext {
   std::string version;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::function<bool()> ready;     // serving and accepting
+  std::function<bool()> live;      // false: a restart is the way out (liveness)
   std::function<bool()> draining;  // a drain is under way
   // Starts a drain (or says one is under way) and tells what it will do with what is held.
   std::function<mesh::v1::DrainResponse()> start_drain;
@@ -88,6 +89,7 @@ class ControlService {
   std::shared_ptr<EventWatcher> WatchEvents(const mesh::v1::WatchEventsRequest& request);
 
   bool ready() const { return context_.ready && context_.ready(); }
+  bool live() const { return !context_.live || context_.live(); }
 
   // Every broker series for a scrape; the success rate is over the last minute.
   monitoring::BrokerSnapshot MetricsSnapshot();

@@ -177,7 +177,11 @@ struct HttpServer::Impl {
   Reply Handle(const Request& request, const Match& match,
                const std::map<std::string, std::string>& query) {
     const http::verb method = request.method();
-    if (match.endpoint == "/healthz") return {http::status::ok, "ok\n", "text/plain"};
+    if (match.endpoint == "/healthz") {
+      return service.live() ? Reply{http::status::ok, "ok\n", "text/plain"}
+                            : Reply{http::status::service_unavailable,
+                                    "store unavailable, not resuming: restart\n", "text/plain"};
+    }
     if (match.endpoint == "/readyz") {
       return service.ready()
                  ? Reply{http::status::ok, "ready\n", "text/plain"}
@@ -458,7 +462,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& se
   // Every route's series exist at zero from the start, the answers a caller can expect
   // included (401 without a token, 400 for bad input), so rules see a first error's rise.
   const std::vector<int> kApiStatuses = {200, 400, 401, 404, 405, 429, 503};
-  metrics.DeclareHttpRoute("GET", "/healthz", {200});
+  metrics.DeclareHttpRoute("GET", "/healthz", {200, 503});
   metrics.DeclareHttpRoute("GET", "/readyz", {200, 503});
   metrics.DeclareHttpRoute("GET", "/metrics", {200});
   for (const char* route : {"/api/v1/stats", "/api/v1/peers", "/api/v1/peers/{id}",

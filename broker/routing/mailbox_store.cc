@@ -54,7 +54,7 @@ void Router::Impl::CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vect
   store.Commit(std::move(batch), store::Store::Durability::kLazy,
                [this, recipient = mailbox.recipient, seqs = std::move(seqs),
                 handed = std::move(handed)](const absl::Status& status) {
-                 if (!status.ok()) return;  // the store is unavailable: keep them marked
+                 if (!status.ok()) return;  // the store closed before it resumed
                  Stripe& stripe = StripeOf(recipient);
                  std::lock_guard lock(stripe.mu);
                  Mailbox* mailbox = Find(stripe, recipient);
@@ -150,6 +150,15 @@ void Router::Impl::Refill(const std::string& recipient, Session& session) {
 }
 
 void Router::Impl::Tick() {
+  if (config.store_max_bytes > 0) {
+    const auto queued = static_cast<uint64_t>(
+        std::max<int64_t>(0, stats.queued_bytes.load(std::memory_order_relaxed)));
+    if (queued >= config.store_max_bytes) {
+      over_max_bytes.store(true, std::memory_order_relaxed);
+    } else if (queued <= config.store_max_bytes / 10 * 9) {
+      over_max_bytes.store(false, std::memory_order_relaxed);
+    }
+  }
   const auto now = Clock::now();
   const bool sweep = now >= next_sweep;
   if (sweep) next_sweep = now + config.expiry_sweep_interval;

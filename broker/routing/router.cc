@@ -382,10 +382,16 @@ std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailb
     return {SendAck::SENDER_QUOTA,
             absl::StrCat("this sender holds its share (", share, ") of the recipient's mailbox")};
   }
+  if (store.full()) {
+    return {SendAck::STORE_FULL,
+            "the broker's volume is at its high-water mark (--store-min-free-percent)"};
+  }
   if (config.store_max_bytes > 0 &&
       static_cast<uint64_t>(stats.queued_bytes.load(std::memory_order_relaxed)) + bytes >
           config.store_max_bytes) {
-    return {SendAck::STORE_FULL, "the broker's store is at its high-water mark"};
+    over_max_bytes.store(true, std::memory_order_relaxed);
+    return {SendAck::STORE_FULL,
+            "the broker's store is at its high-water mark (--store-max-bytes)"};
   }
   if (!ledger.TryAdd(from, config.sender_max_messages)) {
     return {SendAck::SENDER_QUOTA, absl::StrCat("this sender has ", config.sender_max_messages,
@@ -637,6 +643,10 @@ size_t Router::MailboxCount() const {
   size_t count = 0;
   impl_->ForEachMailbox([&](const Mailbox&) { ++count; });
   return count;
+}
+
+bool Router::Full() const {
+  return impl_->store.full() || impl_->over_max_bytes.load(std::memory_order_relaxed);
 }
 
 absl::StatusOr<uint64_t> Router::PurgeMailbox(std::string_view id) {

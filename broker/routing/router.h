@@ -37,8 +37,10 @@ struct RouterConfig {
   uint64_t mailbox_max_bytes = uint64_t{256} << 20;
   double sender_share = 0.5;                 // of one mailbox's quota a single sender may hold
   uint64_t sender_max_messages = 1'000'000;  // one sender, across all mailboxes
-  uint64_t store_max_bytes = 0;              // 0: no limit
-  double send_rate = 20'000;                 // per peer, messages/s; 0: no limit
+  // High-water mark of queued bytes (0: none); the store's volume has its own (statfs,
+  // StoreOptions::min_free_fraction). Above either, Sends get STORE_FULL and Full() is true.
+  uint64_t store_max_bytes = 0;
+  double send_rate = 20'000;  // per peer, messages/s; 0: no limit
   double send_burst = 40'000;
   uint32_t max_in_flight = 1024;                     // per link, whatever the credit says
   uint64_t max_in_flight_bytes = uint64_t{8} << 20;  // per link
@@ -132,6 +134,10 @@ class Router {
   void RefuseNewMessages() { refusing_.store(true); }
   // Messages held here (owned, not yet acknowledged by a recipient or a next hop).
   int64_t QueuedMessages() const { return stats_.queued.load(); }
+  // At a high-water mark: the store's volume is nearly full, or queued bytes reached
+  // --store-max-bytes (and have not yet fallen below 90% of it). New messages get STORE_FULL;
+  // deliveries, acknowledgements, expiry and purges go on and bring it back.
+  bool Full() const;
 
   // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
   // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.

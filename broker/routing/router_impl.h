@@ -36,6 +36,9 @@ struct Router::Impl {
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
+  // Queued bytes reached store_max_bytes; cleared by Tick below 90% of it, so readiness does
+  // not flap with every message at the mark.
+  std::atomic<bool> over_max_bytes{false};
 
   Stripe& StripeOf(std::string_view peer) {
     return stripes[absl::HashOf(peer) % routing::kStripes];

@@ -94,7 +94,8 @@ TEST_F(KeysTest, WritesFilesAtomicallyReplacingOnlyWhenAsked) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   // No temporary file is left beside it.
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
-  EXPECT_FALSE(base::WriteFileAtomically(dir_ + "/missing-dir/file", "x", 0600, base::Replace::kYes).ok());
+  EXPECT_FALSE(
+      base::WriteFileAtomically(dir_ + "/missing-dir/file", "x", 0600, base::Replace::kYes).ok());
 }
 
 TEST_F(KeysTest, RefusesWorldReadableKeyFileButAcceptsGroupReadable) {

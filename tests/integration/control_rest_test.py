@@ -4,7 +4,7 @@ client, against the real mesh-broker and real mesh-cli peers: every endpoint and
 case (no token, bad JSON, unknown path, wrong method, oversized body and headers, garbage), and
 `promtool check metrics` (Debian's prometheus) on the live exposition.
 Usage: control_rest_test.py MESH_BROKER MESH_CLI"""
-import json, os, queue, re, signal, socket, subprocess, sys, threading, unittest
+import base64, json, os, queue, re, signal, socket, subprocess, sys, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
@@ -193,6 +193,65 @@ class RestDrainTest(unittest.TestCase):
             self.assertEqual(curl(broker, "GET", "/readyz")[0], 503)
             self.assertFalse(json.loads(curl(broker, "POST", "/api/v1/drain", broker.token)[2])
                              .get("started", False))
+        finally:
+            broker.stop()
+
+
+class RestStoreFullTest(unittest.TestCase):
+    """The store's high-water marks: Sends get STORE_FULL and /readyz turns 503 while /healthz
+    stays 200 (full is not broken); a purge brings readiness and Sends back."""
+
+    def send(self, broker, to, size=1000):
+        """(HTTP status, JSON body) of a REST Send of `size` bytes to `to`."""
+        payload = base64.b64encode(b"x" * size).decode()
+        status, _, text = curl(broker, "POST", "/api/v1/messages", broker.token,
+                               json.dumps({"to": to, "payload": payload}))
+        return status, json.loads(text)
+
+    def test_a_purge_brings_a_full_store_back(self):
+        broker = Broker("full", "--store-max-bytes", "20000")
+        try:
+            self.assertEqual(curl(broker, "GET", "/readyz")[0], 200)
+            bob = offline_id()
+            accepted = 0
+            for _ in range(100):
+                status, body = self.send(broker, bob)
+                if status != 200:
+                    break
+                self.assertEqual(body["status"], "ACCEPTED")
+                accepted += 1
+            self.assertEqual(status, 429, body)
+            self.assertEqual(body["code"], "RESOURCE_EXHAUSTED")
+            self.assertIn("STORE_FULL", body["message"])
+            self.assertGreater(accepted, 0)
+            self.assertEqual(curl(broker, "GET", "/readyz")[0], 503)
+            self.assertEqual(curl(broker, "GET", "/healthz")[0], 200)
+            stats = json.loads(curl(broker, "GET", "/api/v1/stats", broker.token)[2])
+            self.assertTrue(stats["storeFull"])
+            self.assertFalse(stats.get("ready", False))
+            # Deletes are never refused at the mark: the purge frees the queued bytes.
+            status, _, text = curl(broker, "DELETE", "/api/v1/mailboxes/" + bob, broker.token)
+            self.assertEqual(status, 200, text)
+            self.assertEqual(json.loads(text)["purged"], str(accepted))
+            wait_for(lambda: curl(broker, "GET", "/readyz")[0] == 200, "readiness after the purge")
+            status, body = self.send(broker, bob)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["status"], "ACCEPTED")
+            self.assertIn('"event":"store_full"', broker.log_text())
+            self.assertIn('"event":"store_not_full"', broker.log_text())
+        finally:
+            broker.stop()
+
+    def test_a_volume_under_its_free_space_mark_is_full(self):
+        # Every real volume has less than 100% free: the statfs mark is always crossed.
+        broker = Broker("volume-full", "--store-min-free-percent", "100")
+        try:
+            status, body = self.send(broker, offline_id())
+            self.assertEqual(status, 429, body)
+            self.assertIn("STORE_FULL", body["message"])
+            self.assertIn("--store-min-free-percent", body["message"])
+            self.assertEqual(curl(broker, "GET", "/readyz")[0], 503)
+            self.assertEqual(curl(broker, "GET", "/healthz")[0], 200)
         finally:
             broker.stop()
 

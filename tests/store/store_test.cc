@@ -3,6 +3,7 @@
 #include "store/store.h"
 
 #include <gtest/gtest.h>
+#include <sys/statvfs.h>
 
 #include <filesystem>
 #include <future>
@@ -155,6 +156,32 @@ INSTANTIATE_TEST_SUITE_P(Policies, StoreTest,
                          ::testing::Values(SyncPolicy::kAlways, SyncPolicy::kBatch,
                                            SyncPolicy::kNone),
                          [](const auto& info) { return std::string(SyncPolicyName(info.param)); });
+
+// The volume's high-water mark reads statfs: a mark above the free share of the temporary
+// directory's volume makes the store full, one below it does not, and 0 turns it off.
+TEST(StoreSpaceTest, FullWhenTheVolumeHasLessFreeThanTheMark) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("mesh-store-space-test-" + std::to_string(getpid()));
+  struct statvfs volume {};
+  ASSERT_EQ(statvfs(std::filesystem::temp_directory_path().c_str(), &volume), 0);
+  const double free = static_cast<double>(volume.f_bavail) / static_cast<double>(volume.f_blocks);
+  auto full_with_mark = [&](double mark) {
+    StoreOptions options;
+    options.path = dir.string();
+    options.min_free_fraction = mark;
+    auto store = Store::Open(options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return false;
+    const bool full = (*store)->full();
+    (*store)->CheckSpace();
+    EXPECT_EQ((*store)->full(), full) << "a second look at the same volume changed the answer";
+    return full;
+  };
+  EXPECT_TRUE(full_with_mark(std::min(1.0, free + 0.05)));
+  if (free > 0.06) EXPECT_FALSE(full_with_mark(free - 0.05));
+  EXPECT_FALSE(full_with_mark(0));
+  std::filesystem::remove_all(dir);
+}
 
 TEST(SyncPolicyTest, ParsesTheThreeNamesAndRefusesOthers) {
   EXPECT_EQ(*ParseSyncPolicy("always"), SyncPolicy::kAlways);
