@@ -92,26 +92,28 @@ std::map<std::string, uint64_t> RejectedByStatus(const RouterStats& routed) {
 }
 
 // The SendAck a local sender is waiting for.
-class AckWait {
+// The answer of a send, for a caller that waits on a thread of its own.
+class ResultWait {
  public:
-  void Set(const SendAck& ack) {
+  using Result = absl::StatusOr<mesh::v1::SendMessageResponse>;
+  void Set(Result result) {
     {
       std::lock_guard lock(mu_);
-      if (ack_) return;
-      ack_ = ack;
+      if (result_) return;
+      result_ = std::move(result);
     }
     done_.notify_all();
   }
-  std::optional<SendAck> Wait(std::chrono::milliseconds timeout) {
+  std::optional<Result> Wait(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mu_);
-    done_.wait_for(lock, timeout, [&] { return ack_.has_value(); });
-    return ack_;
+    done_.wait_for(lock, timeout, [&] { return result_.has_value(); });
+    return result_;
   }
 
  private:
   std::mutex mu_;
   std::condition_variable done_;
-  std::optional<SendAck> ack_;
+  std::optional<Result> result_;
 };
 
 }  // namespace
@@ -221,15 +223,25 @@ absl::StatusOr<mesh::v1::DisconnectPeerResponse> ControlService::DisconnectPeer(
   return mesh::v1::DisconnectPeerResponse();
 }
 
-absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
-    const mesh::v1::SendMessageRequest& request, std::chrono::milliseconds timeout) {
+std::shared_ptr<Session> ControlService::StartSend(const mesh::v1::SendMessageRequest& request,
+                                                   SendDone done) {
   auto to = ParseId("to", request.to());
-  if (!to.ok()) return to.status();
+  if (!to.ok()) {
+    done(to.status());
+    return nullptr;
+  }
   const std::string id = crypto::RandomBytes(store::kMessageIdSize);
-  auto wait = std::make_shared<AckWait>();
-  auto sender =
-      std::make_shared<Session>(context_.node_id, [wait, id](const mesh::v1::Frame& frame) {
-        if (frame.has_send_ack() && frame.send_ack().id() == id) wait->Set(frame.send_ack());
+  auto sender = std::make_shared<Session>(
+      context_.node_id, [id, done = std::move(done)](const mesh::v1::Frame& frame) {
+        // One SendAck per id reaches this sink: the router answers each Send once.
+        if (!frame.has_send_ack() || frame.send_ack().id() != id) return;
+        const SendAck& ack = frame.send_ack();
+        if (auto status = StatusOfAck(ack); !status.ok()) return done(status);
+        mesh::v1::SendMessageResponse response;
+        response.set_id(crypto::Base64Url(id));
+        response.set_status(ack.status());
+        response.set_detail(ack.detail());
+        done(std::move(response));
       });
   mesh::v1::Frame frame;
   auto* send = frame.mutable_send();
@@ -238,17 +250,19 @@ absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
   send->set_payload(request.payload());
   send->set_ttl_s(request.ttl_s());
   (void)context_.router->OnFrame(*sender, frame);
-  auto ack = wait->Wait(timeout);
-  if (!ack) {
+  return sender;
+}
+
+absl::StatusOr<mesh::v1::SendMessageResponse> ControlService::SendMessage(
+    const mesh::v1::SendMessageRequest& request, std::chrono::milliseconds timeout) {
+  auto wait = std::make_shared<ResultWait>();
+  auto sender = StartSend(request, [wait](auto result) { wait->Set(std::move(result)); });
+  auto result = wait->Wait(timeout);
+  if (!result) {
     return absl::DeadlineExceededError(
         absl::StrCat("no SendAck within ", timeout.count(), " ms; the message may still arrive"));
   }
-  if (auto status = StatusOfAck(*ack); !status.ok()) return status;
-  mesh::v1::SendMessageResponse response;
-  response.set_id(crypto::Base64Url(id));
-  response.set_status(ack->status());
-  response.set_detail(ack->detail());
-  return response;
+  return *std::move(result);
 }
 
 absl::StatusOr<mesh::v1::Mailbox> ControlService::GetMailbox(

@@ -75,10 +75,15 @@ class ControlService {
   absl::StatusOr<mesh::v1::Peer> GetPeer(const mesh::v1::GetPeerRequest& request) const;
   absl::StatusOr<mesh::v1::DisconnectPeerResponse> DisconnectPeer(
       const mesh::v1::DisconnectPeerRequest& request);
-  // Waits for the SendAck (at most `timeout`).
+  // Waits for the SendAck (at most `timeout`): for callers with a thread to spare (gRPC).
   absl::StatusOr<mesh::v1::SendMessageResponse> SendMessage(
       const mesh::v1::SendMessageRequest& request,
       std::chrono::milliseconds timeout = std::chrono::seconds(15));
+  // The same without waiting: `done` runs once with the answer, on the thread that settles it
+  // (at once for an invalid request, which returns null). The caller keeps the returned
+  // sender until then; dropping it abandons the answer (the message may still arrive).
+  using SendDone = std::function<void(absl::StatusOr<mesh::v1::SendMessageResponse>)>;
+  std::shared_ptr<Session> StartSend(const mesh::v1::SendMessageRequest& request, SendDone done);
   absl::StatusOr<mesh::v1::Mailbox> GetMailbox(const mesh::v1::GetMailboxRequest& request) const;
   absl::StatusOr<mesh::v1::PurgeMailboxResponse> PurgeMailbox(
       const mesh::v1::PurgeMailboxRequest& request);

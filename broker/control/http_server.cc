@@ -34,8 +34,20 @@ using tcp = asio::ip::tcp;
 using Request = http::request<http::string_body>;
 
 constexpr auto kIdleTimeout = std::chrono::seconds(60);
+// How long a SendMessage waits for its SendAck before answering DEADLINE_EXCEEDED.
+constexpr auto kSendTimeout = std::chrono::milliseconds(15000);
 constexpr auto kEventHeartbeat = std::chrono::seconds(15);
 constexpr const char* kJson = "application/json";
+
+// A SendMessage whose SendAck has not come yet: the connection's coroutine waits on `timer`,
+// which the answer (from whatever thread settles it, posted to the server's thread) cancels.
+// The single HTTP thread serves /readyz and /metrics meanwhile.
+struct PendingSend {
+  explicit PendingSend(asio::io_context& io) : timer(io) {}
+  std::shared_ptr<Session> sender;  // kept until the answer comes, or the wait ends
+  asio::steady_timer timer;
+  std::optional<absl::StatusOr<mesh::v1::SendMessageResponse>> result;
+};
 
 struct Reply {
   Reply(http::status status = http::status::ok, std::string body = {},
@@ -44,7 +56,8 @@ struct Reply {
   http::status status;
   std::string body;
   std::string content_type;
-  std::string allow;  // for 405
+  std::string allow;                     // for 405
+  std::shared_ptr<PendingSend> pending;  // set: the reply is the send's answer, once it comes
 };
 
 http::status HttpStatusOf(absl::StatusCode code) {
@@ -228,7 +241,18 @@ struct HttpServer::Impl {
     if (match.endpoint == "/api/v1/messages") {
       mesh::v1::SendMessageRequest send;
       if (auto status = ParseBody(request, send); !status.ok()) return Error(status);
-      return Answer(service.SendMessage(send));
+      Reply reply;
+      reply.pending = std::make_shared<PendingSend>(io);
+      reply.pending->sender = service.StartSend(
+          send, [this, weak = std::weak_ptr<PendingSend>(reply.pending)](auto result) {
+            asio::post(io, [weak, result = std::move(result)]() mutable {
+              auto pending = weak.lock();
+              if (!pending) return;  // the wait ended: nobody to answer
+              pending->result = std::move(result);
+              pending->timer.cancel();
+            });
+          });
+      return reply;
     }
     if (match.endpoint == "/api/v1/members") return Answer(service.ListMembers({}));
     if (match.endpoint == "/api/v1/drain") {
@@ -339,6 +363,7 @@ struct HttpServer::Impl {
         match = MatchPath(path);
         keep_alive = request.keep_alive();
         reply = Route(request, match, query, events);
+        if (reply.pending) reply = co_await AwaitSend(*reply.pending);
         if (events) {
           metrics.CountHttp("GET", match.endpoint, 200, {});
           co_await StreamEvents(stream, request.version());
@@ -359,6 +384,20 @@ struct HttpServer::Impl {
                             std::chrono::steady_clock::now() - started));
       if (ec || !keep_alive) break;
     }
+  }
+
+  awaitable<Reply> AwaitSend(PendingSend& pending) {
+    if (!pending.result) {
+      pending.timer.expires_after(kSendTimeout);
+      beast::error_code ec;
+      co_await pending.timer.async_wait(asio::redirect_error(use_awaitable, ec));
+    }
+    if (!pending.result) {
+      co_return Error(absl::StatusCode::kDeadlineExceeded,
+                      absl::StrCat("no SendAck within ", kSendTimeout.count(),
+                                   " ms; the message may still arrive"));
+    }
+    co_return Answer(*pending.result);
   }
 
   // Server-Sent Events: one "data:" line of proto3 JSON per event, a comment line every 15 s

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -195,7 +196,8 @@ bool BrokerProcess::WaitForLogLine(const std::vector<std::string>& needles,
   return false;
 }
 
-std::string BrokerProcess::ApiGet(const std::string& path) const {
+std::string BrokerProcess::ApiRequest(const std::string& method, const std::string& path,
+                                      const std::string& body) const {
   std::ifstream token_file(data_dir_ + "/admin.token");
   std::string token;
   std::getline(token_file, token);
@@ -208,17 +210,22 @@ std::string BrokerProcess::ApiGet(const std::string& path) const {
   address.sin_port = htons(port);
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::string response;
+  const timeval timeout{std::chrono::seconds(kDeadline).count(), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
-                                "Authorization: Bearer " + token + "\r\nConnection: close\r\n\r\n";
+    const std::string request =
+        method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "Authorization: Bearer " +
+        token +
+        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+        "\r\nConnection: close\r\n\r\n" + body;
     if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
       char buffer[4096];
       for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;) response.append(buffer, n);
     }
   }
   close(fd);
-  const auto body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
+  const auto end_of_headers = response.find("\r\n\r\n");
+  return end_of_headers == std::string::npos ? "" : response.substr(end_of_headers + 4);
 }
 
 uint64_t BrokerProcess::FailureCount(const std::string& reason) const {

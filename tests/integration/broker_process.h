@@ -55,7 +55,10 @@ class BrokerProcess {
                       std::chrono::milliseconds timeout = std::chrono::seconds(15)) const;
   // GET `path` from the control plane's REST listener with the admin token of the data dir;
   // the response body, or an empty string when the request failed.
-  std::string ApiGet(const std::string& path) const;
+  std::string ApiGet(const std::string& path) const { return ApiRequest("GET", path); }
+  // Any method, with a JSON body; gives up after 15 s without an answer (returns "").
+  std::string ApiRequest(const std::string& method, const std::string& path,
+                         const std::string& body = "") const;
   // After Stop(): the link_failures count logged for `reason` (0 when none was logged).
   uint64_t FailureCount(const std::string& reason) const;
 

@@ -196,5 +196,30 @@ TEST_F(HardeningTest, InvalidSendsCountAgainstTheRate) {
   EXPECT_EQ(ack->status(), SendAck::RATE_LIMITED) << ack->detail();
 }
 
+// A REST SendMessage waits for its SendAck (here: until the recipient acknowledges the fast
+// path delivery) without holding up the control plane's other requests.
+TEST_F(HardeningTest, ARestSendAwaitingItsAckDoesNotHoldUpOtherRequests) {
+  BrokerProcess broker({"--ack-window-ms", "60000"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  FramePeer bob(broker.port());
+  ASSERT_TRUE(bob.Connect());
+  ASSERT_TRUE(bob.Sync());
+  std::atomic<bool> answered{false};
+  std::string answer;
+  std::thread send([&] {
+    answer = broker.ApiRequest("POST", "/api/v1/messages",
+                               "{\"to\":\"" + bob.id().ToString() + "\",\"payload\":\"aGVsbG8=\"}");
+    answered = true;
+  });
+  auto deliver = bob.NextDeliver();  // delivered at once; its SendAck waits for bob's ack
+  ASSERT_TRUE(deliver.has_value());
+  EXPECT_EQ(deliver->payload(), "hello");
+  EXPECT_EQ(broker.ApiGet("/readyz"), "ready\n");
+  EXPECT_FALSE(answered.load()) << "the send cannot be answered before bob acknowledges";
+  ASSERT_TRUE(bob.Ack({deliver->seq()}));
+  send.join();
+  EXPECT_THAT(answer, ::testing::HasSubstr("ACCEPTED"));
+}
+
 }  // namespace
 }  // namespace mesh::testing
