@@ -32,6 +32,7 @@
 #include "broker/log.h"
 #include "broker/proxied_accept.h"
 #include "peer/handshake_gate.h"
+#include "peer/rate_limiter.h"
 
 namespace mesh::broker {
 namespace {
@@ -101,7 +102,8 @@ class Broker::Impl {
       : config_(std::move(config)),
         key_(std::move(key)),
         frame_budget_(config_.frame_memory_budget),
-        gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
+        gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip),
+        new_links_(config_.new_links_per_ip_rate, config_.new_links_per_ip_burst) {
     config_.link.frame_budget = &frame_budget_;
     config_.link.ping_allowed = [this](const crypto::PeerId& peer) {
       return router_->TakeRateToken(peer.Raw());
@@ -321,6 +323,7 @@ class Broker::Impl {
       if (peer::Clock::now() - files_checked >= std::chrono::seconds(1)) {
         files_checked = peer::Clock::now();
         ReloadFiles(/*changed_only=*/true);
+        new_links_.Prune();
       }
       if (grpc_) {
         const bool ready = Ready();
@@ -549,6 +552,13 @@ class Broker::Impl {
         co_return;
       }
     }
+    if (!new_links_.Take(peer::HandshakeGate::KeyOf(remote.address()).to_string())) {
+      gate_.Leave(remote.address());
+      stats_.CountFailure(mesh::v1::OVERLOADED);
+      LogThrottled(mesh::v1::OVERLOADED, remote,
+                   "over --new-links-per-ip-rate new links per second from this address");
+      co_return;  // the socket closes as it goes out of scope
+    }
     auto accepted = co_await peer::Link::Accept(std::move(socket), key_, hello_,
                                                 peer::LinkKind::kPeer, link_config, stats_);
     gate_.Leave(remote.address());
@@ -626,6 +636,7 @@ class Broker::Impl {
   // are destroyed count into it.
   ClusterStats cluster_stats_;
   peer::HandshakeGate gate_;
+  peer::RateLimiter new_links_;  // per source address (an IPv6 /64)
   mesh::v1::Hello hello_;
   std::vector<std::unique_ptr<Shard>> shards_;
   LatencyHistogram store_write_;  // fed by the store's writer thread

@@ -31,6 +31,11 @@ struct BrokerConfig {
   size_t frame_memory_budget = size_t{256} << 20;
   int max_pending_handshakes = 1024;
   int max_pending_handshakes_per_ip = 64;
+  // New peer links per second from one source address (an IPv6 /64), and at once above that:
+  // a reconnect costs a handshake, so this bounds what one host can make the broker compute.
+  // Generous, as many phones may share one carrier NAT address.
+  double new_links_per_ip_rate = 50;
+  double new_links_per_ip_burst = 500;
   // Peer connections start with a PROXY protocol v2 header (a load balancer's), whose source
   // address is the one capped, logged and shown; a connection without one is refused.
   bool proxy_protocol = false;

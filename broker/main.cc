@@ -85,6 +85,12 @@ int main(int argc, char** argv) {
   flag("max-pending-handshakes-per-ip", config.max_pending_handshakes_per_ip,
        "Handshakes in progress at once from one address")
       ->check(CLI::PositiveNumber);
+  flag("new-links-per-ip-rate", config.new_links_per_ip_rate,
+       "New peer links per second from one address (IPv6: one /64); 0: no limit")
+      ->check(CLI::NonNegativeNumber);
+  flag("new-links-per-ip-burst", config.new_links_per_ip_burst,
+       "New peer links one address may open at once above the rate")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--proxy-protocol", config.proxy_protocol,
                "Peer connections start with a PROXY protocol v2 header (a load balancer's, e.g. "
                "an NLB with proxy protocol on): its source address is the one capped, logged and "

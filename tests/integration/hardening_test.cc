@@ -177,6 +177,23 @@ TEST_F(HardeningTest, TheSendRateHoldsAcrossReconnects) {
   EXPECT_GE(limited, 2);
 }
 
+// New links are rated per source address: a host reconnecting in a loop gets its burst, then
+// refusals before any handshake work, while the links it has stay up.
+TEST_F(HardeningTest, NewLinksAreRatedPerSourceAddress) {
+  BrokerProcess broker({"--new-links-per-ip-rate", "0.5", "--new-links-per-ip-burst", "3"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  std::vector<std::unique_ptr<FramePeer>> links;
+  for (int i = 0; i < 3; ++i) {
+    links.push_back(std::make_unique<FramePeer>(broker.port()));
+    ASSERT_TRUE(links.back()->Connect()) << i;
+  }
+  RawConnection refused(broker.port());
+  RawNoiseClient noise;
+  EXPECT_FALSE(noise.Handshake(refused).ok());
+  EXPECT_TRUE(links.front()->Sync()) << "links made before stay up";
+  EXPECT_TRUE(broker.WaitForLogLine({"link_refused", "new-links-per-ip-rate"}));
+}
+
 // Invalid Sends earn an answer too, so they cost the sender's rate like valid ones.
 TEST_F(HardeningTest, InvalidSendsCountAgainstTheRate) {
   BrokerProcess broker({"--send-rate", "1", "--send-burst", "3"});
