@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
+#include "peer/wire.h"
 #include "tests/integration/broker_process.h"
 #include "tests/integration/test_peers.h"
 
@@ -155,6 +157,8 @@ TEST_F(HardeningTest, PeersThatStopReadingCannotMakeTheBrokerBufferTheirReplies)
   for (auto& flooder : flooders) flooder.join();
   EXPECT_LT(peak - before, uint64_t{64} << 20)
       << "RSS went from " << before << " to " << peak << " bytes";
+  std::printf("rss_before=%llu rss_peak=%llu\n", static_cast<unsigned long long>(before),
+              static_cast<unsigned long long>(peak));
 }
 
 // The send rate belongs to the peer, not to its link: reconnecting does not refill it.
@@ -192,6 +196,71 @@ TEST_F(HardeningTest, NewLinksAreRatedPerSourceAddress) {
   EXPECT_FALSE(noise.Handshake(refused).ok());
   EXPECT_TRUE(links.front()->Sync()) << "links made before stay up";
   EXPECT_TRUE(broker.WaitForLogLine({"link_refused", "new-links-per-ip-rate"}));
+}
+
+// A frame's records, plaintext (flags byte + chunk), as the record layer cuts them.
+std::vector<crypto::Bytes> RecordsOf(const mesh::v1::Frame& frame) {
+  const std::string bytes = frame.SerializeAsString();
+  std::vector<crypto::Bytes> records;
+  for (size_t at = 0; at < bytes.size(); at += peer::kMaxChunk) {
+    const size_t n = std::min(peer::kMaxChunk, bytes.size() - at);
+    crypto::Bytes record(1 + n);
+    record[0] = at + n == bytes.size() ? peer::kFlagFin : 0;
+    std::copy_n(bytes.data() + at, n, record.begin() + 1);
+    records.push_back(std::move(record));
+  }
+  return records;
+}
+
+// Two large uploads that both begin while the frame budget holds only one: the first reserves
+// a whole frame as it begins and completes; the second waits, then completes. Charged record
+// by record, each held half the budget and neither could finish until the frame timeout.
+TEST_F(HardeningTest, LargeUploadsThatBeginTogetherBothComplete) {
+  const size_t max_frame = peer::kDefaultMaxPayload + peer::kFrameOverhead;
+  BrokerProcess broker(
+      {"--frame-memory-budget", std::to_string(max_frame * 6 / 5), "--frame-timeout-ms", "5000"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  const auto bob = crypto::KeyPair::Generate();
+  struct Uploader {
+    explicit Uploader(uint16_t port) : conn(port) {}
+    RawConnection conn;
+    RawNoiseClient noise;
+    std::vector<crypto::Bytes> records;
+    std::string id = RandomId();
+  };
+  std::vector<std::unique_ptr<Uploader>> uploads;
+  for (int i = 0; i < 2; ++i) {
+    uploads.push_back(std::make_unique<Uploader>(broker.port()));
+    Uploader& up = *uploads.back();
+    ASSERT_TRUE(up.noise.Handshake(up.conn).ok());
+    mesh::v1::Frame frame;
+    frame.mutable_send()->set_id(up.id);
+    frame.mutable_send()->set_to(Raw(bob.public_key));
+    frame.mutable_send()->set_payload(std::string(1'000'000, static_cast<char>('a' + i)));
+    up.records = RecordsOf(frame);
+    ASSERT_GT(up.records.size(), 8u);
+  }
+  // Both begin (half of each), then both finish.
+  for (auto& up : uploads) {
+    for (size_t r = 0; r < up->records.size() / 2; ++r) {
+      ASSERT_TRUE(up->noise.SendRecord(up->conn, up->records[r]));
+    }
+  }
+  std::vector<std::thread> rest;  // a paused link stops reading: its writes may block
+  for (auto& up : uploads) {
+    rest.emplace_back([up = up.get()] {
+      for (size_t r = up->records.size() / 2; r < up->records.size(); ++r) {
+        if (!up->noise.SendRecord(up->conn, up->records[r])) return;
+      }
+    });
+  }
+  for (auto& thread : rest) thread.join();
+  for (auto& up : uploads) {
+    auto frame = up->noise.ReadFrame(up->conn);
+    ASSERT_TRUE(frame.has_value() && frame->has_send_ack()) << broker.Log();
+    EXPECT_EQ(frame->send_ack().id(), up->id);
+    EXPECT_EQ(frame->send_ack().status(), SendAck::ACCEPTED) << frame->send_ack().detail();
+  }
 }
 
 // Invalid Sends earn an answer too, so they cost the sender's rate like valid ones.
