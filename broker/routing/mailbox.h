@@ -134,7 +134,13 @@ struct Mailbox {
   // (a home that moved away and back), or both brokers would drop it.
   absl::flat_hash_set<PendingKey> dedup_deleting;
   uint64_t min_expire_ms = UINT64_MAX;
-  absl::flat_hash_map<std::string, uint64_t> per_sender;
+  // What each sender holds here, for the fair share: messages and bytes alike, or one sender's
+  // few large messages would fill the mailbox for every other.
+  struct Held {
+    uint64_t messages = 0;
+    uint64_t bytes = 0;
+  };
+  absl::flat_hash_map<std::string, Held> per_sender;
   absl::flat_hash_map<PendingKey, Pending> pending;
   std::shared_ptr<Session> session;  // a peer's link, or a forwarder to another broker
   uint64_t placed_epoch = 0;         // the placement epoch it was last placed in

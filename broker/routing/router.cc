@@ -44,7 +44,9 @@ void Router::Impl::Account(Mailbox& mailbox, const std::string& from, uint64_t b
                            uint64_t expire_ms) {
   ++mailbox.count;
   mailbox.bytes += bytes;
-  ++mailbox.per_sender[from];
+  Mailbox::Held& held = mailbox.per_sender[from];
+  ++held.messages;
+  held.bytes += bytes;
   mailbox.min_expire_ms = std::min(mailbox.min_expire_ms, expire_ms);
   stats.queued.fetch_add(1, std::memory_order_relaxed);
   stats.queued_bytes.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
@@ -54,7 +56,10 @@ void Router::Impl::Release(Mailbox& mailbox, const std::string& from, uint64_t b
   --mailbox.count;
   mailbox.bytes -= bytes;
   auto it = mailbox.per_sender.find(from);
-  if (it != mailbox.per_sender.end() && --it->second == 0) mailbox.per_sender.erase(it);
+  if (it != mailbox.per_sender.end()) {
+    it->second.bytes -= std::min(it->second.bytes, bytes);
+    if (--it->second.messages == 0) mailbox.per_sender.erase(it);
+  }
   ledger.Remove(from);
   stats.queued.fetch_sub(1, std::memory_order_relaxed);
   stats.queued_bytes.fetch_sub(static_cast<int64_t>(bytes), std::memory_order_relaxed);
@@ -375,16 +380,21 @@ std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailb
     return {SendAck::MAILBOX_FULL, absl::StrCat("the recipient's mailbox holds ", mailbox.count,
                                                 " messages, ", mailbox.bytes, " bytes")};
   }
-  const auto share =
-      static_cast<uint64_t>(config.sender_share * static_cast<double>(config.mailbox_max_messages));
-  auto held = mailbox.per_sender.find(from);
-  if (held != mailbox.per_sender.end() && held->second >= std::max<uint64_t>(1, share)) {
-    return {SendAck::SENDER_QUOTA,
-            absl::StrCat("this sender holds its share (", share, ") of the recipient's mailbox")};
+  const auto share_of = [&](uint64_t limit) {
+    return std::max<uint64_t>(
+        1, static_cast<uint64_t>(config.sender_share * static_cast<double>(limit)));
+  };
+  const uint64_t message_share = share_of(config.mailbox_max_messages);
+  const uint64_t byte_share = share_of(config.mailbox_max_bytes);
+  const auto it = mailbox.per_sender.find(from);
+  const Mailbox::Held held = it == mailbox.per_sender.end() ? Mailbox::Held{} : it->second;
+  if (held.messages >= message_share) {
+    return {SendAck::SENDER_QUOTA, absl::StrCat("this sender holds its share (", message_share,
+                                                " messages) of the recipient's mailbox")};
   }
-  if (store.full()) {
-    return {SendAck::STORE_FULL,
-            "the broker's volume is at its high-water mark (--store-min-free-percent)"};
+  if (held.bytes + bytes > byte_share) {
+    return {SendAck::SENDER_QUOTA, absl::StrCat("this sender holds its share (", byte_share,
+                                                " bytes) of the recipient's mailbox")};
   }
   if (config.store_max_bytes > 0 &&
       static_cast<uint64_t>(stats.queued_bytes.load(std::memory_order_relaxed)) + bytes >

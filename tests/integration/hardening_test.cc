@@ -263,6 +263,29 @@ TEST_F(HardeningTest, LargeUploadsThatBeginTogetherBothComplete) {
   }
 }
 
+// The fair share counts bytes: one sender's few large messages cannot fill a mailbox for all.
+TEST_F(HardeningTest, OneSendersLargeMessagesLeaveRoomForOthers) {
+  BrokerProcess broker({"--mailbox-max-bytes", "9600", "--max-payload", "4000"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  const auto bob = crypto::KeyPair::Generate();
+  FramePeer alice(broker.port());
+  ASSERT_TRUE(alice.Connect());
+  auto first = alice.Send(bob.public_key, std::string(3000, 'a'));
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->status(), SendAck::ACCEPTED) << first->detail();
+  std::optional<SendAck> refused;
+  for (int i = 0; i < 3 && !(refused && refused->status() != SendAck::ACCEPTED); ++i) {
+    refused = alice.Send(bob.public_key, std::string(3000, 'a'));
+    ASSERT_TRUE(refused.has_value());
+  }
+  EXPECT_EQ(refused->status(), SendAck::SENDER_QUOTA) << refused->detail();
+  FramePeer carol(broker.port());
+  ASSERT_TRUE(carol.Connect());
+  auto ack = carol.Send(bob.public_key, "hi");
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->status(), SendAck::ACCEPTED) << ack->detail();
+}
+
 // Invalid Sends earn an answer too, so they cost the sender's rate like valid ones.
 TEST_F(HardeningTest, InvalidSendsCountAgainstTheRate) {
   BrokerProcess broker({"--send-rate", "1", "--send-burst", "3"});
