@@ -108,7 +108,8 @@ presence() {
   ulimit -n "$(ulimit -Hn)"
   for ((r = 0; r < runs; r++)); do
     fresh
-    "$cluster" start 2 -- "${flags[@]}" --max-pending-handshakes-per-ip 1024 >/dev/null
+    "$cluster" start 2 -- "${flags[@]}" --max-pending-handshakes-per-ip 1024 \
+      --new-links-per-ip-rate 0 >/dev/null
     until [[ $(metric 1 'mesh_cluster_members{state="live"}') == 2 ]]; do sleep 0.05; done
     local t0 ta="" tb=""
     t0=$(now)
