@@ -396,6 +396,10 @@ std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailb
     return {SendAck::SENDER_QUOTA, absl::StrCat("this sender holds its share (", byte_share,
                                                 " bytes) of the recipient's mailbox")};
   }
+  if (store.full()) {
+    return {SendAck::STORE_FULL,
+            "the broker's volume is at its high-water mark (--store-min-free-percent)"};
+  }
   if (config.store_max_bytes > 0 &&
       static_cast<uint64_t>(stats.queued_bytes.load(std::memory_order_relaxed)) + bytes >
           config.store_max_bytes) {
