@@ -11,7 +11,7 @@ import urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
-from mesh_test_support import DEADLINE, Broker, Peer, keygen, offline_id, wait_for  # noqa: E402
+from mesh_test_support import DEADLINE, Broker, Peer, keygen, wait_for  # noqa: E402
 
 BROKER, CLI = sys.argv[1:3]
 WORK = support.setup(BROKER, CLI, "mesh-cluster-test-")
@@ -84,6 +84,25 @@ def start_member(name, seed=None, secret=SECRET):
 
 def live_members(broker):
     return [m for m in rest(broker, "/api/v1/members")["members"] if m["state"] == "ALIVE"]
+
+
+def start_mesh(prefix, n):
+    """n members joined through the first, each seeing all n live."""
+    first = start_member(prefix + "0")
+    brokers = [first] + [start_member("%s%d" % (prefix, i), first) for i in range(1, n)]
+    for broker in brokers:
+        wait_for(lambda b=broker: len(live_members(b)) == n, "%d live members" % n)
+    return brokers
+
+
+def key_homed_at(broker, brokers, prefix):
+    """(key file, peer ID) of a fresh key whose home among `brokers` is `broker`."""
+    nodes = [b.node_id for b in brokers]
+    while True:
+        key = os.path.join(WORK, "%s-%d.key" % (prefix, time.monotonic_ns()))
+        peer = keygen(key)
+        if home_of(peer, nodes) == broker.node_id:
+            return key, peer
 
 
 class MeshTest(unittest.TestCase):
@@ -430,18 +449,10 @@ class DrainTest(unittest.TestCase):
         """bob, homed on the broker that leaves, reads 5 messages at another broker and exits;
         the drain that follows must not hand the 5th (acknowledged, its ack still on its way
         back) to his next home, where his next listen would show it again."""
-        first = start_member("r0")
-        brokers = [first, start_member("r1", first), start_member("r2", first)]
+        brokers = start_mesh("r", 3)
         try:
-            for broker in brokers:
-                wait_for(lambda b=broker: len(live_members(b)) == 3, "three live members")
-            nodes = [b.node_id for b in brokers]
             leaving = brokers[0]
-            while True:
-                key = os.path.join(WORK, "acked-%d.key" % time.monotonic_ns())
-                bob_id = keygen(key)
-                if home_of(bob_id, nodes) == leaving.node_id:
-                    break
+            key, bob_id = key_homed_at(leaving, brokers, "acked")
             alice = os.path.join(WORK, "acked-sender-%d.key" % time.monotonic_ns())
             keygen(alice)
             bob = Peer(brokers[2], None, count=5, key=key)
@@ -470,19 +481,12 @@ class DrainTest(unittest.TestCase):
     def test_drain_says_what_it_does_with_what_is_held(self):
         """The Drain answer tells the truth: in a mesh it hands messages to the other members;
         a broker alone keeps them in its data dir."""
-        first = start_member("t0")
-        brokers = [first, start_member("t1", first)]
+        brokers = start_mesh("t", 2)
         alone = Broker("t-alone")
         try:
-            for broker in brokers:
-                wait_for(lambda b=broker: len(live_members(b)) == 2, "two live members")
-            nodes = [b.node_id for b in brokers]
             sender = os.path.join(WORK, "truth-sender.key")
             keygen(sender)
-            while True:
-                recipient = offline_id()
-                if home_of(recipient, nodes) == brokers[0].node_id:
-                    break
+            _, recipient = key_homed_at(brokers[0], brokers, "truth")
             self.assertEqual(send(brokers[1], sender, recipient, "held"), "ACCEPTED")
             self.assertEqual(send(alone, sender, recipient, "held"), "ACCEPTED")
             wait_for(lambda: metric(brokers[0], "mesh_messages_queue_size") == 1,
