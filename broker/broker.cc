@@ -22,7 +22,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "broker/control/control_service.h"

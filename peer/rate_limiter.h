@@ -27,8 +27,6 @@ class RateLimiter {
   void Prune(Clock::time_point now = Clock::now());
   size_t size() const;
 
-  double rate() const { return rate_; }
-
  private:
   struct Bucket {
     double tokens;
