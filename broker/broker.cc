@@ -100,7 +100,7 @@ class Broker::Impl {
   Impl(BrokerConfig config, crypto::KeyPair key)
       : config_(std::move(config)),
         key_(std::move(key)),
-        frame_budget_(config_.frame_memory_budget),
+        frame_budget_(config_.frame_memory_budget, config_.frame_memory_per_ip),
         gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip),
         new_links_(config_.new_links_per_ip_rate, config_.new_links_per_ip_burst) {
     config_.link.frame_budget = &frame_budget_;
@@ -400,6 +400,7 @@ class Broker::Impl {
     ControlContext context;
     context.router = router_.get();
     context.links = &stats_;
+    context.frame_budget = &frame_budget_;
     context.store = store_.get();
     context.store_write_duration = &store_write_;
     context.store_sync_duration = &store_sync_;
@@ -551,7 +552,8 @@ class Broker::Impl {
         co_return;
       }
     }
-    if (!new_links_.Take(peer::HandshakeGate::KeyOf(remote.address()).to_string())) {
+    link_config.budget_owner = peer::HandshakeGate::KeyOf(remote.address()).to_string();
+    if (!new_links_.Take(link_config.budget_owner)) {
       gate_.Leave(remote.address());
       stats_.CountFailure(mesh::v1::OVERLOADED);
       LogThrottled(mesh::v1::OVERLOADED, remote,

@@ -29,6 +29,9 @@ struct BrokerConfig {
   int threads = 0;             // 0: one per core
   peer::LinkConfig link;
   size_t frame_memory_budget = size_t{256} << 20;
+  // What the links of one source address (an IPv6 /64) may hold of that budget together: a
+  // host that begins many large frames and stalls them leaves the rest to other hosts.
+  size_t frame_memory_per_ip = size_t{32} << 20;
   int max_pending_handshakes = 1024;
   int max_pending_handshakes_per_ip = 64;
   // New peer links per second from one source address (an IPv6 /64), and at once above that:

@@ -80,6 +80,9 @@ int main(int argc, char** argv) {
   flag("frame-memory-budget", config.frame_memory_budget,
        "Bytes for partly received frames across all links; reads pause when spent")
       ->check(CLI::PositiveNumber);
+  flag("frame-memory-per-ip", config.frame_memory_per_ip,
+       "Bytes of that budget the links of one address (IPv6: one /64) may hold together")
+      ->check(CLI::PositiveNumber);
   flag("max-pending-handshakes", config.max_pending_handshakes, "Handshakes in progress at once")
       ->check(CLI::PositiveNumber);
   flag("max-pending-handshakes-per-ip", config.max_pending_handshakes_per_ip,

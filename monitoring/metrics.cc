@@ -111,6 +111,9 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
                         s.handshakes_completed));
   out.push_back(Seconds("mesh_handshake_duration_seconds",
                         "From accept to the last handshake message", s.handshake_duration));
+  out.push_back(Gauge("mesh_frame_memory_bytes",
+                      "Bytes reserved for partly received frames (--frame-memory-budget)",
+                      static_cast<double>(s.frame_memory_bytes)));
   out.push_back(ByLabel("mesh_frames_rejected_total",
                         "Links closed for a protocol violation or failure, by reason",
                         MetricType::Counter, "reason", s.frames_rejected));

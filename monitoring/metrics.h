@@ -39,6 +39,7 @@ struct BrokerSnapshot {
   uint64_t handshakes_completed = 0;
   Histogram handshake_duration;
   std::map<std::string, uint64_t> frames_rejected;  // by reason: every reason present
+  uint64_t frame_memory_bytes = 0;                  // reserved for partly received frames
 
   uint64_t messages_sent = 0;                         // Send frames received
   uint64_t messages_accepted = 0;                     // owned by the broker

@@ -127,14 +127,6 @@ absl::StatusOr<asio::ip::tcp::acceptor> Listen(asio::io_context& io, const std::
   return acceptor;
 }
 
-bool MemoryBudget::TryAcquire(size_t bytes) {
-  size_t used = used_.load(std::memory_order_relaxed);
-  do {
-    if (used + bytes > limit_) return false;
-  } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
-  return true;
-}
-
 void LinkStats::CountFailure(ErrorCode code) {
   if (code != mesh::v1::ERROR_CODE_UNSPECIFIED)
     failures[code].fetch_add(1, std::memory_order_relaxed);
@@ -471,7 +463,7 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
     // most one reservation; frames of one record are taken from the read buffer, uncharged.
     const bool begins_long_frame = !assembler_.in_progress() && (message[0] & kFlagFin) == 0;
     if (begins_long_frame && config_.frame_budget != nullptr && budget_held_ == 0) {
-      if (!config_.frame_budget->TryAcquire(config_.max_frame())) {
+      if (!config_.frame_budget->TryAcquire(config_.max_frame(), config_.budget_owner)) {
         head_decrypted_ = true;  // decrypted in place: the nonce has moved on
         pause = Pause::kBudget;
         break;
@@ -719,7 +711,7 @@ void Link::CloseSocket() {
 
 void Link::ReleaseFrameBudget() {
   if (budget_held_ > 0 && config_.frame_budget != nullptr)
-    config_.frame_budget->Release(budget_held_);
+    config_.frame_budget->Release(budget_held_, config_.budget_owner);
   budget_held_ = 0;
 }
 

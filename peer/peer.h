@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -18,6 +19,7 @@
 #include "mesh/v1/cluster.pb.h"
 #include "mesh/v1/wire.pb.h"
 #include "peer/counter.h"
+#include "peer/memory_budget.h"
 #include "peer/proxy_protocol.h"
 #include "peer/record.h"
 #include "peer/wire.h"
@@ -27,27 +29,13 @@ namespace mesh::peer {
 using boost::asio::awaitable;
 using Clock = std::chrono::steady_clock;
 
-// Bytes of partly received frames, shared by every link of a process: when it is spent, links
-// pause reading rather than memory growing. Thread-safe.
-class MemoryBudget {
- public:
-  explicit MemoryBudget(size_t limit) : limit_(limit) {}
-  bool TryAcquire(size_t bytes);
-  void Release(size_t bytes) { used_.fetch_sub(bytes, std::memory_order_relaxed); }
-  size_t used() const { return used_.load(std::memory_order_relaxed); }
-  size_t limit() const { return limit_; }
-
- private:
-  const size_t limit_;
-  std::atomic<size_t> used_{0};
-};
-
 struct LinkConfig {
   std::chrono::milliseconds handshake_timeout = kDefaultHandshakeTimeout;
   std::chrono::milliseconds heartbeat_interval = kDefaultHeartbeatInterval;
   std::chrono::milliseconds frame_timeout = kDefaultFrameTimeout;
   size_t max_payload = kDefaultMaxPayload;
   MemoryBudget* frame_budget = nullptr;  // borrowed; null means unbounded
+  std::string budget_owner;              // whose share of frame_budget a link draws on
   // Cluster links (DESIGN §5): the cluster secret, mixed in as Noise_XXpsk3's PSK. Borrowed.
   const crypto::Secret<crypto::kKeySize>* psk = nullptr;
   // A responder also accepts this one (the next secret, while it is rotated in). Borrowed.

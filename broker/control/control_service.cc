@@ -357,6 +357,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.handshakes_completed = links.handshakes_completed.load();
   s.handshake_duration = ToMonitoring(links.handshake_duration);
   s.frames_rejected = FailuresByReason(&links);
+  if (context_.frame_budget != nullptr) s.frame_memory_bytes = context_.frame_budget->used();
   s.messages_sent = routed.sends.load();
   s.messages_accepted = routed.acks[SendAck::ACCEPTED].load();
   s.messages_delivered = routed.acked.load();

@@ -34,6 +34,7 @@ struct TlsFiles {
 struct ControlContext {
   Router* router = nullptr;
   const peer::LinkStats* links = nullptr;
+  const peer::MemoryBudget* frame_budget = nullptr;
   store::Store* store = nullptr;
   const LatencyHistogram* store_write_duration = nullptr;
   const LatencyHistogram* store_sync_duration = nullptr;

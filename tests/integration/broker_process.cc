@@ -235,6 +235,17 @@ uint64_t BrokerProcess::FailureCount(const std::string& reason) const {
   return std::regex_search(log, m, re) ? std::stoull(m[1]) : 0;
 }
 
+double BrokerProcess::Metric(const std::string& series) const {
+  std::istringstream metrics(ApiGet("/metrics"));
+  for (std::string line; std::getline(metrics, line);) {
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ') {
+      return std::stod(line.substr(series.size() + 1));
+    }
+  }
+  return -1;
+}
+
 uint64_t BrokerProcess::ResidentBytes() const {
   std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
   std::string line;

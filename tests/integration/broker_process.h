@@ -61,6 +61,8 @@ class BrokerProcess {
                          const std::string& body = "") const;
   // After Stop(): the link_failures count logged for `reason` (0 when none was logged).
   uint64_t FailureCount(const std::string& reason) const;
+  // The value of one unlabelled series of /metrics (`mesh_frame_memory_bytes`); -1 if absent.
+  double Metric(const std::string& series) const;
 
  private:
   std::string dir_;  // the test's scratch dir

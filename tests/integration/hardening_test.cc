@@ -266,6 +266,61 @@ TEST_F(HardeningTest, LargeUploadsThatBeginTogetherBothComplete) {
   }
 }
 
+// One host begins more large frames than its share of the frame budget and stalls them all:
+// it pins only its share, and another host's large upload completes at once. Without a share
+// per address, the stalled frames held the whole budget until the frame timeout.
+TEST_F(HardeningTest, OneHostsStalledFramesLeaveTheFrameBudgetToOthers) {
+  const size_t max_frame = peer::kDefaultMaxPayload + peer::kFrameOverhead;
+  BrokerProcess broker({"--frame-memory-budget", std::to_string(max_frame * 4),
+                        "--frame-memory-per-ip", std::to_string(max_frame * 2),
+                        "--frame-timeout-ms", "120000"});
+  ASSERT_TRUE(broker.started()) << broker.Log();
+  const auto bob = crypto::KeyPair::Generate();
+  auto large_send = [&](const std::string& id) {
+    mesh::v1::Frame frame;
+    frame.mutable_send()->set_id(id);
+    frame.mutable_send()->set_to(Raw(bob.public_key));
+    frame.mutable_send()->set_payload(std::string(1'000'000, 'x'));
+    return RecordsOf(frame);
+  };
+  struct Stalled {
+    explicit Stalled(uint16_t port) : conn(port, "127.0.0.1") {}
+    RawConnection conn;
+    RawNoiseClient noise;
+  };
+  std::vector<std::unique_ptr<Stalled>> stalled;
+  for (int i = 0; i < 4; ++i) {  // as many as the whole budget holds
+    stalled.push_back(std::make_unique<Stalled>(broker.port()));
+    ASSERT_TRUE(stalled.back()->noise.Handshake(stalled.back()->conn).ok());
+    ASSERT_TRUE(stalled.back()->noise.SendRecord(stalled.back()->conn, large_send(RandomId())[0]));
+  }
+  // The host holds its share, and no more, before the other host begins.
+  const double share = static_cast<double>(max_frame * 2);
+  const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+  while (broker.Metric("mesh_frame_memory_bytes") < share &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(broker.Metric("mesh_frame_memory_bytes"), share) << broker.Log();
+
+  RawConnection other_host(broker.port(), "127.0.0.2");
+  ASSERT_TRUE(other_host.connected()) << "cannot bind 127.0.0.2";
+  RawNoiseClient uploader;
+  ASSERT_TRUE(uploader.Handshake(other_host).ok());
+  const std::string id = RandomId();
+  std::thread upload([&] {
+    for (const auto& record : large_send(id)) {
+      if (!uploader.SendRecord(other_host, record)) return;
+    }
+  });
+  auto ack = uploader.ReadFrame(other_host);
+  other_host.Shutdown();
+  upload.join();
+  ASSERT_TRUE(ack.has_value() && ack->has_send_ack()) << broker.Log();
+  EXPECT_EQ(ack->send_ack().id(), id);
+  EXPECT_EQ(ack->send_ack().status(), SendAck::ACCEPTED) << ack->send_ack().detail();
+}
+
 // The fair share counts bytes: one sender's few large messages cannot fill a mailbox for all.
 TEST_F(HardeningTest, OneSendersLargeMessagesLeaveRoomForOthers) {
   BrokerProcess broker({"--mailbox-max-bytes", "9600", "--max-payload", "4000"});

@@ -22,8 +22,18 @@ bool WaitReadable(int fd, std::chrono::steady_clock::time_point deadline) {
 
 }  // namespace
 
-RawConnection::RawConnection(uint16_t port) {
+RawConnection::RawConnection(uint16_t port) : RawConnection(port, "127.0.0.1") {}
+
+RawConnection::RawConnection(uint16_t port, const char* source_ip) {
   fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in source{};
+  source.sin_family = AF_INET;
+  if (inet_pton(AF_INET, source_ip, &source.sin_addr) != 1 ||
+      bind(fd_, reinterpret_cast<sockaddr*>(&source), sizeof(source)) != 0) {
+    close(fd_);
+    fd_ = -1;
+    return;
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);

@@ -20,6 +20,8 @@ inline constexpr std::chrono::milliseconds kTestDeadline{15'000};
 class RawConnection {
  public:
   explicit RawConnection(uint16_t port);  // connects to 127.0.0.1:port
+  // From another loopback address (127.0.0.2, say): another host, as the broker sees it.
+  RawConnection(uint16_t port, const char* source_ip);
   ~RawConnection();
   RawConnection(const RawConnection&) = delete;
   RawConnection& operator=(const RawConnection&) = delete;
