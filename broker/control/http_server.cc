@@ -19,7 +19,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "broker/control/rest_routes.h"
 #include "peer/peer.h"
 
 namespace mesh::broker {
@@ -117,61 +117,6 @@ Reply Answer(const absl::StatusOr<Response>& result) {
   return {http::status::ok, ToJson(*result)};
 }
 
-// The request body as `message` (proto3 JSON); an empty body is an empty message.
-absl::Status ParseBody(const Request& request, google::protobuf::Message& message) {
-  if (request.body().empty()) return absl::OkStatus();
-  google::protobuf::util::JsonParseOptions options;
-  auto status = google::protobuf::util::JsonStringToMessage(request.body(), &message, options);
-  if (!status.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("the body is not a JSON ", message.GetTypeName(),
-                                                   ": ", std::string(status.message())));
-  }
-  return absl::OkStatus();
-}
-
-// Splits "/a/b?x=1&y=2" into the path and its query parameters.
-std::pair<std::string, std::map<std::string, std::string>> SplitTarget(std::string_view target) {
-  std::map<std::string, std::string> query;
-  const size_t mark = target.find('?');
-  if (mark != std::string_view::npos) {
-    for (absl::string_view pair :
-         absl::StrSplit(absl::string_view(target.data() + mark + 1, target.size() - mark - 1), '&',
-                        absl::SkipEmpty())) {
-      const size_t eq = pair.find('=');
-      query[std::string(pair.substr(0, eq))] =
-          eq == absl::string_view::npos ? "" : std::string(pair.substr(eq + 1));
-    }
-  }
-  return {std::string(target.substr(0, mark)), std::move(query)};
-}
-
-// One route: its template (the metrics label), the methods it takes, and the path's {id}.
-struct Match {
-  std::string endpoint;  // "/api/v1/peers/{id}"; "other" when nothing matched
-  std::vector<http::verb> methods;
-  std::string id;
-};
-
-Match MatchPath(const std::string& path) {
-  static const std::vector<std::pair<std::string, std::vector<http::verb>>> kFixed = {
-      {"/healthz", {http::verb::get}},        {"/readyz", {http::verb::get}},
-      {"/metrics", {http::verb::get}},        {"/api/v1/stats", {http::verb::get}},
-      {"/api/v1/peers", {http::verb::get}},   {"/api/v1/messages", {http::verb::post}},
-      {"/api/v1/members", {http::verb::get}}, {"/api/v1/drain", {http::verb::post}},
-      {"/api/v1/events", {http::verb::get}},
-  };
-  for (const auto& [endpoint, methods] : kFixed) {
-    if (path == endpoint) return {endpoint, methods, {}};
-  }
-  for (const std::string prefix : {"/api/v1/peers/", "/api/v1/mailboxes/"}) {
-    if (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
-        path.find('/', prefix.size()) == std::string::npos) {
-      return {prefix + "{id}", {http::verb::get, http::verb::delete_}, path.substr(prefix.size())};
-    }
-  }
-  return {"other", {}, {}};
-}
-
 }  // namespace
 
 struct HttpServer::Impl {
@@ -187,7 +132,7 @@ struct HttpServer::Impl {
   std::thread thread;
   int port = 0;
 
-  Reply Handle(const Request& request, const Match& match,
+  Reply Handle(const Request& request, const RestRoute& match,
                const std::map<std::string, std::string>& query) {
     const http::verb method = request.method();
     if (match.endpoint == "/healthz") {
@@ -240,7 +185,7 @@ struct HttpServer::Impl {
     }
     if (match.endpoint == "/api/v1/messages") {
       mesh::v1::SendMessageRequest send;
-      if (auto status = ParseBody(request, send); !status.ok()) return Error(status);
+      if (auto status = ParseJsonBody(request.body(), send); !status.ok()) return Error(status);
       Reply reply;
       reply.pending = std::make_shared<PendingSend>(io);
       reply.pending->sender = service.StartSend(
@@ -257,22 +202,19 @@ struct HttpServer::Impl {
     if (match.endpoint == "/api/v1/members") return Answer(service.ListMembers({}));
     if (match.endpoint == "/api/v1/drain") {
       mesh::v1::DrainRequest drain;
-      if (auto status = ParseBody(request, drain); !status.ok()) return Error(status);
+      if (auto status = ParseJsonBody(request.body(), drain); !status.ok()) return Error(status);
       return Answer(service.Drain(drain));
     }
     return Error(absl::StatusCode::kNotFound, "no such endpoint");
   }
 
   // Routing, method and token checks around Handle; `events` is set for a stream to start.
-  Reply Route(const Request& request, const Match& match,
-              const std::map<std::string, std::string>& query, bool& events) {
+  Reply Route(const Request& request, const RestRoute& match, const RestTarget& target,
+              bool& events) {
     if (match.methods.empty()) {
-      return Error(absl::StatusCode::kNotFound,
-                   absl::StrCat("no endpoint ",
-                                std::string(SplitTarget(std::string_view(request.target().data(),
-                                                                         request.target().size()))
-                                                .first),
-                                "; the API is under /api/v1 (docs/API.md)"));
+      return Error(
+          absl::StatusCode::kNotFound,
+          absl::StrCat("no endpoint ", target.path, "; the API is under /api/v1 (docs/API.md)"));
     }
     if (std::find(match.methods.begin(), match.methods.end(), request.method()) ==
         match.methods.end()) {
@@ -303,7 +245,7 @@ struct HttpServer::Impl {
       events = true;
       return {};
     }
-    return Handle(request, match, query);
+    return Handle(request, match, target.query);
   }
 
   awaitable<void> Serve(tcp::socket socket) {
@@ -342,7 +284,7 @@ struct HttpServer::Impl {
       }
       const auto started = std::chrono::steady_clock::now();
       Reply reply;
-      Match match{"other", {}, {}};
+      RestRoute match{std::string(kNoRoute), {}, {}};
       bool keep_alive = false;
       bool events = false;
       if (ec == http::error::body_limit) {
@@ -358,11 +300,11 @@ struct HttpServer::Impl {
                       absl::StrCat("not an HTTP/1.1 request: ", ec.message()));
       } else {
         const Request& request = parser.get();
-        auto [path, query] =
+        auto target =
             SplitTarget(std::string_view(request.target().data(), request.target().size()));
-        match = MatchPath(path);
+        match = MatchPath(target.path);
         keep_alive = request.keep_alive();
-        reply = Route(request, match, query, events);
+        reply = Route(request, match, target, events);
         if (reply.pending) reply = co_await AwaitSend(*reply.pending);
         if (events) {
           metrics.CountHttp("GET", match.endpoint, 200, {});
