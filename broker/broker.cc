@@ -233,19 +233,32 @@ class Broker::Impl {
   }
 
   // A certificate for another node, or one that expired, is refused at start: clients given
-  // the authority would refuse this broker anyway, and a start-up error says why at once.
+  // the authority would refuse this broker anyway, and a start-up error says why at once. With
+  // --mesh-authority the members require one by that authority, so it must be there.
   absl::Status LoadNodeCertificate() {
-    if (config_.node_cert_file.empty()) return absl::OkStatus();
+    const auto& authority = config_.cluster.authority;
+    if (config_.node_cert_file.empty()) {
+      if (!authority) return absl::OkStatus();
+      return absl::InvalidArgumentError(
+          "--mesh-authority needs --node-cert-file: members would refuse this node (make one "
+          "with mesh-cli certify)");
+    }
     auto cert = crypto::LoadNodeCertificateFile(config_.node_cert_file);
     if (!cert.ok()) return cert.status();
     auto parsed = crypto::ParseNodeCertificate(*cert);
+    if (!parsed.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("--node-cert-file ", config_.node_cert_file,
+                                                        ": ", parsed.status().message()));
+    }
     const int64_t now = absl::ToUnixSeconds(absl::Now());
-    if (auto status = crypto::VerifyNodeCertificate(*cert, parsed->authority, key_.public_key, now);
+    if (auto status = crypto::VerifyNodeCertificate(*cert, authority.value_or(parsed->authority),
+                                                    key_.public_key, now);
         !status.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("--node-cert-file ", config_.node_cert_file, ": ", status.message()));
     }
     hello_.set_node_cert(cert->data(), cert->size());
+    config_.cluster.node_cert.assign(reinterpret_cast<const char*>(cert->data()), cert->size());
     Log(spdlog::level::info, "node_certificate",
         {{"authority", parsed->authority.ToString()},
          {"expires_unix_s", parsed->expires_unix_s},
@@ -419,6 +432,9 @@ class Broker::Impl {
         for (const auto& [state, n] : cluster_->MemberCounts()) s.cluster_members[state] = n;
         const ClusterStats& stats = cluster_stats_;
         s.handoff_messages = stats.handoff_messages.load();
+        s.presence_refused = stats.presence_refused.load();
+        s.placement_queries = stats.placement_queries.load();
+        s.presence_entries = cluster_->PresenceEntries();
         s.presence_peers = cluster_->PresencePeers();
         s.forward_latency = ToMonitoring(stats.forward_latency);
       };

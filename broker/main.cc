@@ -66,6 +66,11 @@ int main(int argc, char** argv) {
   flag("node-cert-file", config.node_cert_file,
        "This node's certificate from the mesh authority (mesh-cli certify), sent to clients "
        "so those given --mesh-authority can verify the broker");
+  std::string mesh_authority;
+  flag("mesh-authority", mesh_authority,
+       "The mesh authority's public key (mesh-cli authority): cluster members must present a "
+       "node certificate by it, so the cluster secret alone admits no one; needs "
+       "--node-cert-file");
   flag("threads", config.threads, "I/O threads, one io_context each (0: one per core)")
       ->check(CLI::Range(0, 1024));
   flag("max-payload", config.link.max_payload, "Largest message payload in bytes")
@@ -149,6 +154,8 @@ int main(int argc, char** argv) {
   auto& cluster = config.cluster;
   int64_t suspect_timeout_ms = cluster.suspect_timeout.count();
   int64_t dns_interval_ms = cluster.dns_interval.count();
+  int64_t presence_grace_ms = cluster.presence.grace.count();
+  int64_t presence_skew_ms = cluster.presence.max_skew.count();
   int64_t drain_timeout_s = config.drain_timeout.count();
   flag("cluster-secret-file", config.cluster_secret_file,
        "The mesh's 32-byte secret (64 hex characters): turns the mesh on; brokers without it "
@@ -167,6 +174,14 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   flag("suspect-timeout-ms", suspect_timeout_ms,
        "How long an unreachable member keeps its homes (messages for them wait) before it is gone")
+      ->check(CLI::PositiveNumber);
+  flag("presence-grace-ms", presence_grace_ms,
+       "How long the mesh remembers a peer that disconnected (so a late, stale announcement "
+       "still loses); then it is forgotten. At least twice --presence-max-skew-ms")
+      ->check(CLI::PositiveNumber);
+  flag("presence-max-skew-ms", presence_skew_ms,
+       "How far ahead of this broker's clock a member's presence epoch may be (clock skew "
+       "between brokers); later ones are ignored")
       ->check(CLI::PositiveNumber);
   flag("drain-timeout-s", drain_timeout_s,
        "Longest a drain (SIGTERM) spends handing mailboxes off before it stops anyway")
@@ -188,7 +203,22 @@ int main(int argc, char** argv) {
   routing.dedup_window = std::chrono::seconds(dedup_window_s);
   routing.expiry_sweep_interval = std::chrono::seconds(expiry_sweep_s);
   cluster.suspect_timeout = std::chrono::milliseconds(suspect_timeout_ms);
+  if (!mesh_authority.empty()) {
+    auto authority = mesh::crypto::AuthorityKey::Parse(mesh_authority);
+    if (!authority.ok()) {
+      std::cerr << "--mesh-authority: " << authority.status().message() << "\n";
+      return 2;
+    }
+    cluster.authority = *authority;
+  }
   cluster.dns_interval = std::chrono::milliseconds(dns_interval_ms);
+  cluster.presence.grace = std::chrono::milliseconds(presence_grace_ms);
+  cluster.presence.max_skew = std::chrono::milliseconds(presence_skew_ms);
+  if (presence_grace_ms < 2 * presence_skew_ms) {
+    std::cerr << "--presence-grace-ms must be at least twice --presence-max-skew-ms, or an "
+                 "epoch forgotten could exceed a fresh one\n";
+    return 2;
+  }
   config.drain_timeout = std::chrono::seconds(drain_timeout_s);
   config.store_unavailable_timeout = std::chrono::seconds(store_unavailable_timeout_s);
 

@@ -230,14 +230,12 @@ int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_fi
       signals.cancel();
     }
   });
-  absl::Status fatal;
   session->OnState([&](bool connected, const absl::Status& why) {
     if (connected) {
       std::fprintf(stderr, "mesh-cli: listening as %s on %s\n", key->public_key.ToString().c_str(),
                    flags.broker.c_str());
     } else if (absl::IsAlreadyExists(why)) {
-      fatal = why;
-      signals.cancel();
+      std::fprintf(stderr, "mesh-cli: %s; reconnecting\n", std::string(why.message()).c_str());
     } else {
       std::fprintf(stderr, "mesh-cli: link to %s down (%s); reconnecting\n", flags.broker.c_str(),
                    std::string(why.message()).c_str());
@@ -249,7 +247,6 @@ int Listen(const SessionFlags& flags, int64_t count, const std::string& dedup_fi
   });
   // Runs until Close() has ended the link and the reconnect loop (interrupt, or --count).
   io.run();
-  if (!fatal.ok()) return Fail(fatal);
   return 0;
 }
 

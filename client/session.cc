@@ -147,6 +147,12 @@ struct Session::Dedup {
   }
 };
 
+namespace {
+absl::Status ReplacedStatus() {
+  return absl::AlreadyExistsError("replaced by a newer session with this key");
+}
+}  // namespace
+
 std::chrono::milliseconds GoAwayRetryDelay(uint32_t retry_after_ms) {
   return std::min(std::chrono::milliseconds(retry_after_ms), kMaxGoAwayRetry);
 }
@@ -235,6 +241,8 @@ asio::awaitable<void> Session::ConnectLoop() {
       acks_.clear();  // seqs of the link that ended; the broker redelivers what they named
     }
     if (closed_) break;
+    if (replaced_) ended = ReplacedStatus();
+    replaced_ = false;
     if (on_state_) on_state_(false, ended);
     // Back off with jitter; a GoAway's hint replaces the backoff.
     auto wait = retry_hint_.count() > 0
@@ -357,11 +365,13 @@ absl::Status Session::OnFrame(mesh::v1::Frame& frame) {
     case mesh::v1::Frame::kGoAway:
       retry_hint_ = GoAwayRetryDelay(frame.go_away().retry_after_ms());
       if (frame.go_away().reason() == mesh::v1::GoAway::REPLACED) {
-        // A newer session with this key exists: reconnecting would only push it out in turn.
-        if (on_state_) {
-          on_state_(false, absl::AlreadyExistsError("replaced by a newer session with this key"));
+        replaced_ = true;
+        if (options_.stop_when_replaced) {
+          if (on_state_) on_state_(false, ReplacedStatus());
+          Close();
+        } else {
+          retry_hint_ = std::max(retry_hint_, options_.replaced_retry);
         }
-        Close();
       }
       return absl::OkStatus();
     case mesh::v1::Frame::kPong:

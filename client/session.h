@@ -59,6 +59,12 @@ struct SessionOptions {
   size_t dedup_expected = 0;
   // Seal payloads to the recipient's key and open sealed deliveries (crypto_box, DESIGN §3).
   bool seal = false;
+  // A GoAway{REPLACED} says a newer session with this key exists. By default the session comes
+  // back after `replaced_retry`: a member of the mesh that claimed the peer falsely, or a
+  // session left behind, costs a blip and not the session for good. An application that runs
+  // one key on several devices at once sets stop_when_replaced, or they would take turns.
+  bool stop_when_replaced = false;
+  std::chrono::milliseconds replaced_retry{1000};
 };
 
 struct SendResult {
@@ -101,6 +107,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Set before Start().
   void OnMessage(MessageHandler handler) { on_message_ = std::move(handler); }
+  // connected = false with an AlreadyExists status: replaced by a newer session with this key
+  // (the session reconnects unless stop_when_replaced).
   void OnState(StateHandler handler) { on_state_ = std::move(handler); }
   absl::Status Start();  // loads the dedup file, then connects in the background
 
@@ -138,6 +146,7 @@ class Session : public std::enable_shared_from_this<Session> {
   size_t max_payload_;
   bool closed_ = false;
   std::chrono::milliseconds retry_hint_{0};
+  bool replaced_ = false;  // the link ended with GoAway{REPLACED}
   uint64_t next_order_ = 0;
   uint64_t handed_ = 0;  // messages handed to the application, against max_messages
   std::map<uint64_t, PendingSend> pending_;  // in send order

@@ -185,6 +185,18 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
                       static_cast<double>(s.presence_peers)));
   out.push_back(Counter("mesh_handoff_messages_total",
                         "Messages handed to another member by a drain", s.handoff_messages));
+  out.push_back(Gauge("mesh_presence_entries",
+                      "Entries of the presence table: connected peers and, for the grace "
+                      "period, recent departures",
+                      static_cast<double>(s.presence_entries)));
+  out.push_back(Counter("mesh_placement_queries_total",
+                        "Times the router asked the mesh where a mailbox goes (membership and "
+                        "presence changes, refused forwards)",
+                        s.placement_queries));
+  out.push_back(Counter("mesh_presence_refused_total",
+                        "Presence entries a member sent for another node's sessions or with an "
+                        "epoch in the future, ignored",
+                        s.presence_refused));
   out.push_back(ByLabel("mesh_cluster_handshake_failures_total",
                         "Cluster links refused or failed, by reason (a wrong cluster secret "
                         "fails as handshake_failed)",

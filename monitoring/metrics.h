@@ -68,9 +68,12 @@ struct BrokerSnapshot {
   // The mesh (one member until it exists): members by state, forwarded messages by direction.
   std::map<std::string, int64_t> cluster_members;
   std::map<std::string, uint64_t> messages_forwarded;
-  uint64_t outbox_messages = 0;   // held here for another broker
-  int64_t presence_peers = 0;     // peers connected anywhere in the mesh, as this broker knows
-  uint64_t handoff_messages = 0;  // forwarded by a drain
+  uint64_t outbox_messages = 0;    // held here for another broker
+  int64_t presence_peers = 0;      // peers connected anywhere in the mesh, as this broker knows
+  uint64_t handoff_messages = 0;   // forwarded by a drain
+  uint64_t presence_refused = 0;   // entries a member may not announce
+  int64_t presence_entries = 0;    // the presence table, tombstones included
+  uint64_t placement_queries = 0;  // mailboxes the router asked the mesh about
   std::map<std::string, uint64_t> cluster_handshake_failures;  // by reason: every one present
   Histogram forward_latency;                                   // forwarded -> owned by the next hop
 };

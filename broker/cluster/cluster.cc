@@ -1,11 +1,12 @@
-// The mesh: cluster links, membership, presence, homes and forwarding (DESIGN §5).
+// The mesh's facade (DESIGN §5): it runs the cluster links, dials and timers, and answers the
+// router's placement questions from membership, presence and homes.
 //
-// Locks: the cluster's state sits under one mutex (mu_), never held while calling the router;
-// the router calls Placement methods under its stripe locks, and those take mu_ only. Each
-// cluster link has its own outgoing queue under its own mutex, a leaf.
+// Locks: membership and presence sit under one mutex (mu_), never held while calling the
+// router; the router calls Placement methods under its stripe locks, and those take mu_ only.
+// Each cluster link has its own outgoing queue under its own mutex, a leaf.
 #include "broker/cluster/cluster.h"
 
-#include <sys/stat.h>
+#include <sodium.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -16,19 +17,15 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
-#include "base/files.h"
+#include "absl/time/clock.h"
+#include "broker/cluster/cluster_link.h"
+#include "broker/cluster/membership.h"
 #include "broker/log.h"
 #include "peer/handshake_gate.h"
 
@@ -44,12 +41,6 @@ using Clock = std::chrono::steady_clock;
 // Deliveries one forwarder may have in flight to the next hop; beyond it, messages wait in
 // the mailbox (on disk once their ack window passes).
 constexpr uint64_t kForwardWindow = 1024;
-// Deliveries in flight over one cluster link, whatever the number of forwarders riding it.
-constexpr int64_t kLinkWindow = 8192;
-// A forward batch is cut at this many payload bytes, so frames stay well under max_frame.
-constexpr size_t kBatchBytes = size_t{256} << 10;
-constexpr std::chrono::milliseconds kDialBackoffMin{100};
-constexpr std::chrono::milliseconds kDialBackoffMax{5000};
 constexpr std::chrono::milliseconds kConnectTimeout{5000};
 // Balance (DESIGN §5): a broker holding more than this share above the mesh's average of
 // peers sends GoAway{REBALANCE} to some of them each probe interval, at most this share of
@@ -68,246 +59,14 @@ uint64_t SteadyMicros() {
       .count();
 }
 
-std::string SeqRef(uint64_t seq) {
-  std::string ref(8, '\0');
-  for (int i = 0; i < 8; ++i) ref[i] = static_cast<char>(seq >> (56 - 8 * i));
-  return ref;
-}
-
-std::optional<uint64_t> SeqOf(std::string_view ref) {
-  if (ref.size() != 8) return std::nullopt;
-  uint64_t seq = 0;
-  for (char c : ref) seq = (seq << 8) | static_cast<uint8_t>(c);
-  return seq;
-}
-
-// One cluster link and its outgoing queue, which any thread may fill: frames, forwards (cut
-// into batches) and acks go out together on the link's executor.
-class ClusterLink : public std::enable_shared_from_this<ClusterLink> {
- public:
-  ClusterLink(std::shared_ptr<peer::Link> link, bool initiator, std::string dialed)
-      : link_(std::move(link)),
-        initiator_(initiator),
-        dialed_(std::move(dialed)),
-        node_(link_->remote_id().Raw()) {}
-
-  peer::Link& link() { return *link_; }
-  bool initiator() const { return initiator_; }
-  const std::string& dialed() const { return dialed_; }
-  const std::string& node() const { return node_; }
-  std::atomic<bool> up{false};
-  std::atomic<bool> closed{false};
-  const std::shared_ptr<ForwardWindow> window = std::make_shared<ForwardWindow>(kLinkWindow);
-  std::shared_ptr<Session> acks;  // collects the SendAcks of messages forwarded to us
-
-  // Keeps the order of everything queued: forwards and acks batched so far go out before this
-  // frame. A presence delta must not overtake the ack of a delivery that preceded it, or the
-  // sender's broker sees the recipient leave with the message still unacknowledged and hands
-  // it on to be delivered a second time.
-  void Queue(mesh::v1::ClusterFrame frame) {
-    std::lock_guard lock(mu_);
-    CutPending();
-    frames_.push_back(std::move(frame));
-    ScheduleFlush();
-  }
-
-  void QueueForward(Session& forwarder, uint64_t link_seq, const mesh::v1::StoredEnvelope& envelope,
-                    const std::string& self) {
-    std::lock_guard lock(mu_);
-    const uint64_t seq = next_seq_++;
-    sent_[seq] = {forwarder.weak_from_this(), link_seq, Clock::now()};
-    if (batch_bytes_ + envelope.payload().size() > kBatchBytes && forwards_.messages_size() > 0) {
-      CutBatch();
-    }
-    auto* message = forwards_.add_messages();
-    message->set_seq(seq);
-    message->set_from(envelope.from());
-    message->set_to(envelope.to());
-    message->set_id(envelope.id());
-    message->set_payload(envelope.payload());
-    message->set_sent_at_ms(envelope.sent_at_ms());
-    message->set_expire_at_ms(envelope.expire_at_ms());
-    message->set_ingress_node(envelope.ingress_node().empty() ? self : envelope.ingress_node());
-    batch_bytes_ += envelope.payload().size();
-    ScheduleFlush();
-  }
-
-  void QueueAck(uint64_t seq, mesh::v1::SendAck::Status status, std::string detail) {
-    std::lock_guard lock(mu_);
-    auto* ack = acks_.add_acks();
-    ack->set_seq(seq);
-    ack->set_status(status);
-    if (!detail.empty()) ack->set_detail(std::move(detail));
-    ScheduleFlush();
-  }
-
-  // The forwarders and their link seqs that these acks settle, grouped by forwarder; `owned`
-  // or refused. Observes the forward latency of the owned ones.
-  struct Settled {
-    std::shared_ptr<Session> forwarder;
-    std::vector<uint64_t> link_seqs;
-    bool owned;
-  };
-  std::vector<Settled> Settle(const mesh::v1::ForwardAckBatch& batch, LatencyHistogram& latency) {
-    std::vector<Settled> settled;
-    std::lock_guard lock(mu_);
-    const auto now = Clock::now();
-    for (const auto& ack : batch.acks()) {
-      auto it = sent_.find(ack.seq());
-      if (it == sent_.end()) continue;
-      const Sent sent = it->second;
-      sent_.erase(it);
-      auto forwarder = sent.forwarder.lock();
-      if (!forwarder) continue;
-      const bool owned = ack.status() == mesh::v1::SendAck::ACCEPTED ||
-                         ack.status() == mesh::v1::SendAck::DUPLICATE;
-      if (owned) {
-        latency.Observe(std::chrono::duration_cast<std::chrono::microseconds>(now - sent.at));
-      }
-      if (settled.empty() || settled.back().forwarder != forwarder ||
-          settled.back().owned != owned) {
-        settled.push_back({forwarder, {}, owned});
-      }
-      settled.back().link_seqs.push_back(sent.link_seq);
-    }
-    return settled;
-  }
-
- private:
-  struct Sent {
-    std::weak_ptr<Session> forwarder;
-    uint64_t link_seq;
-    Clock::time_point at;
-  };
-
-  void CutBatch() {
-    mesh::v1::ClusterFrame frame;
-    frame.mutable_forward()->Swap(&forwards_);
-    frames_.push_back(std::move(frame));
-    batch_bytes_ = 0;
-  }
-
-  void ScheduleFlush() {
-    if (flush_scheduled_) return;
-    flush_scheduled_ = true;
-    asio::post(link_->get_executor(), [self = shared_from_this()] { self->Flush(); });
-  }
-
-  // Moves the batched forwards and acks into frames_, behind what is queued there already.
-  void CutPending() {
-    if (forwards_.messages_size() > 0) CutBatch();
-    if (acks_.acks_size() > 0) {
-      mesh::v1::ClusterFrame frame;
-      frame.mutable_acks()->Swap(&acks_);
-      frames_.push_back(std::move(frame));
-    }
-  }
-
-  void Flush() {
-    std::vector<mesh::v1::ClusterFrame> frames;
-    {
-      std::lock_guard lock(mu_);
-      flush_scheduled_ = false;
-      CutPending();
-      frames.swap(frames_);
-    }
-    for (const auto& frame : frames) link_->Send(frame);
-  }
-
-  const std::shared_ptr<peer::Link> link_;
-  const bool initiator_;
-  const std::string dialed_;  // the address dialled; empty when accepted
-  const std::string node_;
-  std::mutex mu_;
-  std::vector<mesh::v1::ClusterFrame> frames_;
-  mesh::v1::ForwardBatch forwards_;
-  size_t batch_bytes_ = 0;
-  mesh::v1::ForwardAckBatch acks_;
-  bool flush_scheduled_ = false;
-  uint64_t next_seq_ = 1;
-  absl::flat_hash_map<uint64_t, Sent> sent_;
-};
-
-enum class MemberState { kJoining, kLive, kSuspect };
-
-const char* StateName(MemberState state, bool draining) {
-  if (draining) return "draining";
-  switch (state) {
-    case MemberState::kJoining:
-      return "joining";
-    case MemberState::kLive:
-      return "live";
-    case MemberState::kSuspect:
-      return "suspect";
-  }
-  return "unknown";
+// Tells this process from another holding the same node key (a cloned volume).
+std::string NewIncarnation() {
+  std::string bytes(16, '\0');
+  randombytes_buf(bytes.data(), bytes.size());
+  return bytes;
 }
 
 }  // namespace
-
-uint64_t HomeScore(std::string_view node, std::string_view peer) {
-  crypto_hash_sha256_state state;
-  crypto_hash_sha256_init(&state);
-  crypto_hash_sha256_update(&state, reinterpret_cast<const uint8_t*>(node.data()), node.size());
-  crypto_hash_sha256_update(&state, reinterpret_cast<const uint8_t*>(peer.data()), peer.size());
-  uint8_t digest[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(&state, digest);
-  uint64_t score = 0;
-  for (int i = 0; i < 8; ++i) score = (score << 8) | digest[i];
-  return score;
-}
-
-std::string HomeOf(std::string_view peer, const std::vector<std::string>& nodes) {
-  std::string best;
-  uint64_t best_score = 0;
-  for (const auto& node : nodes) {
-    const uint64_t score = HomeScore(node, peer);
-    if (best.empty() || score > best_score || (score == best_score && node < best)) {
-      best = node;
-      best_score = score;
-    }
-  }
-  return best;
-}
-
-namespace {
-
-absl::StatusOr<crypto::Secret<crypto::kKeySize>> ParseSecretLine(const std::string& path,
-                                                                 const std::string& line) {
-  const std::string hex(absl::StripAsciiWhitespace(line));
-  if (hex.size() != 2 * crypto::kKeySize || !absl::c_all_of(hex, absl::ascii_isxdigit)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cluster secret file ", path,
-                     ": each line must be 64 hex characters (32 bytes); make one with: "
-                     "openssl rand -hex 32"));
-  }
-  std::string bytes = absl::HexStringToBytes(hex);
-  crypto::Secret<crypto::kKeySize> secret(
-      {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
-  crypto::Wipe(bytes);
-  return secret;
-}
-
-}  // namespace
-
-absl::StatusOr<ClusterSecrets> LoadClusterSecret(const std::string& path) {
-  auto text = base::ReadPrivateFile(path, "cluster secret file");
-  if (!text.ok()) return text.status();
-  std::istringstream in(*text);
-  std::string first, second;
-  std::getline(in, first);
-  std::getline(in, second);
-  crypto::Wipe(*text);
-  auto current = ParseSecretLine(path, first);
-  if (!current.ok()) return current.status();
-  ClusterSecrets secrets{*current, std::nullopt};
-  if (!absl::StripAsciiWhitespace(second).empty()) {
-    auto next = ParseSecretLine(path, second);
-    if (!next.ok()) return next.status();
-    secrets.next = *next;
-  }
-  return secrets;
-}
 
 class Cluster::Impl : public std::enable_shared_from_this<Impl> {
  public:
@@ -317,18 +76,20 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       : config_(std::move(config)),
         key_(key),
         self_(key.public_key.Raw()),
+        incarnation_(NewIncarnation()),
         router_(router),
         shards_(std::move(shards)),
         link_config_(link_config),
         stats_(stats),
-        gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip) {
+        gate_(config_.max_pending_handshakes, config_.max_pending_handshakes_per_ip),
+        membership_(self_, std::set<std::string>(config_.peers.begin(), config_.peers.end())),
+        presence_(self_, config_.presence) {
     UseSecretsLocked(secrets);
     hello_.set_protocol_version(peer::kProtocolVersion);
     hello_.set_node_name(config_.node_name);
     hello_.mutable_limits()->set_max_payload(link_config_.max_payload);
     hello_.mutable_limits()->set_heartbeat_interval_ms(
         static_cast<uint32_t>(link_config_.heartbeat_interval.count()));
-    for (const auto& seed : config_.peers) seeds_.insert(seed);
   }
 
   absl::Status Start() {
@@ -347,7 +108,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
          {"port", port_},
          {"advertise", advertise_},
          {"seeds", config_.peers.size()},
-         {"dns", config_.dns}});
+         {"dns", config_.dns},
+         {"authority", config_.authority ? config_.authority->ToString() : std::string()}});
     asio::co_spawn(*shards_.front(), AcceptLoop(), asio::detached);
     asio::co_spawn(*shards_.front(), TickLoop(), asio::detached);
     return absl::OkStatus();
@@ -384,7 +146,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
   void Release() {
     std::lock_guard lock(mu_);
-    members_.clear();
+    membership_.Clear();
     all_links_.clear();
   }
 
@@ -393,7 +155,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     {
       std::lock_guard lock(mu_);
       draining_ = true;
-      links = UpLinks();
+      links = membership_.UpLinks();
     }
     mesh::v1::ClusterFrame frame;
     frame.mutable_member()->set_draining(true);
@@ -404,7 +166,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   size_t LiveMembers() const {
     std::lock_guard lock(mu_);
     size_t n = 0;
-    for (const auto& [id, member] : members_) n += member.state == MemberState::kLive;
+    for (const auto& [id, member] : membership_.members()) n += member.state == MemberState::kLive;
     return n;
   }
 
@@ -418,21 +180,13 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     self.set_address(advertise_);
     self.set_self(true);
     out.push_back(std::move(self));
-    for (const auto& [id, member] : members_) {
+    for (const auto& [id, member] : membership_.members()) {
       mesh::v1::Member view;
       view.set_node_id(crypto::IdText(id));
       view.set_name(member.name);
       view.set_address(member.address);
       view.set_rtt_ms(member.rtt_ms);
-      mesh::v1::Member::State state = mesh::v1::Member::STATE_UNSPECIFIED;
-      if (member.draining) {
-        state = mesh::v1::Member::DRAINING;
-      } else if (member.state == MemberState::kLive) {
-        state = mesh::v1::Member::ALIVE;
-      } else if (member.state == MemberState::kSuspect) {
-        state = mesh::v1::Member::SUSPECT;
-      }
-      view.set_state(state);
+      view.set_state(MemberViewState(member));
       out.push_back(std::move(view));
     }
     return out;
@@ -440,16 +194,19 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
 
   std::optional<std::string> Locate(std::string_view peer) const {
     std::lock_guard lock(mu_);
-    auto it = presence_.find(absl::string_view(peer.data(), peer.size()));
-    if (it == presence_.end() || !it->second.connected) return std::nullopt;
-    return crypto::IdText(it->second.node);
+    const std::string* node = presence_.NodeOf(peer);
+    if (node == nullptr) return std::nullopt;
+    return crypto::IdText(*node);
   }
 
   int64_t PresencePeers() const {
     std::lock_guard lock(mu_);
-    int64_t n = 0;
-    for (const auto& [peer, entry] : presence_) n += entry.connected;
-    return n;
+    return static_cast<int64_t>(presence_.connected());
+  }
+
+  int64_t PresenceEntries() const {
+    std::lock_guard lock(mu_);
+    return static_cast<int64_t>(presence_.size());
   }
 
   std::vector<std::pair<std::string, int64_t>> MemberCounts() const {
@@ -457,23 +214,26 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
         {"joining", 0}, {"live", 0}, {"suspect", 0}, {"draining", 0}};
     std::lock_guard lock(mu_);
     ++counts[draining_ ? "draining" : "live"];  // this node
-    for (const auto& [id, member] : members_) ++counts[StateName(member.state, member.draining)];
+    for (const auto& [id, member] : membership_.members()) {
+      ++counts[MemberStateName(member.state, member.draining)];
+    }
     return {counts.begin(), counts.end()};
   }
 
   // ---- Placement ----
 
   std::string NextHop(std::string_view recipient) {
+    stats_.placement_queries.fetch_add(1, std::memory_order_relaxed);
     std::lock_guard lock(mu_);
-    const std::string home = HomeOf(recipient, HomeSetLocked());
+    const std::string home = HomeOf(recipient, membership_.HomeSet(draining_));
     if (home.empty()) return {};  // no member to hand it to: keep it
     if (home != self_) return home;
     // Home here: to the broker the peer is connected to, if another; else keep it.
-    auto it = presence_.find(absl::string_view(recipient.data(), recipient.size()));
-    if (it == presence_.end() || !it->second.connected || it->second.node == self_) return {};
+    const std::string* node = presence_.NodeOf(recipient);
+    if (node == nullptr || *node == self_) return {};
     // A suspect member keeps its peers: their messages wait here for its link (outbox).
-    if (!members_.contains(it->second.node)) return {};
-    return it->second.node;
+    if (!membership_.members().contains(*node)) return {};
+    return *node;
   }
 
   std::shared_ptr<Session> Forwarder(std::string_view recipient, const std::string& node) {
@@ -481,9 +241,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     bool handoff = false;
     {
       std::lock_guard lock(mu_);
-      auto it = members_.find(node);
-      if (it == members_.end() || !it->second.link || !it->second.link->up) return nullptr;
-      link = it->second.link;
+      const Member* member = membership_.Find(node);
+      if (member == nullptr || !member->link || !member->link->up) return nullptr;
+      link = member->link;
       handoff = draining_;
     }
     auto id = crypto::PeerId::FromBytes(
@@ -505,8 +265,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     auto carrier = std::static_pointer_cast<ClusterLink>(forwarder.carrier().lock());
     if (!carrier || !carrier->up || carrier->closed) return false;
     std::lock_guard lock(mu_);
-    auto it = members_.find(forwarder.next_hop());
-    return it != members_.end() && it->second.link == carrier;
+    const Member* member = membership_.Find(forwarder.next_hop());
+    return member != nullptr && member->link == carrier;
   }
 
   void OnSession(const crypto::PeerId& peer, bool connected) {
@@ -514,20 +274,10 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<std::shared_ptr<ClusterLink>> links;
     {
       std::lock_guard lock(mu_);
-      const std::string raw = peer.Raw();
-      Presence& entry = presence_[raw];
-      if (connected) {
-        entry = {self_, std::max(WallMs(), entry.epoch_ms + 1), true};
-      } else {
-        if (entry.node != self_ || !entry.connected) return;  // replaced elsewhere meanwhile
-        entry.connected = false;
-      }
-      auto* delta = frame.mutable_presence()->add_entries();
-      delta->set_peer(raw);
-      delta->set_node(self_);
-      delta->set_epoch_ms(entry.epoch_ms);
-      delta->set_connected(connected);
-      links = UpLinks();
+      auto delta = presence_.Local(peer.Raw(), connected, WallMs());
+      if (!delta) return;  // replaced elsewhere meanwhile
+      *frame.mutable_presence()->add_entries() = std::move(*delta);
+      links = membership_.UpLinks();
     }
     for (auto& link : links) link->Queue(frame);
   }
@@ -535,26 +285,6 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   uint16_t port() const { return port_; }
 
  private:
-  struct Member {
-    std::string address;
-    std::string name;
-    MemberState state = MemberState::kJoining;
-    bool draining = false;
-    std::shared_ptr<ClusterLink> link;
-    Clock::time_point since = Clock::now();
-    double rtt_ms = 0;
-  };
-  struct Presence {
-    std::string node;
-    uint64_t epoch_ms = 0;
-    bool connected = false;
-  };
-  struct Dial {
-    bool in_progress = false;
-    Clock::time_point next{};
-    std::chrono::milliseconds backoff = kDialBackoffMin;
-  };
-
   void UseSecretsLocked(const ClusterSecrets& secrets) {
     secrets_.push_back(secrets);
     link_config_.psk = &secrets_.back().current;
@@ -566,56 +296,17 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     return link_config_;
   }
 
-  // Homes are computed over live and suspect members that do not drain, and this node.
-  std::vector<std::string> HomeSetLocked() const {
-    std::vector<std::string> nodes;
-    if (!draining_) nodes.push_back(self_);
-    for (const auto& [id, member] : members_) {
-      if (member.draining || member.state == MemberState::kJoining) continue;
-      nodes.push_back(id);
-    }
-    return nodes;
-  }
-
-  std::vector<std::shared_ptr<ClusterLink>> UpLinks() const {
-    std::vector<std::shared_ptr<ClusterLink>> links;
-    for (const auto& [id, member] : members_) {
-      if (member.link && member.link->up) links.push_back(member.link);
-    }
-    return links;
-  }
-
-  mesh::v1::ClusterFrame HelloFrame() const {
+  mesh::v1::ClusterFrame HelloFrameLocked() const {
     mesh::v1::ClusterFrame frame;
     auto* hello = frame.mutable_hello();
     hello->set_version(mesh::v1::CLUSTER_VERSION_1);
     hello->set_node_name(config_.node_name);
     hello->set_address(advertise_);
     hello->set_draining(draining_);
-    AddMembersLocked(*hello->mutable_members());
+    hello->set_incarnation(incarnation_);
+    if (!config_.node_cert.empty()) hello->set_node_cert(config_.node_cert);
+    membership_.Gossip(*hello->mutable_members());
     return frame;
-  }
-
-  void AddMembersLocked(google::protobuf::RepeatedPtrField<mesh::v1::ClusterMember>& out) const {
-    for (const auto& [id, member] : members_) {
-      // Only members proven by a link: an address nobody reached is not passed on.
-      if (member.address.empty() || member.state == MemberState::kJoining) continue;
-      auto* m = out.Add();
-      m->set_node_id(id);
-      m->set_address(member.address);
-      m->set_draining(member.draining);
-    }
-  }
-
-  void LearnMembersLocked(
-      const google::protobuf::RepeatedPtrField<mesh::v1::ClusterMember>& gossip) {
-    for (const auto& m : gossip) {
-      if (m.node_id() == self_ || m.node_id().size() != crypto::kKeySize || m.address().empty()) {
-        continue;
-      }
-      auto [it, added] = members_.try_emplace(m.node_id());
-      if (added) it->second.address = m.address();
-    }
   }
 
   awaitable<void> AcceptLoop() {
@@ -656,7 +347,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
            {"detail", std::string(accepted.status().message())}});
       co_return;
     }
-    co_await Run(std::make_shared<ClusterLink>(*std::move(accepted), false, std::string()));
+    co_await Run(std::make_shared<ClusterLink>(*std::move(accepted), false, std::string()),
+                 remote.address().to_string());
   }
 
   // Runs on `shard`, where the socket and the link will live: an operation pending on one
@@ -666,21 +358,14 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     auto result = co_await Connect(shard, address);
     {
       std::lock_guard lock(mu_);
-      Dial& dial = dials_[address];
-      dial.in_progress = false;
-      if (result.ok()) {
-        dial.backoff = kDialBackoffMin;
-      } else {
-        dial.next = Clock::now() + dial.backoff;
-        dial.backoff = std::min(dial.backoff * 2, kDialBackoffMax);
-      }
+      membership_.DialEnded(address, result.ok(), Clock::now());
     }
     if (!result.ok()) {
       Log(spdlog::level::debug, "cluster_dial_failed",
           {{"address", address}, {"error", std::string(result.status().message())}});
       co_return;
     }
-    co_await Run(std::make_shared<ClusterLink>(*std::move(result), true, address));
+    co_await Run(std::make_shared<ClusterLink>(*std::move(result), true, address), address);
   }
 
   awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(asio::io_context& shard,
@@ -711,8 +396,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
                                            peer::LinkKind::kCluster);
   }
 
-  // Serves one established cluster link until it ends.
-  awaitable<void> Run(std::shared_ptr<ClusterLink> link) {
+  // Serves one established cluster link until it ends. `remote`: the address it came from or
+  // went to, for the log.
+  awaitable<void> Run(std::shared_ptr<ClusterLink> link, std::string remote) {
     auto self = shared_from_this();
     std::weak_ptr<ClusterLink> weak = link;
     link->acks = std::make_shared<Session>(link->link().remote_id(), [weak](mesh::v1::Frame frame) {
@@ -726,17 +412,18 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       std::lock_guard lock(mu_);
       if (stopping_) co_return;
       all_links_.push_back(link);
-      link->Queue(HelloFrame());
+      link->Queue(HelloFrameLocked());
     }
     absl::Status ended = co_await link->link().RunCluster(
-        [&](mesh::v1::ClusterFrame& frame) { return OnFrame(link, frame); });
+        [&](mesh::v1::ClusterFrame& frame) { return OnFrame(link, remote, frame); });
     link->closed = true;
     link->up = false;
     OnLinkDown(link, ended);
   }
 
-  absl::Status OnFrame(const std::shared_ptr<ClusterLink>& link, mesh::v1::ClusterFrame& frame) {
-    if (frame.has_hello()) return OnHello(link, frame.hello());
+  absl::Status OnFrame(const std::shared_ptr<ClusterLink>& link, const std::string& remote,
+                       mesh::v1::ClusterFrame& frame) {
+    if (frame.has_hello()) return OnHello(link, remote, frame.hello());
     if (!link->up) {
       return peer::LinkError(mesh::v1::UNEXPECTED_FRAME, "a cluster frame before the hello");
     }
@@ -765,8 +452,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       case mesh::v1::ClusterFrame::kMember: {
         {
           std::lock_guard lock(mu_);
-          auto it = members_.find(link->node());
-          if (it != members_.end()) it->second.draining = frame.member().draining();
+          if (Member* member = membership_.Find(link->node())) {
+            member->draining = frame.member().draining();
+          }
         }
         Log(spdlog::level::info, "member_draining", {{"node", crypto::IdText(link->node())}});
         PublishMember(link->node(), "draining");
@@ -778,16 +466,16 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
         reply.mutable_probe_reply()->set_nonce(frame.probe().nonce());
         link->Queue(std::move(reply));
         std::lock_guard lock(mu_);
-        LearnMembersLocked(frame.probe().members());
+        membership_.Learn(frame.probe().members());
         return absl::OkStatus();
       }
       case mesh::v1::ClusterFrame::kProbeReply: {
         const uint64_t sent = frame.probe_reply().nonce();
         const uint64_t now = SteadyMicros();
         std::lock_guard lock(mu_);
-        auto it = members_.find(link->node());
-        if (it != members_.end() && now >= sent) {
-          it->second.rtt_ms = static_cast<double>(now - sent) / 1000.0;
+        Member* member = membership_.Find(link->node());
+        if (member != nullptr && now >= sent) {
+          member->rtt_ms = static_cast<double>(now - sent) / 1000.0;
         }
         return absl::OkStatus();
       }
@@ -797,7 +485,25 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
-  absl::Status OnHello(const std::shared_ptr<ClusterLink>& link,
+  // Where an authority is configured, the secret alone admits no one (DESIGN §5).
+  absl::Status CheckCertificate(const ClusterLink& link, const mesh::v1::ClusterHello& hello) {
+    if (!config_.authority) return absl::OkStatus();
+    auto node = crypto::PeerId::FromBytes(
+        {reinterpret_cast<const uint8_t*>(link.node().data()), link.node().size()});
+    absl::Status status = hello.node_cert().empty()
+                              ? absl::UnauthenticatedError("no node certificate")
+                              : crypto::VerifyNodeCertificate(
+                                    {reinterpret_cast<const uint8_t*>(hello.node_cert().data()),
+                                     hello.node_cert().size()},
+                                    *config_.authority, *node, absl::ToUnixSeconds(absl::Now()));
+    if (status.ok()) return status;
+    return peer::LinkError(
+        mesh::v1::NOT_CERTIFIED,
+        absl::StrCat("member ", crypto::IdText(link.node()),
+                     " is not certified by the mesh authority: ", status.message()));
+  }
+
+  absl::Status OnHello(const std::shared_ptr<ClusterLink>& link, const std::string& remote,
                        const mesh::v1::ClusterHello& hello) {
     if (link->up) return peer::LinkError(mesh::v1::UNEXPECTED_FRAME, "a second cluster hello");
     if (hello.version() != mesh::v1::CLUSTER_VERSION_1) {
@@ -806,51 +512,51 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
                              absl::StrCat("cluster protocol version ", hello.version(),
                                           " is not spoken here (this node speaks 1)"));
     }
-    const std::string& node = link->node();
-    if (node == self_) {
-      std::lock_guard lock(mu_);
-      if (!link->dialed().empty()) self_addresses_.insert(link->dialed());
-      return absl::CancelledError("dialled itself");
+    if (auto status = CheckCertificate(*link, hello); !status.ok()) {
+      Log(spdlog::level::warn, "cluster_link_refused",
+          {{"remote", remote},
+           {"reason", "not_certified"},
+           {"detail", std::string(status.message())}});
+      return status;
     }
-    std::shared_ptr<ClusterLink> replaced;
-    bool joined = false;
+    const std::string& node = link->node();
+    Membership::Admission admission;
     {
       std::lock_guard lock(mu_);
-      Member& member = members_[node];
-      if (member.link && member.link != link && member.link->up) {
-        // Two links between one pair: the one dialled by the lower node ID stays.
-        const std::string& dialer_new = link->initiator() ? self_ : node;
-        const std::string& dialer_old = member.link->initiator() ? self_ : node;
-        if (dialer_old <= dialer_new) return absl::CancelledError("a link to this member exists");
-        replaced = member.link;
+      admission = membership_.Admit(link, hello, incarnation_);
+      if (admission.kind == Membership::Admission::kJoined) {
+        // Our own sessions, so the member routes to them at once.
+        mesh::v1::ClusterFrame full;
+        *full.mutable_presence() = presence_.OwnTable();
+        link->Queue(std::move(full));
       }
-      joined = member.state != MemberState::kLive;
-      member.link = link;
-      member.state = MemberState::kLive;
-      member.since = Clock::now();
-      member.address = hello.address();
-      member.name = hello.node_name();
-      member.draining = hello.draining();
-      link->up = true;
-      LearnMembersLocked(hello.members());
-      // Our whole table of local sessions, so the member routes to them at once.
-      mesh::v1::ClusterFrame full;
-      full.mutable_presence()->set_full(true);
-      for (const auto& [peer, entry] : presence_) {
-        if (entry.node != self_ || !entry.connected) continue;
-        auto* e = full.mutable_presence()->add_entries();
-        e->set_peer(peer);
-        e->set_node(self_);
-        e->set_epoch_ms(entry.epoch_ms);
-        e->set_connected(true);
+    }
+    switch (admission.kind) {
+      case Membership::Admission::kSelf:
+        return absl::CancelledError("dialled itself");
+      case Membership::Admission::kDuplicate:
+        return absl::CancelledError("a link to this member exists");
+      case Membership::Admission::kCloned: {
+        const std::string detail = absl::StrCat(
+            "node ID ", crypto::IdText(node), " is already ",
+            node == self_ ? "this node's" : "live on another link",
+            ": two brokers hold one node key (a cloned or restored volume?); give each its "
+            "own node.key");
+        Log(spdlog::level::err, "duplicate_node_id",
+            {{"node", crypto::IdText(node)},
+             {"remote", remote},
+             {"name", hello.node_name()},
+             {"address", hello.address()}});
+        return peer::LinkError(mesh::v1::DUPLICATE_NODE, detail);
       }
-      link->Queue(std::move(full));
+      case Membership::Admission::kJoined:
+        break;
     }
-    if (replaced) {
-      asio::post(replaced->link().get_executor(),
-                 [replaced] { replaced->link().Close(absl::OkStatus()); });
+    if (admission.replaced) {
+      asio::post(admission.replaced->link().get_executor(),
+                 [replaced = admission.replaced] { replaced->link().Close(absl::OkStatus()); });
     }
-    if (joined) {
+    if (admission.first) {
       Log(spdlog::level::info, "member_joined",
           {{"node", crypto::IdText(node)},
            {"name", hello.node_name()},
@@ -862,78 +568,39 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void OnLinkDown(const std::shared_ptr<ClusterLink>& link, const absl::Status& ended) {
-    bool was_member_link = false;
-    bool gone = false;
+    Membership::LinkDown down;
     {
       std::lock_guard lock(mu_);
       std::erase(all_links_, link);
-      auto it = members_.find(link->node());
-      if (it != members_.end() && it->second.link == link) {
-        was_member_link = true;
-        it->second.link.reset();
-        if (it->second.draining || stopping_) {
-          gone = true;
-          DropMemberLocked(it);
-        } else {
-          it->second.state = MemberState::kSuspect;
-          it->second.since = Clock::now();
-        }
-      }
+      down = membership_.OnLinkDown(link, stopping_);
+      if (down.gone) presence_.ForgetNode(link->node(), WallMs());
     }
-    if (!was_member_link) return;
+    if (!down.member_link) return;
     Log(spdlog::level::warn, "cluster_link_down",
         {{"node", crypto::IdText(link->node())},
          {"detail", std::string(ended.message())},
-         {"now", gone ? "gone" : "suspect"}});
-    if (gone) PublishMember(link->node(), "left");
+         {"now", down.gone ? "gone" : "suspect"}});
+    if (down.gone) PublishMember(link->node(), "left");
     router_.RebindAll();
   }
 
-  template <typename Iterator>
-  void DropMemberLocked(Iterator it) {
-    const std::string node = it->first;
-    members_.erase(it);
-    for (auto& [peer, entry] : presence_) {
-      if (entry.node == node) entry.connected = false;
-    }
-  }
-
   void ApplyPresence(const std::string& from_node, const mesh::v1::Presence& presence) {
-    std::vector<std::string> changed;
-    std::vector<std::string> replaced_here;
+    PresenceTable::Applied applied;
     {
       std::lock_guard lock(mu_);
-      absl::flat_hash_set<std::string> listed;
-      for (const auto& e : presence.entries()) {
-        if (e.peer().size() != crypto::kKeySize || e.node().size() != crypto::kKeySize) continue;
-        if (presence.full()) listed.insert(e.peer());
-        auto [it, added] = presence_.try_emplace(e.peer());
-        Presence& known = it->second;
-        if (e.connected()) {
-          const bool newer = added || e.epoch_ms() > known.epoch_ms ||
-                             (e.epoch_ms() == known.epoch_ms && e.node() > known.node);
-          if (!newer) continue;
-          if (!added && known.node == self_ && known.connected) replaced_here.push_back(e.peer());
-          known = {e.node(), e.epoch_ms(), true};
-          changed.push_back(e.peer());
-        } else if (added) {
-          known = {e.node(), e.epoch_ms(), false};
-        } else if (known.node == e.node() && known.epoch_ms == e.epoch_ms() && known.connected) {
-          known.connected = false;
-          changed.push_back(e.peer());
-        }
-      }
-      if (presence.full()) {
-        for (auto& [peer, entry] : presence_) {
-          if (entry.node == from_node && entry.connected && !listed.contains(peer)) {
-            entry.connected = false;
-            changed.push_back(peer);
-          }
-        }
-      }
+      applied = presence_.Apply(from_node, presence, WallMs());
     }
-    for (const auto& peer : replaced_here) router_.Disconnect(peer, mesh::v1::GoAway::REPLACED);
-    for (const auto& peer : changed) router_.Rebind(peer);
+    if (applied.refused > 0) {
+      stats_.presence_refused.fetch_add(applied.refused, std::memory_order_relaxed);
+      Log(spdlog::level::warn, "presence_refused",
+          {{"node", crypto::IdText(from_node)},
+           {"entries", applied.refused},
+           {"why", "a member may announce only its own sessions, with epochs not in the future"}});
+    }
+    for (const auto& peer : applied.replaced_here) {
+      router_.Disconnect(peer, mesh::v1::GoAway::REPLACED);
+    }
+    for (const auto& peer : applied.changed) router_.Rebind(peer);
   }
 
   void PublishMember(const std::string& node, const char* what) {
@@ -967,7 +634,8 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   // Connections are long-lived, so brokers a scale-up adds would stay idle: a broker far above
-  // the mesh's average of peers asks some of its own to go (they reconnect elsewhere).
+  // the mesh's average of peers asks some of its own to go (they reconnect elsewhere). Reads
+  // counts presence maintains: O(members), whatever the number of peers.
   void Balance() {
     size_t mine = 0;
     size_t total = 0;
@@ -975,21 +643,14 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     {
       std::lock_guard lock(mu_);
       if (draining_) return;
-      absl::flat_hash_set<std::string> live;
-      for (const auto& [id, member] : members_) {
-        if (member.state == MemberState::kLive && !member.draining) live.insert(id);
+      mine = presence_.ConnectedOn(self_);
+      total = mine;
+      for (const auto& [id, member] : membership_.members()) {
+        if (member.state != MemberState::kLive || member.draining) continue;
+        ++nodes;
+        total += presence_.ConnectedOn(id);
       }
-      if (live.empty()) return;
-      nodes += live.size();
-      for (const auto& [peer, entry] : presence_) {
-        if (!entry.connected) continue;
-        if (entry.node == self_) {
-          ++mine;
-          ++total;
-        } else if (live.contains(entry.node)) {
-          ++total;
-        }
-      }
+      if (nodes == 1) return;
     }
     const double average = static_cast<double>(total) / static_cast<double>(nodes);
     if (static_cast<double>(mine) <= average * kBalanceBand || mine < 2) return;
@@ -1008,84 +669,46 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     error_code ec;
     auto results = co_await resolver.async_resolve(host_port->first, host_port->second,
                                                    asio::redirect_error(asio::use_awaitable, ec));
-    std::set<std::string> addresses;
-    if (!ec) {
-      for (const auto& entry : results) {
-        const auto endpoint = entry.endpoint();
-        addresses.insert(
-            endpoint.address().is_v6()
-                ? absl::StrCat("[", endpoint.address().to_string(), "]:", endpoint.port())
-                : absl::StrCat(endpoint.address().to_string(), ":", endpoint.port()));
-      }
-    }
     if (ec) co_return;  // keep the last answer rather than forget every member
+    std::set<std::string> addresses;
+    for (const auto& entry : results) {
+      const auto endpoint = entry.endpoint();
+      addresses.insert(
+          endpoint.address().is_v6()
+              ? absl::StrCat("[", endpoint.address().to_string(), "]:", endpoint.port())
+              : absl::StrCat(endpoint.address().to_string(), ":", endpoint.port()));
+    }
     std::lock_guard lock(mu_);
-    dns_addresses_ = std::move(addresses);
-    dns_resolved_ = true;
+    membership_.SetDns(std::move(addresses));
   }
 
   void Tick() {
-    std::vector<std::string> to_dial;
-    std::vector<std::string> gone;
+    Membership::Due due;
     std::vector<std::shared_ptr<ClusterLink>> links;
     mesh::v1::ClusterFrame probe;
-    const auto now = Clock::now();
     {
       std::lock_guard lock(mu_);
       if (stopping_) return;
-      // A suspect past its timeout is gone; so is an unlinked member DNS no longer lists.
-      for (auto it = members_.begin(); it != members_.end();) {
-        Member& member = it->second;
-        const bool dropped_by_dns = dns_resolved_ && !member.link &&
-                                    !dns_addresses_.contains(member.address) &&
-                                    !seeds_.contains(member.address);
-        // A suspect past its timeout, or a member learned of but never reached in as long.
-        const bool timed_out =
-            member.state != MemberState::kLive && now - member.since >= config_.suspect_timeout;
-        if ((member.state != MemberState::kLive && dropped_by_dns) || timed_out) {
-          gone.push_back(it->first);
-          auto next = std::next(it);
-          DropMemberLocked(it);
-          it = next;
-          continue;
-        }
-        ++it;
-      }
-      std::set<std::string> linked;
-      for (const auto& [id, member] : members_) {
-        if (member.link) linked.insert(member.address);
-      }
-      auto want = [&](const std::string& address) {
-        if (address.empty() || address == advertise_ || linked.contains(address) ||
-            self_addresses_.contains(address)) {
-          return;
-        }
-        Dial& dial = dials_[address];
-        if (dial.in_progress || now < dial.next) return;
-        dial.in_progress = true;
-        to_dial.push_back(address);
-      };
-      for (const auto& [id, member] : members_) {
-        if (!member.link) want(member.address);
-      }
-      for (const auto& seed : seeds_) want(seed);
-      for (const auto& address : dns_addresses_) want(address);
-      links = UpLinks();
+      due = membership_.Tick(Clock::now(), advertise_, config_.suspect_timeout);
+      const uint64_t now_ms = WallMs();
+      for (const auto& node : due.gone) presence_.ForgetNode(node, now_ms);
+      presence_.Prune(now_ms);
+      links = membership_.UpLinks();
       probe.mutable_probe()->set_nonce(SteadyMicros());
-      AddMembersLocked(*probe.mutable_probe()->mutable_members());
+      membership_.Gossip(*probe.mutable_probe()->mutable_members());
     }
-    for (const auto& node : gone) {
+    for (const auto& node : due.gone) {
       Log(spdlog::level::warn, "member_gone", {{"node", crypto::IdText(node)}});
       PublishMember(node, "left");
     }
     Balance();
     for (auto& link : links) link->Queue(probe);
-    for (auto& address : to_dial) {
+    for (auto& address : due.dial) {
       auto& shard = *shards_[next_dial_shard_++ % shards_.size()];
       asio::co_spawn(shard, DialOnce(address, shard), asio::detached);
     }
-    // Homes moved with a member gone; else only what waits unbound (a refusal, no link).
-    if (!gone.empty()) {
+    // Homes moved with a member gone; else only what waits for a next hop (a refusal, no link).
+    if (!due.gone.empty()) {
       router_.RebindAll();
     } else {
       router_.PlaceUnbound();
@@ -1095,6 +718,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   const ClusterConfig config_;
   const crypto::KeyPair& key_;
   const std::string self_;
+  const std::string incarnation_;
   Router& router_;
   const std::vector<asio::io_context*> shards_;
   peer::LinkConfig link_config_;  // psk and psk_next: the secrets in use, under mu_
@@ -1112,14 +736,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   mutable std::mutex mu_;
   bool stopping_ = false;
   bool draining_ = false;
-  std::map<std::string, Member> members_;  // by node ID (raw), this node excluded
+  Membership membership_;
+  PresenceTable presence_;
   std::vector<std::shared_ptr<ClusterLink>> all_links_;
-  std::set<std::string> seeds_;
-  std::set<std::string> dns_addresses_;
-  bool dns_resolved_ = false;
-  std::set<std::string> self_addresses_;  // addresses that turned out to be this node
-  std::map<std::string, Dial> dials_;
-  absl::flat_hash_map<std::string, Presence> presence_;  // peer (raw) -> where it is
 };
 
 Cluster::Cluster(ClusterConfig config, const crypto::KeyPair& key, const ClusterSecrets& secrets,
@@ -1139,6 +758,7 @@ std::optional<std::string> Cluster::Locate(std::string_view peer) const {
   return impl_->Locate(peer);
 }
 int64_t Cluster::PresencePeers() const { return impl_->PresencePeers(); }
+int64_t Cluster::PresenceEntries() const { return impl_->PresenceEntries(); }
 std::vector<std::pair<std::string, int64_t>> Cluster::MemberCounts() const {
   return impl_->MemberCounts();
 }

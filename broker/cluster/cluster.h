@@ -3,6 +3,10 @@
 // and forwarding. The router asks this class where a mailbox without a local session goes
 // (Placement); forwarders carry its messages over the cluster link to the next hop, which acks
 // once it owns them, and only then does this broker delete its copy.
+//
+// This class is the facade and holds the lock; the parts are plain classes beside it:
+// cluster_link.h (one link's batches, windows and acks), membership.h (members, dials, DNS),
+// presence.h (who is connected where, and what a member may say) and homes.h (pure functions).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -15,6 +19,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "broker/cluster/homes.h"
+#include "broker/cluster/presence.h"
 #include "broker/routing/router.h"
 #include "crypto/crypto.h"
 #include "mesh/v1/control.pb.h"
@@ -35,6 +41,11 @@ struct ClusterConfig {
   std::string secret_file;  // re-read on ReloadSecret()
   int max_pending_handshakes = 256;
   int max_pending_handshakes_per_ip = 32;
+  // Set: a member must present a node certificate by this authority (--mesh-authority), and
+  // this node sends `node_cert` (its own, checked at start).
+  std::optional<crypto::AuthorityKey> authority;
+  std::string node_cert;
+  PresenceLimits presence;
 };
 
 // The cluster secret file: 64 hex characters, or two lines (current, next). Initiators use the
@@ -51,6 +62,13 @@ struct ClusterStats {
   peer::LinkStats links;             // cluster links: handshakes and failures by reason
   LatencyHistogram forward_latency;  // forwarded -> owned by the next hop
   std::atomic<uint64_t> refused_version{0};
+  // Presence entries a member sent for another node's sessions, or with a future epoch.
+  std::atomic<uint64_t> presence_refused{0};
+  // Placement questions the router asked (NextHop): what membership changes, refused forwards
+  // and presence changes cost, never a walk of every mailbox at rest.
+  std::atomic<uint64_t> placement_queries{0};
+  // Members refused for a missing certificate or a duplicate node ID count in `links.failures`
+  // (not_certified, duplicate_node).
   std::atomic<uint64_t> handoff_messages{0};  // forwarded while draining or after a move
 };
 
@@ -84,6 +102,8 @@ class Cluster final : public Placement {
   std::optional<std::string> Locate(std::string_view peer) const;
   // Peers the mesh knows to be connected (to any member, this one included).
   int64_t PresencePeers() const;
+  // Entries of the presence table, tombstones of recent departures included.
+  int64_t PresenceEntries() const;
   // Members by state, for mesh_cluster_members{state}.
   std::vector<std::pair<std::string, int64_t>> MemberCounts() const;
   uint16_t port() const;
@@ -98,10 +118,5 @@ class Cluster final : public Placement {
   class Impl;
   std::shared_ptr<Impl> impl_;
 };
-
-// Rendezvous hashing (DESIGN §5): the first 8 bytes, big endian, of SHA-256(node ‖ peer).
-uint64_t HomeScore(std::string_view node, std::string_view peer);
-// The highest-scoring node (ties to the lower ID); empty when `nodes` is.
-std::string HomeOf(std::string_view peer, const std::vector<std::string>& nodes);
 
 }  // namespace mesh::broker

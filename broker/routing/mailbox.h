@@ -167,6 +167,10 @@ struct Stripe {
   std::mutex mu;
   absl::flat_hash_map<std::string, std::unique_ptr<Mailbox>> mailboxes;
   std::deque<FastDeadline> fast;  // in deadline order: one ack window after delivery
+  // Mailboxes placed towards another broker that have no forwarder (no link up, or the next
+  // hop refused): the only ones PlaceUnbound asks about again. May name mailboxes since bound
+  // or erased; those are skipped.
+  absl::flat_hash_set<std::string> unplaced;
 };
 
 // Messages each sender holds across all mailboxes, for the sender quota.

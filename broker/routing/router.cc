@@ -343,7 +343,11 @@ void Router::Impl::Place(Mailbox& mailbox) {
   mailbox.outbound = !next.empty();
   if (next.empty()) return;
   std::shared_ptr<Session> forwarder = placement->Forwarder(mailbox.recipient, next);
-  if (forwarder) Bind(mailbox, std::move(forwarder));
+  if (forwarder) {
+    Bind(mailbox, std::move(forwarder));
+  } else {
+    StripeOf(mailbox.recipient).unplaced.insert(mailbox.recipient);
+  }
 }
 
 void Router::Impl::Bind(Mailbox& mailbox, std::shared_ptr<Session> session) {
@@ -553,7 +557,9 @@ void Router::Impl::Detach(Session& session, std::string_view reason) {
     if (mailbox == nullptr || mailbox->session.get() != &session) return;  // replaced earlier
     Unbind(*mailbox);
     // A forwarder let go stays unbound until the next PlaceUnbound (its next hop refused).
-    if (!session.forwarder()) {
+    if (session.forwarder()) {
+      stripe.unplaced.insert(mailbox->recipient);
+    } else {
       mailbox->placed_epoch = 0;
       Place(*mailbox);
     }
@@ -703,20 +709,33 @@ void Router::Detach(Session& session, std::string_view reason) { impl_->Detach(s
 
 void Router::SetPlacement(Placement* placement) { impl_->placement = placement; }
 
-void Router::RebindAll() { impl_->ReplaceAll(/*unbound_only=*/false); }
+void Router::RebindAll() { impl_->ReplaceAll(); }
 
-void Router::PlaceUnbound() { impl_->ReplaceAll(/*unbound_only=*/true); }
+void Router::PlaceUnbound() { impl_->PlaceUnbound(); }
 
-void Router::Impl::ReplaceAll(bool unbound_only) {
+void Router::Impl::ReplaceAll() {
   placement_epoch.fetch_add(1, std::memory_order_relaxed);
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     std::vector<Mailbox*> mailboxes;
     mailboxes.reserve(stripe.mailboxes.size());
-    for (auto& [id, mailbox] : stripe.mailboxes) {
-      if (!unbound_only || !mailbox->session) mailboxes.push_back(mailbox.get());
-    }
+    for (auto& [id, mailbox] : stripe.mailboxes) mailboxes.push_back(mailbox.get());
     for (Mailbox* mailbox : mailboxes) Replace(stripe, *mailbox);  // may erase it
+  }
+}
+
+// Costs what waits for a next hop, not what the broker holds: mailboxes homed here for
+// offline peers are never in `unplaced`.
+void Router::Impl::PlaceUnbound() {
+  for (Stripe& stripe : stripes) {
+    std::lock_guard lock(stripe.mu);
+    if (stripe.unplaced.empty()) continue;
+    absl::flat_hash_set<std::string> waiting;
+    waiting.swap(stripe.unplaced);
+    for (const std::string& recipient : waiting) {
+      Mailbox* mailbox = Find(stripe, recipient);
+      if (mailbox != nullptr && !mailbox->session) Replace(stripe, *mailbox);  // may re-add it
+    }
   }
 }
 

@@ -120,8 +120,9 @@ class Router {
   // a link came or went), or for one (its presence changed).
   void RebindAll();
   void Rebind(std::string_view recipient);
-  // Places again only the mailboxes without any session: those a next hop refused, or whose
-  // next hop had no link up. Cheap enough to run every second.
+  // Places again only the mailboxes bound for another broker that have no forwarder: those a
+  // next hop refused, or whose next hop had no link up. Costs what waits, so it runs every
+  // second.
   void PlaceUnbound();
   // A message another broker forwards: admitted like a Send from envelope.from(). `sender` is
   // a local session whose sink gets a SendAck with id `ack_ref` once the message is owned here.

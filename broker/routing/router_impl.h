@@ -128,7 +128,9 @@ struct Router::Impl {
   void Place(Mailbox& mailbox);
   void Bind(Mailbox& mailbox, std::shared_ptr<Session> session);
   void Replace(Stripe& stripe, Mailbox& mailbox);
-  void ReplaceAll(bool unbound_only);
+  // Every mailbox without a local session, asked again under a new placement epoch.
+  void ReplaceAll();
+  void PlaceUnbound();
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);
