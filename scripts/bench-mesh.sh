@@ -12,6 +12,9 @@
 #   scripts/bench-mesh.sh reconnect  LISTENERS (50) mesh-cli peers with both brokers in their list;
 #                                    the broker holding some drains (SIGTERM): time until every
 #                                    peer is connected again (goal: within 2 s)
+#   scripts/bench-mesh.sh idle       a 2-broker mesh holding MAILBOXES (100,000) offline mailboxes
+#                                    (one 8 B message each), at rest: each broker's CPU over
+#                                    IDLE_S (60) seconds, % of one core
 #
 # Brokers run on loopback through scripts/local-cluster.sh with one I/O thread each; the load
 # generator gets one too. Binaries come from build/ (scripts/build.sh).
@@ -165,11 +168,36 @@ reconnect() {
     "$runs" "$(printf '%s\n' "${took[@]}" | median)"
 }
 
+idle() {
+  local runs=${RUNS:-3} mailboxes=${MAILBOXES:-100000} seconds=${IDLE_S:-60} b0=() b1=()
+  for ((r = 0; r < runs; r++)); do
+    fresh
+    "$cluster" start 2 -- "${flags[@]}" >/dev/null
+    until [[ $(metric 1 'mesh_cluster_members{state="live"}') == 2 ]]; do sleep 0.05; done
+    "$bench" -b "127.0.0.1:$base" --mode fill --pairs 16 --count $((mailboxes / 16)) --size 8 \
+      --recipients "$mailboxes" --threads 1 --json >/dev/null
+    # At rest once what is homed at b1 has left b0's outbox.
+    until [[ $(metric 0 mesh_outbox_messages) == 0 ]]; do sleep 0.1; done
+    sleep 2
+    local c0 c1 d0 d1
+    c0=$(metric 0 process_cpu_seconds_total); c1=$(metric 1 process_cpu_seconds_total)
+    sleep "$seconds"
+    d0=$(metric 0 process_cpu_seconds_total); d1=$(metric 1 process_cpu_seconds_total)
+    b0+=("$(calc "($d0 - $c0) * 100 / $seconds")"); b1+=("$(calc "($d1 - $c1) * 100 / $seconds")")
+    printf 'run %d: %d mailboxes (b0 holds %s messages, b1 %s); idle CPU over %d s: b0 %.2f %%, b1 %.2f %%\n' \
+      "$r" "$mailboxes" "$(metric 0 mesh_messages_queue_size)" "$(metric 1 mesh_messages_queue_size)" \
+      "$seconds" "${b0[-1]}" "${b1[-1]}"
+  done
+  printf 'idle mesh of 2 brokers holding %d offline mailboxes, medians of %d: CPU b0 %.2f %%, b1 %.2f %% of one core\n' \
+    "$mailboxes" "$runs" "$(printf '%s\n' "${b0[@]}" | median)" "$(printf '%s\n' "${b1[@]}" | median)"
+}
+
 case ${1:-all} in
   online) online ;;
+  idle) idle ;;
   drain) drain ;;
   presence) presence ;;
   reconnect) reconnect ;;
   all) online; drain; presence; reconnect ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -155,7 +155,10 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     {
       std::lock_guard lock(mu_);
       draining_ = true;
-      links = membership_.UpLinks();
+      // Every link, not only those up: one whose hello went out before this (saying "not
+      // draining") and whose member's hello has not come yet would otherwise never hear it,
+      // and that member would go on counting this node as a home. Queued after the hello.
+      links = all_links_;
     }
     mesh::v1::ClusterFrame frame;
     frame.mutable_member()->set_draining(true);
@@ -537,16 +540,21 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
       case Membership::Admission::kDuplicate:
         return absl::CancelledError("a link to this member exists");
       case Membership::Admission::kCloned: {
+        // Two processes with one node key: a copied volume, or (towards another member) a
+        // broker that restarted before the link to its old process timed out; the second
+        // clears itself once that link's heartbeat fails.
+        const bool ours = node == self_;
         const std::string detail = absl::StrCat(
-            "node ID ", crypto::IdText(node), " is already ",
-            node == self_ ? "this node's" : "live on another link",
-            ": two brokers hold one node key (a cloned or restored volume?); give each its "
-            "own node.key");
+            "node ID ", crypto::IdText(node), ours ? " is this node's" : " is live on another link",
+            ": two brokers hold one node key (a cloned or restored volume?); give each its own "
+            "node.key");
         Log(spdlog::level::err, "duplicate_node_id",
             {{"node", crypto::IdText(node)},
              {"remote", remote},
              {"name", hello.node_name()},
-             {"address", hello.address()}});
+             {"address", hello.address()},
+             {"hint", ours ? "another broker runs with this broker's node.key"
+                           : "a cloned volume, or a restart before the old link timed out"}});
         return peer::LinkError(mesh::v1::DUPLICATE_NODE, detail);
       }
       case Membership::Admission::kJoined:

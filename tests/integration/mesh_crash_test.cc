@@ -98,6 +98,9 @@ class MeshLoadTest : public ::testing::Test {
     for (const auto& broker : brokers_) {
       if (!broker->started()) continue;
       const std::string log = broker->Log();
+      if (const char* keep = std::getenv("MESH_TEST_KEEP_LOGS")) {
+        std::ofstream(std::string(keep) + "/" + broker->address().substr(10) + ".log") << log;
+      }
       out += "\n--- broker " + broker->address() + ", last lines:\n" +
              log.substr(log.size() > 3000 ? log.size() - 3000 : 0);
     }

@@ -417,6 +417,8 @@ TEST_F(MeshTrustTest, AMeshAtRestAsksNoPlacementQuestions) {
   // Over three probe intervals (the cluster's tick), mailboxes at rest cost no question.
   const double b0_before = b0.Metric("mesh_placement_queries_total");
   const double b1_before = b1.Metric("mesh_placement_queries_total");
+  ASSERT_GT(b0_before, 0) << "placing the mail asked questions";
+  ASSERT_GE(b1_before, 0);
   std::this_thread::sleep_for(3500ms);
   EXPECT_EQ(b0.Metric("mesh_placement_queries_total"), b0_before);
   EXPECT_EQ(b1.Metric("mesh_placement_queries_total"), b1_before);
