@@ -168,6 +168,20 @@ mesh::v1::ClusterFrame PresenceOf(const crypto::PeerId& peer, const std::string&
   return frame;
 }
 
+// Until the broker has attached the peer's session: a client whose handshake is done may not be
+// attached yet, and an announcement made meanwhile would race its arrival.
+bool WaitAttached(const BrokerProcess& broker, const crypto::PeerId& peer) {
+  const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (broker.ApiGet("/api/v1/peers/" + peer.ToString()).find("\"connected\":true") !=
+        std::string::npos) {
+      return true;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
 class MeshTrustTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -206,6 +220,7 @@ TEST_F(MeshTrustTest, AMemberCannotAnnounceAnotherNodesSessionsOrAnEpochInTheFut
   ASSERT_TRUE(broker.started()) << broker.Log();
   LibraryPeer victim({broker.address()});
   ASSERT_TRUE(victim.WaitConnected());
+  ASSERT_TRUE(WaitAttached(broker, victim.id())) << broker.Log();
 
   ClusterSpeaker forger;
   ASSERT_TRUE(forger.Join(broker.ListenerPort("cluster"), {}));
@@ -234,12 +249,13 @@ TEST_F(MeshTrustTest, ASessionAFalseClaimPushesOutComesBackAndGetsItsMail) {
   LibraryPeer victim({broker.address()}, crypto::KeyPair::Generate(),
                      [&](client::SessionOptions& options) { options.replaced_retry = 200ms; });
   ASSERT_TRUE(victim.WaitConnected());
+  ASSERT_TRUE(WaitAttached(broker, victim.id())) << broker.Log();
 
   // Within the rules (its own node, an epoch of now): the broker believes it and closes the
   // victim's session with REPLACED. The client comes back, with an epoch above the claim.
   ClusterSpeaker forger;
   ASSERT_TRUE(forger.Join(broker.ListenerPort("cluster"), {}));
-  forger.Send(PresenceOf(victim.id(), Raw(forger.id()), WallMs()));
+  forger.Send(PresenceOf(victim.id(), Raw(forger.id()), WallMs() + 1));
   ASSERT_TRUE(forger.Sync());
 
   // A second session of the victim's (the only peer so far) proves it was pushed out and came
