@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Mailboxes at rest (DESIGN §4, issue 17): a broker on a fresh data dir; MAILBOXES (1,000,000)
+# offline recipients get one SIZE (256) byte message each (mesh-bench --mode fill). Prints the
+# broker's RSS above its idle baseline (and per mailbox), then restarts it on that data dir and
+# prints the time from exec to /readyz answering 200. Medians of RUNS (3).
+#
+#   scripts/bench-rest.sh                             this build (build/, scripts/build.sh)
+#   MESH_BUILD=/path/to/other/build scripts/bench-rest.sh   another build, for a before/after
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${MESH_BUILD:-$root/build}
+runs=${RUNS:-3} mailboxes=${MAILBOXES:-1000000} size=${SIZE:-256}
+port=${MESH_BENCH_PORT:-37700} http=$((${MESH_BENCH_PORT:-37700} + 200))
+work=$(mktemp -d)
+broker_pid=""
+cleanup() {
+  [[ -n $broker_pid ]] && kill -INT "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+now() { date +%s.%N; }
+calc() { awk "BEGIN {print $*}"; }
+rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/readyz") == 200 ]]; }
+
+start() {
+  "$build/broker/mesh-broker" --data-dir "$work/data" --listen-peer "127.0.0.1:$port" \
+    --listen-http "127.0.0.1:$http" --listen-grpc "" --threads 1 --send-rate 0 \
+    --sender-max-messages 100000000 >>"$work/broker.log" 2>&1 &
+  broker_pid=$!
+  until ready; do
+    kill -0 "$broker_pid" 2>/dev/null || { tail "$work/broker.log" >&2; exit 1; }
+    sleep 0.01
+  done
+}
+
+stop() { kill -INT "$broker_pid"; wait "$broker_pid" || true; broker_pid=""; }
+
+per=() ready_s=()
+for ((r = 0; r < runs; r++)); do
+  rm -rf "$work/data" "$work/broker.log"
+  start
+  sleep 1
+  base=$(rss "$broker_pid")
+  "$build/bench/mesh-bench" -b "127.0.0.1:$port" --mode fill --pairs 16 \
+    --count $((mailboxes / 16)) --size "$size" --recipients "$mailboxes" --threads 1 --json \
+    >/dev/null
+  sleep 2
+  held=$(rss "$broker_pid")
+  stop
+  t0=$(now)
+  start
+  t1=$(now)
+  stop
+  per+=("$(calc "($held - $base) / $mailboxes")")
+  ready_s+=("$(calc "$t1 - $t0")")
+  printf 'run %d: %d mailboxes x %d B: RSS %.1f -> %.1f MiB (+%.0f B per mailbox); restart to ready %.2f s\n' \
+    "$r" "$mailboxes" "$size" "$(calc "$base / 1048576")" "$(calc "$held / 1048576")" \
+    "${per[-1]}" "${ready_s[-1]}"
+done
+printf 'mailboxes at rest, medians of %d: +%.0f B of RSS per mailbox, restart to ready %.2f s\n' \
+  "$runs" "$(printf '%s\n' "${per[@]}" | median)" "$(printf '%s\n' "${ready_s[@]}" | median)"
