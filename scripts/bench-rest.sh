@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mailboxes at rest (DESIGN §4, issue 17): a broker on a fresh data dir; MAILBOXES (1,000,000)
 # offline recipients get one SIZE (256) byte message each (mesh-bench --mode fill). Prints the
-# broker's RSS above its idle baseline (and per mailbox), then restarts it on that data dir and
-# prints the time from exec to /readyz answering 200. Medians of RUNS (3).
+# broker's RSS above its idle baseline (and per mailbox) and how long one GET /metrics takes,
+# then restarts it on that data dir and prints the time from exec to /readyz answering 200.
+# Medians of RUNS (3).
 #
 #   scripts/bench-rest.sh                             this build (build/, scripts/build.sh)
 #   MESH_BUILD=/path/to/other/build scripts/bench-rest.sh   another build, for a before/after
@@ -39,7 +40,7 @@ start() {
 
 stop() { kill -INT "$broker_pid"; wait "$broker_pid" || true; broker_pid=""; }
 
-per=() ready_s=()
+per=() ready_s=() scrape_ms=()
 for ((r = 0; r < runs; r++)); do
   rm -rf "$work/data" "$work/broker.log"
   start
@@ -50,6 +51,7 @@ for ((r = 0; r < runs; r++)); do
     >/dev/null
   sleep 2
   held=$(rss "$broker_pid")
+  scrape=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$http/metrics")
   stop
   t0=$(now)
   start
@@ -57,9 +59,11 @@ for ((r = 0; r < runs; r++)); do
   stop
   per+=("$(calc "($held - $base) / $mailboxes")")
   ready_s+=("$(calc "$t1 - $t0")")
-  printf 'run %d: %d mailboxes x %d B: RSS %.1f -> %.1f MiB (+%.0f B per mailbox); restart to ready %.2f s\n' \
+  scrape_ms+=("$(calc "$scrape * 1000")")
+  printf 'run %d: %d mailboxes x %d B: RSS %.1f -> %.1f MiB (+%.0f B per mailbox); GET /metrics %.1f ms; restart to ready %.2f s\n' \
     "$r" "$mailboxes" "$size" "$(calc "$base / 1048576")" "$(calc "$held / 1048576")" \
-    "${per[-1]}" "${ready_s[-1]}"
+    "${per[-1]}" "${scrape_ms[-1]}" "${ready_s[-1]}"
 done
-printf 'mailboxes at rest, medians of %d: +%.0f B of RSS per mailbox, restart to ready %.2f s\n' \
-  "$runs" "$(printf '%s\n' "${per[@]}" | median)" "$(printf '%s\n' "${ready_s[@]}" | median)"
+printf 'mailboxes at rest, medians of %d: +%.0f B of RSS per mailbox, GET /metrics %.1f ms, restart to ready %.2f s\n' \
+  "$runs" "$(printf '%s\n' "${per[@]}" | median)" "$(printf '%s\n' "${scrape_ms[@]}" | median)" \
+  "$(printf '%s\n' "${ready_s[@]}" | median)"

@@ -171,6 +171,11 @@ struct Stripe {
   // hop refused): the only ones PlaceUnbound asks about again. May name mailboxes since bound
   // or erased; those are skipped.
   absl::flat_hash_set<std::string> unplaced;
+  // The active few the control plane and the mesh ask about, so that they cost what is
+  // active, never what is held at rest: mailboxes with a peer's session here, and mailboxes
+  // placed towards another broker (outboxes). Erased with their mailbox.
+  absl::flat_hash_set<Mailbox*> connected;
+  absl::flat_hash_set<Mailbox*> outbound;
 };
 
 // Messages each sender holds across all mailboxes, for the sender quota.

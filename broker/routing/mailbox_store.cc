@@ -295,11 +295,7 @@ absl::Status Router::Impl::Recover() {
   Log(spdlog::level::info, "store_recovered",
       {{"messages", messages},
        {"bytes", stats.queued_bytes.load()},
-       {"mailboxes", [&] {
-          size_t n = 0;
-          ForEachMailbox([&](const Mailbox&) { ++n; });
-          return n;
-        }()}});
+       {"mailboxes", mailbox_count.load(std::memory_order_relaxed)}});
   return absl::OkStatus();
 }
 

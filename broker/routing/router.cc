@@ -341,12 +341,18 @@ void Router::Impl::Place(Mailbox& mailbox) {
   mailbox.placed_epoch = epoch;
   const std::string next = placement->NextHop(mailbox.recipient);
   mailbox.outbound = !next.empty();
+  Stripe& stripe = StripeOf(mailbox.recipient);
+  if (mailbox.outbound) {
+    stripe.outbound.insert(&mailbox);
+  } else {
+    stripe.outbound.erase(&mailbox);
+  }
   if (next.empty()) return;
   std::shared_ptr<Session> forwarder = placement->Forwarder(mailbox.recipient, next);
   if (forwarder) {
     Bind(mailbox, std::move(forwarder));
   } else {
-    StripeOf(mailbox.recipient).unplaced.insert(mailbox.recipient);
+    stripe.unplaced.insert(mailbox.recipient);
   }
 }
 
@@ -355,6 +361,7 @@ void Router::Impl::Bind(Mailbox& mailbox, std::shared_ptr<Session> session) {
   mailbox.session->attached_ = true;
   mailbox.deliver_from = 0;
   if (!mailbox.session->forwarder()) {
+    StripeOf(mailbox.recipient).connected.insert(&mailbox);
     stats.sessions.fetch_add(1, std::memory_order_relaxed);
     stats.sessions_total.fetch_add(1, std::memory_order_relaxed);
   }
@@ -519,7 +526,10 @@ void Router::Impl::Unbind(Mailbox& mailbox) {
     it = mailbox.loaded.erase(it);
   }
   mailbox.deliver_from = 0;
-  if (!session.forwarder()) stats.sessions.fetch_sub(1, std::memory_order_relaxed);
+  if (!session.forwarder()) {
+    stats.sessions.fetch_sub(1, std::memory_order_relaxed);
+    StripeOf(mailbox.recipient).connected.erase(&mailbox);
+  }
   mailbox.session.reset();
 }
 
@@ -596,11 +606,8 @@ Router::Router(RouterConfig config, store::Store& store) : config_(std::move(con
 
 std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {
   std::vector<PeerView> peers;
-  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    if (mailbox.session && !mailbox.session->forwarder() &&
-        std::string_view(mailbox.recipient) > after) {
-      peers.push_back(impl_->ViewOf(mailbox));
-    }
+  impl_->ForEachConnected([&](const Mailbox& mailbox) {
+    if (std::string_view(mailbox.recipient) > after) peers.push_back(impl_->ViewOf(mailbox));
   });
   std::sort(peers.begin(), peers.end(),
             [](const PeerView& a, const PeerView& b) { return a.id < b.id; });
@@ -630,27 +637,26 @@ bool Router::Disconnect(std::string_view id, mesh::v1::GoAway::Reason reason) {
 
 size_t Router::GoAwayAll(mesh::v1::GoAway::Reason reason) {
   std::vector<std::shared_ptr<Session>> sessions;
-  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    if (mailbox.session && !mailbox.session->forwarder()) sessions.push_back(mailbox.session);
-  });
+  impl_->ForEachConnected([&](const Mailbox& mailbox) { sessions.push_back(mailbox.session); });
   for (auto& session : sessions) session->GoAwayAndClose(reason);
   return sessions.size();
 }
 
 uint64_t Router::OutboxMessages() const {
   uint64_t count = 0;
-  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    const bool local = mailbox.session && !mailbox.session->forwarder();
-    if (!local && mailbox.outbound) count += mailbox.count;
-  });
+  for (Stripe& stripe : impl_->stripes) {
+    std::lock_guard lock(stripe.mu);
+    for (const Mailbox* mailbox : stripe.outbound) {
+      const bool local = mailbox->session && !mailbox->session->forwarder();
+      if (!local) count += mailbox->count;
+    }
+  }
   return count;
 }
 
 size_t Router::GoAwaySome(size_t n, mesh::v1::GoAway::Reason reason) {
   std::vector<std::shared_ptr<Session>> sessions;
-  impl_->ForEachMailbox([&](const Mailbox& mailbox) {
-    if (mailbox.session && !mailbox.session->forwarder()) sessions.push_back(mailbox.session);
-  });
+  impl_->ForEachConnected([&](const Mailbox& mailbox) { sessions.push_back(mailbox.session); });
   const size_t count = std::min(n, sessions.size());
   std::partial_sort(
       sessions.begin(), sessions.begin() + static_cast<std::ptrdiff_t>(count), sessions.end(),
@@ -660,9 +666,8 @@ size_t Router::GoAwaySome(size_t n, mesh::v1::GoAway::Reason reason) {
 }
 
 size_t Router::MailboxCount() const {
-  size_t count = 0;
-  impl_->ForEachMailbox([&](const Mailbox&) { ++count; });
-  return count;
+  return static_cast<size_t>(
+      std::max<int64_t>(0, impl_->mailbox_count.load(std::memory_order_relaxed)));
 }
 
 bool Router::Full() const {

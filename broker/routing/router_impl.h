@@ -36,6 +36,7 @@ struct Router::Impl {
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
+  std::atomic<int64_t> mailbox_count{0};  // mailboxes in memory, across the stripes
   // Queued bytes reached store_max_bytes; cleared by Tick below 90% of it, so readiness does
   // not flap with every message at the mark.
   std::atomic<bool> over_max_bytes{false};
@@ -52,6 +53,7 @@ struct Router::Impl {
   Mailbox& Get(Stripe& stripe, const std::string& recipient) {
     auto& slot = stripe.mailboxes[recipient];
     if (!slot) {
+      mailbox_count.fetch_add(1, std::memory_order_relaxed);
       slot = std::make_unique<Mailbox>();
       slot->recipient = recipient;
       // Seqs of a new mailbox start above any an earlier one with this recipient used, so its
@@ -62,15 +64,20 @@ struct Router::Impl {
   }
 
   void MaybeErase(Stripe& stripe, Mailbox& mailbox) {
-    if (mailbox.Idle()) stripe.mailboxes.erase(mailbox.recipient);
+    if (!mailbox.Idle()) return;
+    stripe.connected.erase(&mailbox);
+    stripe.outbound.erase(&mailbox);
+    mailbox_count.fetch_sub(1, std::memory_order_relaxed);
+    stripe.mailboxes.erase(mailbox.recipient);
   }
 
-  // Visits every mailbox, each under its stripe's lock (one stripe at a time).
+  // Visits the mailboxes with a peer's session here (not the forwarders), each under its
+  // stripe's lock: O(connected peers), whatever the mailboxes at rest.
   template <typename Visit>
-  void ForEachMailbox(Visit visit) {
+  void ForEachConnected(Visit visit) {
     for (Stripe& stripe : stripes) {
       std::lock_guard lock(stripe.mu);
-      for (const auto& [id, mailbox] : stripe.mailboxes) visit(*mailbox);
+      for (Mailbox* mailbox : stripe.connected) visit(*mailbox);
     }
   }
 
