@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/hash/hash.h"
+#include "base/containers.h"
 
 namespace mesh::peer {
 
@@ -34,6 +35,7 @@ void RateLimiter::Prune(Clock::time_point now) {
       const double elapsed = std::chrono::duration<double>(now - entry.second.at).count();
       return entry.second.tokens + elapsed * rate_ >= burst_;
     });
+    base::ShrinkIfSparse(part.buckets);
   }
 }
 

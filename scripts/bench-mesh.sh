@@ -12,6 +12,9 @@
 #   scripts/bench-mesh.sh reconnect  LISTENERS (50) mesh-cli peers with both brokers in their list;
 #                                    the broker holding some drains (SIGTERM): time until every
 #                                    peer is connected again (goal: within 2 s)
+#   scripts/bench-mesh.sh churn      KEYS (200,000) keys connect to one broker once each, in waves
+#                                    of 10,000, and leave: each broker's RSS before, just after, and
+#                                    SETTLE_S (30) s after the presence grace (GRACE_MS, 10,000)
 #   scripts/bench-mesh.sh idle       a 2-broker mesh holding MAILBOXES (100,000) offline mailboxes
 #                                    (one 8 B message each), at rest: each broker's CPU over
 #                                    IDLE_S (60) seconds, % of one core
@@ -168,6 +171,38 @@ reconnect() {
     "$runs" "$(printf '%s\n' "${took[@]}" | median)"
 }
 
+churn() {
+  local runs=${RUNS:-1} keys=${KEYS:-200000} grace=${GRACE_MS:-10000} wave=10000
+  local settle=${SETTLE_S:-30}  # after the grace: the allocator returns freed pages over seconds
+  rss_of() { awk '/^VmRSS:/ {print $2 / 1024}' "/proc/$(cat "$MESH_CLUSTER_DIR/b$1/pid")/status"; }
+  ulimit -n "$(ulimit -Hn)"
+  for ((r = 0; r < runs; r++)); do
+    fresh
+    "$cluster" start 2 -- "${flags[@]}" --max-pending-handshakes-per-ip 1024 \
+      --new-links-per-ip-rate 0 --presence-grace-ms "$grace" \
+      --presence-max-skew-ms $((grace / 2)) >/dev/null
+    until [[ $(metric 1 'mesh_cluster_members{state="live"}') == 2 ]]; do sleep 0.05; done
+    sleep 1
+    local before0 before1 after0 after1 end0 end1
+    before0=$(rss_of 0); before1=$(rss_of 1)
+    for ((done_keys = 0; done_keys < keys; done_keys += wave)); do
+      "$build/bench/idle_links" --broker-pid "$(cat "$MESH_CLUSTER_DIR/b0/pid")" \
+        --address "127.0.0.1:$base" --links "$wave" --concurrency 256 \
+        --settle-ms 200 >/dev/null 2>&1
+    done
+    after0=$(rss_of 0); after1=$(rss_of 1)
+    local entries
+    entries=$(metric 1 mesh_presence_entries)
+    until [[ $(metric 0 mesh_presence_entries) == 0 && $(metric 1 mesh_presence_entries) == 0 ]]; do
+      sleep 0.5
+    done
+    sleep "$settle"
+    end0=$(rss_of 0); end1=$(rss_of 1)
+    printf 'run %d: %d keys connected once and left; RSS MiB b0 %.1f -> %.1f -> %.1f, b1 %.1f -> %.1f -> %.1f (b1 held %s presence entries before the grace)\n' \
+      "$r" "$keys" "$before0" "$after0" "$end0" "$before1" "$after1" "$end1" "$entries"
+  done
+}
+
 idle() {
   local runs=${RUNS:-3} mailboxes=${MAILBOXES:-100000} seconds=${IDLE_S:-60} b0=() b1=()
   for ((r = 0; r < runs; r++)); do
@@ -195,9 +230,10 @@ idle() {
 case ${1:-all} in
   online) online ;;
   idle) idle ;;
+  churn) churn ;;
   drain) drain ;;
   presence) presence ;;
   reconnect) reconnect ;;
   all) online; drain; presence; reconnect ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/container/flat_hash_set.h"
+#include "base/containers.h"
 #include "crypto/crypto.h"
 
 namespace mesh::broker {
@@ -136,6 +137,7 @@ void PresenceTable::Prune(uint64_t now_ms) {
     }
     tombstones_.pop_front();
   }
+  base::ShrinkIfSparse(entries_);
 }
 
 const std::string* PresenceTable::NodeOf(std::string_view peer) const {
