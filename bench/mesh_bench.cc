@@ -46,6 +46,7 @@ struct Config {
   double rate = 0;  // online: total msgs/s, 0 = as fast as acknowledged
   int threads = 1;
   uint32_t credit = 512;
+  uint32_t ttl_s = 0;  // 0: the broker's default
   bool json = false;
   std::string latency_log;  // CSV of every delivery: when it was sent, how long it took
 };
@@ -234,10 +235,13 @@ class Bench {
         fill_recipients_.empty()
             ? pair.recipient_key.public_key
             : fill_recipients_[(pair.index * 7919 + pair.sent) % fill_recipients_.size()];
-    pair.sender->Send(to, Payload(), [this, &pair](const mesh::client::SendResult& result) {
-      OnAck(result);
-      if (config_.rate <= 0) SendOne(pair);
-    });
+    pair.sender->Send(
+        to, Payload(),
+        [this, &pair](const mesh::client::SendResult& result) {
+          OnAck(result);
+          if (config_.rate <= 0) SendOne(pair);
+        },
+        config_.ttl_s);
   }
 
   // One line per delivery, in send order: ms since the start, latency in µs (for plotting).
@@ -454,6 +458,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_option("--credit", config.credit, "Credit each recipient grants")->capture_default_str();
+  app.add_option("--ttl", config.ttl_s,
+                 "Seconds the broker keeps each message for an offline recipient (0: its default)");
   app.add_flag("--json", config.json, "One JSON object on stdout");
   CLI11_PARSE(app, argc, argv);
   if (config.brokers.empty()) config.brokers = {config.broker};

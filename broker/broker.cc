@@ -322,7 +322,9 @@ class Broker::Impl {
     auto files_checked = peer::Clock::now();
     auto space_checked = peer::Clock::now();
     while (!stopping_) {
-      timer.expires_after(period);
+      // While an expiry sweep is under way, tick again after a short gap for the links, so the
+      // sweep goes on at most of the thread's pace without holding it for long.
+      timer.expires_after(router_->SweepPending() ? std::chrono::milliseconds(1) : period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       // statfs at most every kSpaceCheck, not per message: Sends read the answer.

@@ -7,6 +7,10 @@
 #
 #   scripts/bench-rest.sh                             this build (build/, scripts/build.sh)
 #   MESH_BUILD=/path/to/other/build scripts/bench-rest.sh   another build, for a before/after
+#   scripts/bench-rest.sh expiry   EXPIRING (1,000,000) messages in MAILBOXES (10,000) mailboxes
+#                                  expire (TTL 20 s, a sweep every 5 s) while 16 pairs exchange
+#                                  256 B online at RATE (5,000) msgs/s for 40 s: their p99, and
+#                                  the same run with nothing expiring
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +34,7 @@ ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/re
 start() {
   "$build/broker/mesh-broker" --data-dir "$work/data" --listen-peer "127.0.0.1:$port" \
     --listen-http "127.0.0.1:$http" --listen-grpc "" --threads 1 --send-rate 0 \
-    --sender-max-messages 100000000 >>"$work/broker.log" 2>&1 &
+    --sender-max-messages 100000000 "${extra[@]}" >>"$work/broker.log" 2>&1 &
   broker_pid=$!
   until ready; do
     kill -0 "$broker_pid" 2>/dev/null || { tail "$work/broker.log" >&2; exit 1; }
@@ -39,6 +43,37 @@ start() {
 }
 
 stop() { kill -INT "$broker_pid"; wait "$broker_pid" || true; broker_pid=""; }
+
+expiry() {
+  local expiring=${EXPIRING:-1000000} boxes=${MAILBOXES:-10000} rate=${RATE:-5000}
+  local calm=() busy=() online=(--pairs 16 --rate "$rate" --duration 40 --warmup 1 --window 64
+    --threads 1 --json)
+  extra=(--expiry-sweep-interval-s 5 --mailbox-max-messages 1000000)
+  for ((r = 0; r < runs; r++)); do
+    rm -rf "$work/data" "$work/broker.log"
+    start
+    calm+=("$("$build/bench/mesh-bench" -b "127.0.0.1:$port" "${online[@]}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_us"]["p99"])')")
+    "$build/bench/mesh-bench" -b "127.0.0.1:$port" --mode fill --pairs 16 \
+      --count $((expiring / 16)) --recipients "$boxes" --ttl 20 --threads 1 --json >/dev/null
+    busy+=("$("$build/bench/mesh-bench" -b "127.0.0.1:$port" "${online[@]}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_us"]["p99"])')")
+    local expired
+    expired=$(curl -s "http://127.0.0.1:$http/metrics" | awk '$1 == "mesh_messages_expired_total" {print $2}')
+    stop
+    printf 'run %d: online p99 at %d msgs/s: %.0f us with nothing expiring, %.0f us while %s of %d messages expired\n' \
+      "$r" "$rate" "${calm[-1]}" "${busy[-1]}" "$expired" "$expiring"
+  done
+  printf 'expiry of %d messages in %d mailboxes, medians of %d: online p99 %.0f us (%.0f us with nothing expiring)\n' \
+    "$expiring" "$boxes" "$runs" "$(printf '%s\n' "${busy[@]}" | median)" \
+    "$(printf '%s\n' "${calm[@]}" | median)"
+}
+
+extra=()
+if [[ ${1:-rest} == expiry ]]; then
+  expiry
+  exit 0
+fi
 
 per=() ready_s=() scrape_ms=()
 for ((r = 0; r < runs; r++)); do

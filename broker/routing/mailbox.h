@@ -32,6 +32,8 @@ constexpr int kStripes = 64;
 constexpr size_t kRefillBatch = 256;
 constexpr size_t kRefillBytes = size_t{4} << 20;
 constexpr size_t kSweepBatch = 1024;
+// Longest the expiry sweep holds the tick's thread in one tick.
+constexpr std::chrono::milliseconds kSweepSlice{2};
 // Key + the envelope's fields around the payload: what a stored message costs beyond its payload.
 constexpr uint64_t kEnvelopeOverhead = 160;
 

@@ -160,7 +160,8 @@ void Router::Impl::Tick() {
     }
   }
   const auto now = Clock::now();
-  const bool sweep = now >= next_sweep;
+  // A new round of expiry once the last one is done and the interval has passed.
+  const bool sweep = sweep_queue.empty() && now >= next_sweep;
   if (sweep) next_sweep = now + config.expiry_sweep_interval;
   if (now >= next_prune) {
     // Rate buckets refilled since are as good as none: memory follows the peers sending now.
@@ -181,14 +182,27 @@ void Router::Impl::Tick() {
       Persist(*mailbox, deadline.seq, it->second.envelope);
     }
     if (!sweep) continue;
-    std::vector<Mailbox*> due;
     for (auto& [recipient, mailbox] : stripe.mailboxes) {
-      if (mailbox->min_expire_ms <= now_ms) due.push_back(mailbox.get());
+      if (mailbox->min_expire_ms <= now_ms) sweep_queue.push_back(recipient);
     }
-    for (Mailbox* mailbox : due) {
-      Sweep(*mailbox, now_ms);
-      MaybeErase(stripe, *mailbox);
-    }
+  }
+  SweepSome(now_ms);
+}
+
+// Sweeps due mailboxes for at most kSweepSlice per tick: the tick runs on a thread that also
+// serves links, and a million messages expiring at once held it for a second (online p99 of
+// 1 s). What is due meanwhile is never delivered: delivery skips expired messages itself.
+void Router::Impl::SweepSome(uint64_t now_ms) {
+  const auto started = Clock::now();
+  while (!sweep_queue.empty() && Clock::now() - started < kSweepSlice) {
+    const std::string recipient = std::move(sweep_queue.front());
+    sweep_queue.pop_front();
+    Stripe& stripe = StripeOf(recipient);
+    std::lock_guard lock(stripe.mu);
+    Mailbox* mailbox = Find(stripe, recipient);
+    if (mailbox == nullptr || mailbox->min_expire_ms > now_ms) continue;
+    Sweep(*mailbox, now_ms);
+    MaybeErase(stripe, *mailbox);
   }
 }
 

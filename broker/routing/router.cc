@@ -764,4 +764,6 @@ void Router::OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link
 
 void Router::Tick() { impl_->Tick(); }
 
+bool Router::SweepPending() const { return !impl_->sweep_queue.empty(); }
+
 }  // namespace mesh::broker

@@ -175,8 +175,12 @@ class Router {
   // Peer connected/disconnected and rejected sends are published here.
   EventHub& events() { return events_; }
 
-  // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages.
+  // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages
+  // (a slice of a few milliseconds at a time). Call from one thread.
   void Tick();
+  // Expired messages wait for a sweep that the next ticks continue: tick again soon. Call from
+  // Tick's thread.
+  bool SweepPending() const;
 
   const RouterStats& stats() const { return stats_; }
   const RouterConfig& config() const { return config_; }

@@ -33,6 +33,7 @@ struct Router::Impl {
   // Send rate per peer ID, across its links (a reconnect does not refill it); Pings too.
   peer::RateLimiter rates{config.send_rate, config.send_burst};
   Clock::time_point next_sweep = Clock::now();
+  std::deque<std::string> sweep_queue;  // recipients due for expiry, swept a slice per tick
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
@@ -138,6 +139,7 @@ struct Router::Impl {
   // Every mailbox without a local session, asked again under a new placement epoch.
   void ReplaceAll();
   void PlaceUnbound();
+  void SweepSome(uint64_t now_ms);
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);
