@@ -231,10 +231,11 @@ class Bench {
     if (!MoreToSend(pair)) return;
     ++pair.sent;
     planned_.fetch_add(1, std::memory_order_relaxed);
-    const auto& to =
-        fill_recipients_.empty()
-            ? pair.recipient_key.public_key
-            : fill_recipients_[(pair.index * 7919 + pair.sent) % fill_recipients_.size()];
+    // Interleaved over the pairs: the first --recipients sends reach as many mailboxes.
+    const auto& to = fill_recipients_.empty()
+                         ? pair.recipient_key.public_key
+                         : fill_recipients_[((pair.sent - 1) * config_.pairs + pair.index) %
+                                            fill_recipients_.size()];
     pair.sender->Send(
         to, Payload(),
         [this, &pair](const mesh::client::SendResult& result) {

@@ -28,6 +28,7 @@ namespace {
 
 using mesh::store::Batch;
 using mesh::store::MailboxKey;
+using mesh::store::MessageRef;
 using mesh::store::Store;
 using mesh::store::StoreOptions;
 using mesh::store::SyncPolicy;
@@ -199,7 +200,7 @@ absl::Status FillMailbox(Store& store, Completions& completions, const std::stri
     Batch batch;
     for (uint64_t seq = first; seq < first + kFillBatch && seq < count; ++seq) {
       if (remove) {
-        batch.DeleteMessage(recipient, seq);
+        batch.DeleteMessage(recipient, seq, MessageRef::Of(envelope));
       } else {
         envelope.set_id(MessageId(seq));
         batch.PutMessage(recipient, seq, envelope);
@@ -419,7 +420,9 @@ void BM_StoreDrain(benchmark::State& state) {
       }
       if (messages->empty()) break;
       Batch batch;
-      for (const auto& message : *messages) batch.DeleteMessage(recipient, message.seq);
+      for (const auto& message : *messages) {
+        batch.DeleteMessage(recipient, message.seq, MessageRef::Of(message.envelope));
+      }
       from_seq = messages->back().seq + 1;
       drained += messages->size();
       (*store)->Commit(std::move(batch), Store::Durability::kLazy, completions.Next());

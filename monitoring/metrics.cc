@@ -155,6 +155,9 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
   out.push_back(Counter("mesh_store_syncs_total", "WAL fsyncs", s.store_syncs));
   out.push_back(Counter("mesh_store_failed_writes_total", "Failed store writes or syncs",
                         s.store_failed_writes));
+  out.push_back(Counter("mesh_store_messages_read_total",
+                        "Stored messages read back from disk (a start reads none: it reads counts)",
+                        s.store_messages_read));
   out.push_back(Gauge("mesh_store_size_bytes",
                       "Mailbox data in the store: live data on disk plus memtables (estimates)",
                       static_cast<double>(s.store_size_bytes)));

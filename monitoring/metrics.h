@@ -58,6 +58,7 @@ struct BrokerSnapshot {
   uint64_t store_writes = 0;
   uint64_t store_syncs = 0;
   uint64_t store_failed_writes = 0;
+  uint64_t store_messages_read = 0;
   uint64_t store_size_bytes = 0;
   bool store_available = true;
   bool store_full = false;  // at a high-water mark: Sends get STORE_FULL

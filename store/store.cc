@@ -5,6 +5,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/merge_operator.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -15,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "store/store_testing.h"
@@ -36,7 +38,16 @@ constexpr std::chrono::milliseconds kResumeMax{5000};
 constexpr double kFreeHysteresis = 0.01;
 
 constexpr char kFormatKey[] = "format";
-constexpr char kFormatVersion[] = "1";
+constexpr char kFormatVersion[] = "2";
+constexpr char kFormatBeforeCounts[] = "1";  // no counts in meta, no expiry index: migrated
+
+// Prefixes of the counts in meta (store.h).
+constexpr char kMailboxCounts = 'c';
+constexpr char kHeldCounts = 'h';
+constexpr char kSenderCounts = 'l';
+constexpr size_t kCountsSize = 24;
+constexpr size_t kExpiryKeySize = 8 + kIdSize + 8;
+constexpr size_t kExpiryValueSize = kIdSize + 8;
 
 uint64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -71,6 +82,89 @@ class ExpiredDedupFilter : public rocksdb::CompactionFilter {
   }
   const char* Name() const override { return "mesh.ExpiredDedupFilter"; }
 };
+
+// Messages and bytes as two's-complement deltas (a delete adds -1), the last seq as a maximum.
+std::string EncodeCounts(uint64_t messages, uint64_t bytes, uint64_t last_seq) {
+  std::string out(kCountsSize, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>(messages >> (8 * i));
+    out[8 + i] = static_cast<char>(bytes >> (8 * i));
+    out[16 + i] = static_cast<char>(last_seq >> (8 * i));
+  }
+  return out;
+}
+
+std::optional<Counts> DecodeCounts(rocksdb::Slice value) {
+  if (value.size() != kCountsSize) return std::nullopt;
+  auto field = [&](size_t at) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(value.data()[at + i]);
+    return v;
+  };
+  return Counts{field(0), field(8), field(16)};
+}
+
+// Sums counts (a put's +1 and a delete's -1 alike) and keeps the highest seq: the order of
+// the operands does not matter, so the writer may add up a write group's before writing them.
+class CountsMerge : public rocksdb::AssociativeMergeOperator {
+ public:
+  bool Merge(const rocksdb::Slice&, const rocksdb::Slice* existing, const rocksdb::Slice& value,
+             std::string* merged, rocksdb::Logger*) const override {
+    const auto add = DecodeCounts(value);
+    if (!add) return false;  // a corrupt operand: RocksDB reports it rather than guess
+    Counts sum = *add;
+    if (existing != nullptr) {
+      const auto base = DecodeCounts(*existing);
+      if (!base) return false;
+      sum.messages += base->messages;
+      sum.bytes += base->bytes;
+      sum.last_seq = std::max(sum.last_seq, base->last_seq);
+    }
+    *merged = EncodeCounts(sum.messages, sum.bytes, sum.last_seq);
+    return true;
+  }
+  const char* Name() const override { return "mesh.CountsMerge"; }
+};
+
+// Forgets counts that came down to zero: a mailbox emptied, a sender that holds nothing. A
+// mailbox made again later starts its seqs above the clock's, never below its old ones.
+class ZeroCountsFilter : public rocksdb::CompactionFilter {
+ public:
+  bool Filter(int, const rocksdb::Slice& key, const rocksdb::Slice& value, std::string*,
+              bool*) const override {
+    if (key.empty() ||
+        (key[0] != kMailboxCounts && key[0] != kHeldCounts && key[0] != kSenderCounts)) {
+      return false;
+    }
+    const auto counts = DecodeCounts(value);
+    return counts && counts->messages == 0 && counts->bytes == 0;
+  }
+  const char* Name() const override { return "mesh.ZeroCountsFilter"; }
+};
+
+std::string CountsKey(char kind, std::string_view first, std::string_view second = {}) {
+  std::string key;
+  key.reserve(1 + first.size() + second.size());
+  key.push_back(kind);
+  key.append(first).append(second);
+  return key;
+}
+
+std::string ExpiryKey(uint64_t expire_at_ms, std::string_view recipient, uint64_t seq) {
+  std::string key;
+  key.reserve(kExpiryKeySize);
+  AppendBigEndian(key, expire_at_ms);
+  key.append(recipient);
+  AppendBigEndian(key, seq);
+  return key;
+}
+
+std::string ExpiryValue(std::string_view from, uint64_t bytes) {
+  std::string value(from);
+  value.resize(kIdSize, '\0');
+  AppendBigEndian(value, bytes);
+  return value;
+}
 
 std::string DedupKey(std::string_view from, std::string_view id) {
   std::string key;
@@ -113,11 +207,25 @@ size_t Batch::PutMessage(std::string_view recipient, uint64_t seq,
   envelope.SerializeToString(&op.value);
   const size_t size = op.key.size() + op.value.size();
   ops_.push_back(std::move(op));
+  const MessageRef message = MessageRef::Of(envelope);
+  ops_.push_back({Family::kExpiry, false, ExpiryKey(message.expire_at_ms, recipient, seq),
+                  ExpiryValue(message.from, message.bytes)});
+  Count(recipient, seq, message, +1);
   return size;
 }
 
-void Batch::DeleteMessage(std::string_view recipient, uint64_t seq) {
+void Batch::DeleteMessage(std::string_view recipient, uint64_t seq, const MessageRef& message) {
   ops_.push_back({Family::kMailbox, true, MailboxKey(recipient, seq), {}});
+  ops_.push_back({Family::kExpiry, true, ExpiryKey(message.expire_at_ms, recipient, seq), {}});
+  Count(recipient, 0, message, -1);
+}
+
+void Batch::Count(std::string_view recipient, uint64_t seq, const MessageRef& message,
+                  int64_t sign) {
+  const int64_t bytes = sign * static_cast<int64_t>(message.bytes);
+  counts_.push_back({CountsKey(kMailboxCounts, recipient), sign, bytes, seq});
+  counts_.push_back({CountsKey(kHeldCounts, recipient, message.from), sign, bytes, 0});
+  counts_.push_back({CountsKey(kSenderCounts, message.from), sign, bytes, 0});
 }
 
 void Batch::PutDedup(std::string_view from, std::string_view id,
@@ -160,13 +268,19 @@ rocksdb::Status OpenRocks(const StoreOptions& options, rocksdb::Env* env,
   dedup_options.memtable_prefix_bloom_size_ratio = 0.05;
   dedup_options.memtable_whole_key_filtering = true;
   rocksdb::ColumnFamilyOptions plain;
+  static const ZeroCountsFilter zero_counts;
+  rocksdb::ColumnFamilyOptions meta_options;
+  meta_options.merge_operator = std::make_shared<CountsMerge>();
+  meta_options.compaction_filter = &zero_counts;
+  meta_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, plain},
       {"mailbox", mailbox_options},
       {"outbox", mailbox_options},
       {"dedup", dedup_options},
-      {"meta", plain}};
+      {"meta", meta_options},
+      {"expiry", plain}};
   return rocksdb::DB::Open(db_options, options.path, families, handles, db);
 }
 
@@ -181,25 +295,58 @@ struct Store::Db {
   rocksdb::ColumnFamilyHandle* outbox = nullptr;
   rocksdb::ColumnFamilyHandle* dedup = nullptr;
   rocksdb::ColumnFamilyHandle* meta = nullptr;
+  rocksdb::ColumnFamilyHandle* expiry = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   ExpiredDedupFilter dedup_filter;
 
-  // Appends `batch`'s changes to `out`, in order.
-  void Add(const Batch& batch, rocksdb::WriteBatch& out) const {
+  // A write group's count deltas, added up per key: one merge per mailbox and sender in a
+  // write, not one per message.
+  using CountSums = std::unordered_map<std::string, Counts>;
+
+  // Appends `batch`'s changes to `out`, in order; its count deltas go to `sums` if given (to
+  // be written with `out` by WriteCounts), else straight into `out`.
+  void Add(const Batch& batch, rocksdb::WriteBatch& out, CountSums* sums) const {
     for (const auto& op : batch.ops_) {
-      auto* family = op.family == Batch::Family::kMailbox ? mailbox : dedup;
+      auto* family = op.family == Batch::Family::kMailbox ? mailbox
+                     : op.family == Batch::Family::kDedup ? dedup
+                                                          : expiry;
       if (op.is_delete) {
         out.Delete(family, op.key);
       } else {
         out.Put(family, op.key, op.value);
       }
     }
+    for (const auto& delta : batch.counts_) {
+      if (sums == nullptr) {
+        out.Merge(meta, delta.key,
+                  EncodeCounts(static_cast<uint64_t>(delta.messages),
+                               static_cast<uint64_t>(delta.bytes), delta.last_seq));
+        continue;
+      }
+      Counts& sum = (*sums)[delta.key];
+      sum.messages += static_cast<uint64_t>(delta.messages);
+      sum.bytes += static_cast<uint64_t>(delta.bytes);
+      sum.last_seq = std::max(sum.last_seq, delta.last_seq);
+    }
   }
+
+  void WriteCounts(CountSums& sums, rocksdb::WriteBatch& out) const {
+    for (const auto& [key, sum] : sums) {
+      if (sum.messages == 0 && sum.bytes == 0 && sum.last_seq == 0) continue;  // came and went
+      out.Merge(meta, key, EncodeCounts(sum.messages, sum.bytes, sum.last_seq));
+    }
+    sums.clear();
+  }
+
+  // Format 1 kept no counts and no expiry index: both are built from the messages, once.
+  // Every write is a Put of a total, so a migration cut short by a crash is simply done again.
+  absl::Status MigrateFromFormatOne();
 
   // The writer's queue: commits append to `open`; the writer swaps it out and writes it.
   std::mutex mu;
   std::condition_variable wake;
   rocksdb::WriteBatch open;
+  CountSums open_counts;
   struct Waiter {
     Durability durability;
     Done done;
@@ -234,6 +381,7 @@ absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& opt
   d.outbox = d.handles[2];
   d.dedup = d.handles[3];
   d.meta = d.handles[4];
+  d.expiry = d.handles[5];
 
   std::string format;
   status = d.db->Get(rocksdb::ReadOptions(), d.meta, kFormatKey, &format);
@@ -244,6 +392,8 @@ absl::StatusOr<std::unique_ptr<Store>> StoreOpener::Open(const StoreOptions& opt
     if (!status.ok()) return FromRocks(status, "write format version");
   } else if (!status.ok()) {
     return FromRocks(status, "read format version");
+  } else if (format == kFormatBeforeCounts) {
+    if (absl::Status migrated = d.MigrateFromFormatOne(); !migrated.ok()) return migrated;
   } else if (format != kFormatVersion) {
     return absl::FailedPreconditionError(absl::StrCat(
         "store ", options.path, " has format ", format, "; this broker reads ", kFormatVersion));
@@ -280,7 +430,7 @@ void Store::Commit(Batch batch, Durability durability, Done done) {
   Db& d = *db_;
   {
     std::lock_guard lock(d.mu);
-    d.Add(batch, d.open);
+    d.Add(batch, d.open, &d.open_counts);
     d.open_waiters.push_back({durability, std::move(done),
                               durability == Durability::kLazy ? std::move(batch) : Batch{}});
   }
@@ -298,6 +448,7 @@ void Store::WriterLoop() {
   std::vector<Db::Waiter> unsynced;  // batch policy: written, waiting for the fsync
   Clock::time_point last_sync{};
   rocksdb::WriteBatch writing;
+  Db::CountSums counts;
   std::vector<Db::Waiter> waiters;
   // Lazy commits of failed writes and those made since: written once the store resumes.
   std::vector<Db::Waiter> held;
@@ -345,7 +496,10 @@ void Store::WriterLoop() {
     bool stopping = false;
     {
       std::unique_lock lock(d.mu);
-      auto ready = [&] { return d.stopping || d.open.Count() > 0 || !d.open_waiters.empty(); };
+      auto ready = [&] {
+        return d.stopping || d.open.Count() > 0 || !d.open_waiters.empty() ||
+               !d.open_counts.empty();
+      };
       std::optional<Clock::time_point> until;
       if (!unsynced.empty()) until = last_sync + options_.sync_interval;
       if (!available()) until = std::min(until.value_or(next_resume), next_resume);
@@ -362,7 +516,9 @@ void Store::WriterLoop() {
       }
       std::swap(writing, d.open);
       std::swap(waiters, d.open_waiters);
+      std::swap(counts, d.open_counts);
     }
+    d.WriteCounts(counts, writing);
     const auto started = Clock::now();
     if (!available() && started >= next_resume) {
       // Flushes the memtables and clears RocksDB's background error; Busy while RocksDB's own
@@ -380,7 +536,7 @@ void Store::WriterLoop() {
     if (available() && !held.empty()) {
       // Before anything newer, so deletes keep their order with the writes after them.
       rocksdb::WriteBatch retry;
-      for (const auto& waiter : held) d.Add(waiter.batch, retry);
+      for (const auto& waiter : held) d.Add(waiter.batch, retry, nullptr);
       if (absl::Status status = write(retry, write_options); status.ok()) {
         finish(held, status);
       } else {
@@ -476,6 +632,7 @@ absl::StatusOr<std::vector<StoredMessage>> Store::ReadMailbox(std::string_view r
     out.push_back(std::move(message));
   }
   if (!it->status().ok()) return FromRocks(it->status(), "read mailbox");
+  stats_.messages_read.fetch_add(out.size(), std::memory_order_relaxed);
   return out;
 }
 
@@ -511,9 +668,128 @@ absl::Status Store::ForEachMessage(const Visitor& visit) const {
       return absl::DataLossError(
           absl::StrCat("stored envelope at seq ", message.seq, " cannot be read"));
     }
+    stats_.messages_read.fetch_add(1, std::memory_order_relaxed);
     visit(std::string_view(key.data(), kIdSize), message);
   }
   return FromRocks(it->status(), "scan mailboxes");
+}
+
+absl::Status Store::ForEachCount(const CountVisitors& visit) const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->meta));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice key = it->key();
+    if (key.empty()) continue;
+    const char kind = key[0];
+    const size_t expected = kind == kHeldCounts ? 1 + 2 * kIdSize : 1 + kIdSize;
+    if (kind != kMailboxCounts && kind != kHeldCounts && kind != kSenderCounts) continue;
+    const auto counts = DecodeCounts(it->value());
+    if (key.size() != expected || !counts) {
+      return absl::DataLossError("malformed count in the store's meta family");
+    }
+    if (counts->messages == 0 && counts->bytes == 0) continue;
+    const std::string_view first(key.data() + 1, kIdSize);
+    if (kind == kMailboxCounts && visit.mailbox) visit.mailbox(first, *counts);
+    if (kind == kHeldCounts && visit.held) {
+      visit.held(first, std::string_view(key.data() + 1 + kIdSize, kIdSize), *counts);
+    }
+    if (kind == kSenderCounts && visit.sender) visit.sender(first, *counts);
+  }
+  return FromRocks(it->status(), "scan counts");
+}
+
+absl::StatusOr<Counts> Store::MailboxCounts(std::string_view recipient) const {
+  std::string value;
+  auto status =
+      db_->db->Get(rocksdb::ReadOptions(), db_->meta, CountsKey(kMailboxCounts, recipient), &value);
+  if (status.IsNotFound()) return Counts{};
+  if (!status.ok()) return FromRocks(status, "read counts");
+  const auto counts = DecodeCounts(value);
+  if (!counts) return absl::DataLossError("malformed mailbox count");
+  return *counts;
+}
+
+absl::StatusOr<std::vector<ExpiringMessage>> Store::ReadExpired(uint64_t until_ms,
+                                                                ExpiryCursor& cursor,
+                                                                size_t max_count) const {
+  std::vector<ExpiringMessage> out;
+  // Keys sort by expiry time first: everything due lies below (until_ms + 1) ‖ ...
+  std::string upper;
+  AppendBigEndian(upper, until_ms + 1);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(read, db_->expiry));
+  it->Seek(cursor.key);
+  if (it->Valid() && !cursor.key.empty() && it->key() == rocksdb::Slice(cursor.key)) it->Next();
+  for (; it->Valid() && out.size() < max_count; it->Next()) {
+    const rocksdb::Slice key = it->key();
+    const rocksdb::Slice value = it->value();
+    if (key.size() != kExpiryKeySize || value.size() != kExpiryValueSize) {
+      return absl::DataLossError("malformed expiry index entry");
+    }
+    ExpiringMessage message;
+    message.expire_at_ms = ReadBigEndian(key.data());
+    message.recipient.assign(key.data() + 8, kIdSize);
+    message.seq = ReadBigEndian(key.data() + 8 + kIdSize);
+    message.from.assign(value.data(), kIdSize);
+    message.bytes = ReadBigEndian(value.data() + kIdSize);
+    cursor.key = key.ToString();
+    out.push_back(std::move(message));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "read expiry index");
+  return out;
+}
+
+absl::Status Store::Db::MigrateFromFormatOne() {
+  CountSums totals;
+  rocksdb::WriteBatch batch;
+  rocksdb::WriteOptions write_options;
+  auto flush = [&]() -> absl::Status {
+    if (batch.Count() == 0) return absl::OkStatus();
+    absl::Status status = FromRocks(db->Write(write_options, &batch), "migrate");
+    batch.Clear();
+    return status;
+  };
+  rocksdb::ReadOptions read;
+  read.total_order_seek = true;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read, mailbox));
+  uint64_t messages = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice key = it->key();
+    mesh::v1::StoredEnvelope envelope;
+    if (key.size() != kIdSize + 8 ||
+        !envelope.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError("a format 1 message cannot be read: not migrated");
+    }
+    const std::string_view recipient(key.data(), kIdSize);
+    const uint64_t seq = ReadBigEndian(key.data() + kIdSize);
+    const MessageRef message = MessageRef::Of(envelope);
+    for (std::string counts_key :
+         {CountsKey(kMailboxCounts, recipient), CountsKey(kHeldCounts, recipient, message.from),
+          CountsKey(kSenderCounts, message.from)}) {
+      Counts& sum = totals[std::move(counts_key)];
+      ++sum.messages;
+      sum.bytes += message.bytes;
+    }
+    Counts& mailbox_sum = totals[CountsKey(kMailboxCounts, recipient)];
+    mailbox_sum.last_seq = std::max(mailbox_sum.last_seq, seq);
+    batch.Put(expiry, ExpiryKey(message.expire_at_ms, recipient, seq),
+              ExpiryValue(message.from, message.bytes));
+    if (++messages % 4096 == 0) {
+      if (absl::Status status = flush(); !status.ok()) return status;
+    }
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "migrate");
+  for (const auto& [key, sum] : totals) {
+    batch.Put(meta, key, EncodeCounts(sum.messages, sum.bytes, sum.last_seq));
+    if (batch.Count() >= 4096) {
+      if (absl::Status status = flush(); !status.ok()) return status;
+    }
+  }
+  // Last, and synced: until the version says 2 the migration is done again from the start.
+  batch.Put(meta, kFormatKey, kFormatVersion);
+  write_options.sync = true;
+  return flush();
 }
 
 uint64_t Store::EstimatedLiveBytes() const {

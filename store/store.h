@@ -1,11 +1,20 @@
 // The store module's front door: mailboxes, dedup entries and outboxes in one RocksDB
 // (DESIGN §4). Nothing of RocksDB shows here, so broker/ depends on this interface only.
 //
-// Layout (column families):
+// Layout (column families), format 2:
 //   mailbox  recipient(32) ‖ seq(u64 BE)  -> StoredEnvelope
 //   outbox   next hop(32) ‖ seq(u64 BE)   -> StoredEnvelope   (the mesh's, DESIGN §5)
 //   dedup    from(32) ‖ id(16)            -> DedupRecord      (dropped by compaction once expired)
-//   meta     "format"                     -> "1"
+//   expiry   expire_at_ms(u64 BE) ‖ recipient(32) ‖ seq(u64 BE) -> from(32) ‖ bytes(u64 BE)
+//   meta     "format"                     -> "2"
+//            'c' ‖ recipient(32)          -> Counts of the mailbox (messages, bytes, last seq)
+//            'h' ‖ recipient(32) ‖ from(32) -> Counts of what one sender holds in it
+//            'l' ‖ from(32)               -> Counts of what one sender holds in all mailboxes
+//
+// The counts and the expiry index change in the very write batches that put and delete the
+// messages (the counts as merge operands, summed), so they are exact after any crash: a start
+// reads them, never the payloads, and an expiry sweep reads only what expires. Format 1 (no
+// counts, no index) is migrated when it is opened.
 //
 // Writes go through one group-commit writer thread: every Commit() made while the previous write
 // was in progress lands in the next RocksDB write, and `done` runs once the sync policy covers it.
@@ -32,6 +41,46 @@ namespace mesh::store {
 inline constexpr size_t kIdSize = 32;  // peer and node IDs
 inline constexpr size_t kMessageIdSize = 16;
 inline constexpr uint32_t kEnvelopeVersion = 1;
+// Key + the envelope's fields around the payload: what a stored message costs beyond its payload.
+inline constexpr uint64_t kEnvelopeOverhead = 160;
+
+// What a message counts against quotas; the same at accept, reload, expiry and recovery.
+inline uint64_t AccountedBytes(size_t payload) { return kEnvelopeOverhead + payload; }
+
+// A stored message as the counts and the expiry index know it: what a delete takes out of
+// them, without reading the message back.
+struct MessageRef {
+  std::string_view from;
+  uint64_t bytes = 0;  // AccountedBytes of its payload
+  uint64_t expire_at_ms = 0;
+
+  static MessageRef Of(const mesh::v1::StoredEnvelope& envelope) {
+    return {envelope.from(), AccountedBytes(envelope.payload().size()), envelope.expire_at_ms()};
+  }
+};
+
+// Messages and bytes held (of a mailbox, or of a sender), and the highest seq a mailbox used.
+struct Counts {
+  uint64_t messages = 0;
+  uint64_t bytes = 0;
+  uint64_t last_seq = 0;
+};
+
+// A message whose expiry time has come, as the expiry index holds it.
+struct ExpiringMessage {
+  std::string recipient;
+  uint64_t seq = 0;
+  std::string from;
+  uint64_t bytes = 0;
+  uint64_t expire_at_ms = 0;
+
+  MessageRef ref() const { return {from, bytes, expire_at_ms}; }
+};
+
+// Where a walk of the expiry index stands: the next read starts after `key`.
+struct ExpiryCursor {
+  std::string key;
+};
 
 // always: every write is fsynced before it is acknowledged. batch: writes go to the WAL at
 // once and an fsync covers all written since the last one, at most one per sync interval.
@@ -63,6 +112,8 @@ struct StoreStats {
   std::atomic<uint64_t> write_micros{0};  // summed over writes, sync included
   std::atomic<uint64_t> failed_writes{0};
   std::atomic<uint64_t> resumes{0};  // DB::Resume calls that made the store available again
+  // Messages read back from disk (mailbox reads and scans): a start reads none.
+  std::atomic<uint64_t> messages_read{0};
 };
 
 struct StoredMessage {
@@ -74,10 +125,13 @@ struct StoredMessage {
 // A set of changes applied atomically, in the order they were added.
 class Batch {
  public:
-  // `envelope` is serialized here; the returned size is what the entry takes on disk.
+  // `envelope` is serialized here; the returned size is what the entry takes on disk. The
+  // mailbox's and the sender's counts and the expiry index follow in the same batch.
   size_t PutMessage(std::string_view recipient, uint64_t seq,
                     const mesh::v1::StoredEnvelope& envelope);
-  void DeleteMessage(std::string_view recipient, uint64_t seq);
+  // `message` says what the put counted. Delete each stored message once: a second delete
+  // would take it out of the counts twice.
+  void DeleteMessage(std::string_view recipient, uint64_t seq, const MessageRef& message);
   void PutDedup(std::string_view from, std::string_view id, const mesh::v1::DedupRecord& record);
   // A message handed to another broker takes its dedup duty along: that broker writes its own.
   void DeleteDedup(std::string_view from, std::string_view id);
@@ -85,14 +139,22 @@ class Batch {
 
  private:
   friend class Store;
-  enum class Family : uint8_t { kMailbox, kDedup };
+  enum class Family : uint8_t { kMailbox, kDedup, kExpiry };
   struct Op {
     Family family;
     bool is_delete;
     std::string key;
     std::string value;
   };
+  struct CountDelta {
+    std::string key;  // in meta
+    int64_t messages;
+    int64_t bytes;
+    uint64_t last_seq;
+  };
+  void Count(std::string_view recipient, uint64_t seq, const MessageRef& message, int64_t sign);
   std::vector<Op> ops_;
+  std::vector<CountDelta> counts_;
 };
 
 namespace internal {
@@ -128,9 +190,26 @@ class Store {
   absl::StatusOr<std::optional<mesh::v1::DedupRecord>> GetDedup(std::string_view from,
                                                                 std::string_view id,
                                                                 uint64_t now_ms) const;
-  // Visits every stored message, mailbox by mailbox in seq order: how counts are recovered.
+  // Visits every stored message, mailbox by mailbox in seq order (reads every payload: tests
+  // and tools, never a start).
   using Visitor = std::function<void(std::string_view recipient, const StoredMessage&)>;
   absl::Status ForEachMessage(const Visitor& visit) const;
+
+  // The counts kept in meta, without a payload read: each mailbox's, each sender's in each
+  // mailbox, and each sender's in all. Entries counted down to zero are skipped.
+  struct CountVisitors {
+    std::function<void(std::string_view recipient, const Counts&)> mailbox;
+    std::function<void(std::string_view recipient, std::string_view from, const Counts&)> held;
+    std::function<void(std::string_view from, const Counts&)> sender;
+  };
+  absl::Status ForEachCount(const CountVisitors& visit) const;
+  // The counts of one mailbox (zero if it holds nothing).
+  absl::StatusOr<Counts> MailboxCounts(std::string_view recipient) const;
+
+  // Up to max_count messages with expire_at_ms <= until_ms, in expiry order, after `cursor`,
+  // which moves past them. An empty answer: the walk is done.
+  absl::StatusOr<std::vector<ExpiringMessage>> ReadExpired(uint64_t until_ms, ExpiryCursor& cursor,
+                                                           size_t max_count) const;
 
   // False from a failed write (disk full, I/O error) until RocksDB resumes: the broker answers
   // STORE_UNAVAILABLE meanwhile.
@@ -157,7 +236,7 @@ class Store {
 
   StoreOptions options_;
   std::unique_ptr<Db> db_;
-  StoreStats stats_;
+  mutable StoreStats stats_;  // reads count too
   std::atomic<bool> available_{true};
   std::atomic<int64_t> unavailable_since_ns_{0};  // steady clock; meaningful while unavailable
   std::atomic<bool> full_{false};

@@ -388,6 +388,7 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
   s.store_writes = stored.writes.load();
   s.store_syncs = stored.syncs.load();
   s.store_failed_writes = stored.failed_writes.load();
+  s.store_messages_read = stored.messages_read.load();
   s.store_size_bytes = context_.store->EstimatedLiveBytes();
   s.store_available = context_.store->available();
   s.store_full = context_.router->Full();

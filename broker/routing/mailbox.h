@@ -32,13 +32,10 @@ constexpr int kStripes = 64;
 constexpr size_t kRefillBatch = 256;
 constexpr size_t kRefillBytes = size_t{4} << 20;
 constexpr size_t kSweepBatch = 1024;
+constexpr size_t kExpiryBatch = 256;  // expiry index entries read at a time, within a slice
 // Longest the expiry sweep holds the tick's thread in one tick.
 constexpr std::chrono::milliseconds kSweepSlice{2};
-// Key + the envelope's fields around the payload: what a stored message costs beyond its payload.
-constexpr uint64_t kEnvelopeOverhead = 160;
-
-// What a message counts against quotas; the same at accept, reload, expiry and recovery.
-inline uint64_t AccountedBytes(size_t payload) { return kEnvelopeOverhead + payload; }
+using store::AccountedBytes;
 
 inline uint64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -96,6 +93,9 @@ struct Entry {
   bool handed_off = false;  // acked by a next hop (its dedup entry goes with the message)
   uint64_t link_seq = 0;    // in flight on the current session; 0 = not delivered
   Clock::time_point accepted;
+
+  // What its write counted in the store (the payload may be gone: see OnDeliverAck).
+  store::MessageRef ref() const { return {envelope.from(), bytes, envelope.expire_at_ms()}; }
 };
 
 // A message not yet owned; a retry with the same (from, id) joins its waiters.
@@ -135,7 +135,6 @@ struct Mailbox {
   // is applied the entry is still read, and must not answer DUPLICATE if the message comes back
   // (a home that moved away and back), or both brokers would drop it.
   absl::flat_hash_set<PendingKey> dedup_deleting;
-  uint64_t min_expire_ms = UINT64_MAX;
   // What each sender holds here, for the fair share: messages and bytes alike, or one sender's
   // few large messages would fill the mailbox for every other.
   struct Held {
@@ -191,10 +190,10 @@ class SenderLedger {
     ++n;
     return true;
   }
-  void Add(const std::string& sender) {
+  void Add(const std::string& sender, uint64_t n = 1) {
     Part& part = PartOf(sender);
     std::lock_guard lock(part.mu);
-    ++part.counts[sender];
+    part.counts[sender] += n;
   }
   void Remove(const std::string& sender) {
     Part& part = PartOf(sender);

@@ -39,9 +39,9 @@ void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvel
                });
 }
 
-void Router::Impl::DeleteStored(Mailbox& mailbox, uint64_t seq) {
+void Router::Impl::DeleteStored(Mailbox& mailbox, uint64_t seq, const store::MessageRef& message) {
   store::Batch batch;
-  batch.DeleteMessage(mailbox.recipient, seq);
+  batch.DeleteMessage(mailbox.recipient, seq, message);
   CommitDeletes(mailbox, std::move(batch), {seq});
 }
 
@@ -88,7 +88,7 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
     if (it != mailbox->loaded.end()) {
       if (it->second.acked) {
         store::Batch batch;
-        batch.DeleteMessage(mailbox->recipient, seq);
+        batch.DeleteMessage(mailbox->recipient, seq, it->second.ref());
         std::vector<PendingKey> handed;
         if (it->second.handed_off) {
           batch.DeleteDedup(it->second.envelope.from(), it->second.envelope.id());
@@ -161,14 +161,17 @@ void Router::Impl::Tick() {
   }
   const auto now = Clock::now();
   // A new round of expiry once the last one is done and the interval has passed.
-  const bool sweep = sweep_queue.empty() && now >= next_sweep;
-  if (sweep) next_sweep = now + config.expiry_sweep_interval;
+  if (!sweeping && now >= next_sweep) {
+    next_sweep = now + config.expiry_sweep_interval;
+    sweeping = true;
+    sweep_cursor = {};
+    sweep_until_ms = WallMs();
+  }
   if (now >= next_prune) {
     // Rate buckets refilled since are as good as none: memory follows the peers sending now.
     next_prune = now + std::chrono::seconds(1);
     rates.Prune(now);
   }
-  const uint64_t now_ms = WallMs();
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     while (!stripe.fast.empty() && stripe.fast.front().at <= now) {
@@ -181,53 +184,71 @@ void Router::Impl::Tick() {
       it->second.state = State::kWriting;
       Persist(*mailbox, deadline.seq, it->second.envelope);
     }
-    if (!sweep) continue;
-    for (auto& [recipient, mailbox] : stripe.mailboxes) {
-      if (mailbox->min_expire_ms <= now_ms) sweep_queue.push_back(recipient);
-    }
   }
-  SweepSome(now_ms);
+  SweepSome();
 }
 
-// Sweeps due mailboxes for at most kSweepSlice per tick: the tick runs on a thread that also
-// serves links, and a million messages expiring at once held it for a second (online p99 of
-// 1 s). What is due meanwhile is never delivered: delivery skips expired messages itself.
-void Router::Impl::SweepSome(uint64_t now_ms) {
+// Walks the expiry index for at most kSweepSlice per tick: a sweep costs what expires, and
+// the tick's thread also serves links (a million messages expiring at once held it for a
+// second). What is due meanwhile is never delivered: delivery skips expired messages itself.
+// The index is read without a lock; each message is then judged under its stripe's.
+void Router::Impl::SweepSome() {
   const auto started = Clock::now();
-  while (!sweep_queue.empty() && Clock::now() - started < kSweepSlice) {
-    const std::string recipient = std::move(sweep_queue.front());
-    sweep_queue.pop_front();
-    Stripe& stripe = StripeOf(recipient);
-    std::lock_guard lock(stripe.mu);
-    Mailbox* mailbox = Find(stripe, recipient);
-    if (mailbox == nullptr || mailbox->min_expire_ms > now_ms) continue;
-    Sweep(*mailbox, now_ms);
-    MaybeErase(stripe, *mailbox);
+  while (sweeping && Clock::now() - started < kSweepSlice) {
+    auto due = store.ReadExpired(sweep_until_ms, sweep_cursor, kExpiryBatch);
+    if (!due.ok()) {
+      Log(spdlog::level::err, "expiry_sweep_failed",
+          {{"error", std::string(due.status().message())}});
+      sweeping = false;
+      break;
+    }
+    if (due->empty()) sweeping = false;
+    for (const store::ExpiringMessage& message : *due) SweepOne(message);
   }
 }
 
-// Deletes the messages of a mailbox that `drop` selects, in memory and in the store: loaded ones
-// that are stored and not in flight, and those still only in the store. `keep` sees every
-// message that stays. Returns how many went.
-uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
-                                    const EnvelopeVisit& keep) {
+void Router::Impl::SweepOne(const store::ExpiringMessage& message) {
+  Stripe& stripe = StripeOf(message.recipient);
+  std::lock_guard lock(stripe.mu);
+  // A stored message's mailbox stays in memory until its delete is applied: without one,
+  // this entry was read just before its delete landed.
+  Mailbox* mailbox = Find(stripe, message.recipient);
+  if (mailbox == nullptr) return;
+  if (auto it = mailbox->loaded.find(message.seq); it != mailbox->loaded.end()) {
+    const Entry& entry = it->second;
+    // In flight, acknowledged, or its write's callback still to come: a later sweep sees it.
+    if (entry.state != State::kStored || entry.link_seq != 0 || entry.acked) return;
+    DropExpired(*mailbox, it);
+  } else {
+    // Not loaded: in the store at or above spill_seq, unless released (its delete on the way).
+    if (!mailbox->spilled || message.seq < mailbox->spill_seq) return;
+    if (mailbox->deleting.contains(message.seq)) return;
+    DeleteStored(*mailbox, message.seq, message.ref());
+    Release(*mailbox, message.from, message.bytes);
+    stats.expired.fetch_add(1, std::memory_order_relaxed);
+  }
+  MaybeErase(stripe, *mailbox);
+}
+
+// Deletes every message of a mailbox that is not in flight, in memory and in the store.
+// Returns how many went.
+uint64_t Router::Impl::DropAll(Mailbox& mailbox) {
   uint64_t dropped = 0;
   store::Batch batch;
   std::vector<uint64_t> seqs;
   for (auto it = mailbox.loaded.begin(); it != mailbox.loaded.end();) {
     const Entry& entry = it->second;
-    if (entry.state == State::kStored && entry.link_seq == 0 && drop(entry.envelope)) {
-      batch.DeleteMessage(mailbox.recipient, it->first);
+    if (entry.state == State::kStored && entry.link_seq == 0 && !entry.acked) {
+      batch.DeleteMessage(mailbox.recipient, it->first, entry.ref());
       seqs.push_back(it->first);
       Release(mailbox, entry.envelope.from(), entry.bytes);
       it = mailbox.loaded.erase(it);
       ++dropped;
       continue;
     }
-    keep(entry.envelope);
     ++it;
   }
-  // The head moves to the first message left, so later reads skip the new tombstones.
+  // The head moves past what was read, so later reads skip the new tombstones.
   std::optional<uint64_t> first_left;
   uint64_t next_seq = mailbox.spill_seq;
   for (uint64_t from_seq = mailbox.spill_seq; mailbox.spilled;) {
@@ -240,16 +261,11 @@ uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
         continue;
       }
       if (mailbox.deleting.contains(message.seq)) continue;  // released, its delete on its way
-      if (drop(message.envelope)) {
-        batch.DeleteMessage(mailbox.recipient, message.seq);
-        seqs.push_back(message.seq);
-        Release(mailbox, message.envelope.from(),
-                AccountedBytes(message.envelope.payload().size()));
-        ++dropped;
-      } else {
-        if (!first_left) first_left = message.seq;
-        keep(message.envelope);
-      }
+      const store::MessageRef ref = store::MessageRef::Of(message.envelope);
+      batch.DeleteMessage(mailbox.recipient, message.seq, ref);
+      seqs.push_back(message.seq);
+      Release(mailbox, message.envelope.from(), ref.bytes);
+      ++dropped;
     }
     if (read->size() < kSweepBatch) break;
     from_seq = read->back().seq + 1;
@@ -262,50 +278,41 @@ uint64_t Router::Impl::DropMessages(Mailbox& mailbox, const EnvelopeTest& drop,
   return dropped;
 }
 
-// Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
-void Router::Impl::Sweep(Mailbox& mailbox, uint64_t now_ms) {
-  uint64_t next_min = UINT64_MAX;
-  const uint64_t expired = DropMessages(
-      mailbox,
-      [&](const mesh::v1::StoredEnvelope& envelope) { return envelope.expire_at_ms() <= now_ms; },
-      [&](const mesh::v1::StoredEnvelope& envelope) {
-        next_min = std::min(next_min, envelope.expire_at_ms());
-      });
-  stats.expired.fetch_add(expired, std::memory_order_relaxed);
-  // Writes in progress are not visible yet: look again at the next sweep.
-  mailbox.min_expire_ms = mailbox.writes_in_flight > 0 ? now_ms : next_min;
-}
-
 absl::StatusOr<uint64_t> Router::Impl::PurgeMailbox(std::string_view id) {
   Stripe& stripe = StripeOf(id);
   std::lock_guard lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, id);
   if (mailbox == nullptr) return 0;
   if (!store.available()) return absl::UnavailableError("the store cannot write");
-  const uint64_t purged = DropMessages(
-      *mailbox, [](const mesh::v1::StoredEnvelope&) { return true; },
-      [](const mesh::v1::StoredEnvelope&) {});
+  const uint64_t purged = DropAll(*mailbox);
   MaybeErase(stripe, *mailbox);
   return purged;
 }
 
+// Counts from the store's meta family, never a payload: every mailbox that holds messages
+// starts spilled, read from its first key when a session asks.
 absl::Status Router::Impl::Recover() {
   uint64_t messages = 0;
-  auto status =
-      store.ForEachMessage([&](std::string_view recipient, const store::StoredMessage& message) {
-        Stripe& stripe = StripeOf(recipient);
-        Mailbox& mailbox = Get(stripe, std::string(recipient));
-        if (!mailbox.spilled) {
-          mailbox.spilled = true;
-          mailbox.spill_seq = message.seq;  // the head: seeks start here, above the tombstones
-        }
-        mailbox.next_seq = std::max(mailbox.next_seq, message.seq + 1);
-        const uint64_t bytes = AccountedBytes(message.envelope.payload().size());
-        Account(mailbox, message.envelope.from(), bytes, message.envelope.expire_at_ms());
-        ledger.Add(message.envelope.from());
-        ++messages;
-      });
-  if (!status.ok()) return status;
+  store::Store::CountVisitors visit;
+  visit.mailbox = [&](std::string_view recipient, const store::Counts& counts) {
+    Mailbox& mailbox = Get(StripeOf(recipient), std::string(recipient));
+    mailbox.spilled = true;
+    mailbox.spill_seq = 0;
+    mailbox.next_seq = std::max(mailbox.next_seq, counts.last_seq + 1);
+    mailbox.count = counts.messages;
+    mailbox.bytes = counts.bytes;
+    stats.queued.fetch_add(counts.messages, std::memory_order_relaxed);
+    stats.queued_bytes.fetch_add(static_cast<int64_t>(counts.bytes), std::memory_order_relaxed);
+    messages += counts.messages;
+  };
+  visit.held = [&](std::string_view recipient, std::string_view from, const store::Counts& counts) {
+    Mailbox& mailbox = Get(StripeOf(recipient), std::string(recipient));
+    mailbox.per_sender[std::string(from)] = {counts.messages, counts.bytes};
+  };
+  visit.sender = [&](std::string_view from, const store::Counts& counts) {
+    ledger.Add(std::string(from), counts.messages);
+  };
+  if (absl::Status status = store.ForEachCount(visit); !status.ok()) return status;
   Log(spdlog::level::info, "store_recovered",
       {{"messages", messages},
        {"bytes", stats.queued_bytes.load()},

@@ -40,14 +40,12 @@ void Router::Impl::Notify(std::vector<Waiter>& waiters,
   waiters.clear();
 }
 
-void Router::Impl::Account(Mailbox& mailbox, const std::string& from, uint64_t bytes,
-                           uint64_t expire_ms) {
+void Router::Impl::Account(Mailbox& mailbox, const std::string& from, uint64_t bytes) {
   ++mailbox.count;
   mailbox.bytes += bytes;
   Mailbox::Held& held = mailbox.per_sender[from];
   ++held.messages;
   held.bytes += bytes;
-  mailbox.min_expire_ms = std::min(mailbox.min_expire_ms, expire_ms);
   stats.queued.fetch_add(1, std::memory_order_relaxed);
   stats.queued_bytes.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
 }
@@ -152,7 +150,7 @@ void Router::Impl::WakeForwarders(ForwardWindow& window) {
 
 std::map<uint64_t, Entry>::iterator Router::Impl::DropExpired(
     Mailbox& mailbox, std::map<uint64_t, Entry>::iterator it) {
-  DeleteStored(mailbox, it->first);
+  DeleteStored(mailbox, it->first, it->second.ref());
   Release(mailbox, it->second.envelope.from(), it->second.bytes);
   stats.expired.fetch_add(1, std::memory_order_relaxed);
   return mailbox.loaded.erase(it);
@@ -304,7 +302,7 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
   entry.envelope = std::move(envelope);
   entry.bytes = bytes;
   entry.accepted = Clock::now();
-  Account(mailbox, entry.envelope.from(), bytes, entry.envelope.expire_at_ms());
+  Account(mailbox, entry.envelope.from(), bytes);
   Pending& pending = mailbox.pending[key];
   pending.seq = seq;
   pending.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::ACCEPTED});
@@ -465,7 +463,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
         break;
       }
       case State::kStored:
-        deletes.DeleteMessage(mailbox->recipient, seq);
+        deletes.DeleteMessage(mailbox->recipient, seq, entry.ref());
         deleted.push_back(seq);
         // Handed to the next hop, which keeps its own dedup entry: one left here would answer
         // DUPLICATE if the message ever came back (a home moving back) and it would be lost.
@@ -764,6 +762,6 @@ void Router::OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link
 
 void Router::Tick() { impl_->Tick(); }
 
-bool Router::SweepPending() const { return !impl_->sweep_queue.empty(); }
+bool Router::SweepPending() const { return impl_->sweeping; }
 
 }  // namespace mesh::broker

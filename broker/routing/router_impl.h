@@ -33,7 +33,10 @@ struct Router::Impl {
   // Send rate per peer ID, across its links (a reconnect does not refill it); Pings too.
   peer::RateLimiter rates{config.send_rate, config.send_burst};
   Clock::time_point next_sweep = Clock::now();
-  std::deque<std::string> sweep_queue;  // recipients due for expiry, swept a slice per tick
+  // An expiry sweep under way: it walks the store's expiry index a slice per tick.
+  bool sweeping = false;
+  store::ExpiryCursor sweep_cursor;
+  uint64_t sweep_until_ms = 0;
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
@@ -87,7 +90,7 @@ struct Router::Impl {
   void Notify(std::vector<Waiter>& waiters, std::optional<SendAck::Status> override_status,
               std::string_view detail = {});
 
-  void Account(Mailbox& mailbox, const std::string& from, uint64_t bytes, uint64_t expire_ms);
+  void Account(Mailbox& mailbox, const std::string& from, uint64_t bytes);
 
   void Release(Mailbox& mailbox, const std::string& from, uint64_t bytes);
 
@@ -95,7 +98,7 @@ struct Router::Impl {
   // it.
   void Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvelope& envelope);
 
-  void DeleteStored(Mailbox& mailbox, uint64_t seq);
+  void DeleteStored(Mailbox& mailbox, uint64_t seq, const store::MessageRef& message);
   // Commits `batch`: deletes of the messages `seqs` of `mailbox` (already released) and of the
   // dedup entries `handed` (messages another broker owns now).
   void CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vector<uint64_t> seqs,
@@ -139,7 +142,9 @@ struct Router::Impl {
   // Every mailbox without a local session, asked again under a new placement epoch.
   void ReplaceAll();
   void PlaceUnbound();
-  void SweepSome(uint64_t now_ms);
+  void SweepSome();
+  // One message the expiry index says is due: dropped unless in flight, or no longer stored.
+  void SweepOne(const store::ExpiringMessage& message);
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);
@@ -160,11 +165,8 @@ struct Router::Impl {
 
   void Tick();
 
-  using EnvelopeTest = std::function<bool(const mesh::v1::StoredEnvelope&)>;
-  using EnvelopeVisit = std::function<void(const mesh::v1::StoredEnvelope&)>;
-  uint64_t DropMessages(Mailbox& mailbox, const EnvelopeTest& drop, const EnvelopeVisit& keep);
-  // Deletes a mailbox's expired messages, in memory and in the store, keeping counts right.
-  void Sweep(Mailbox& mailbox, uint64_t now_ms);
+  // Deletes every message of a mailbox that is not in flight (a purge); returns how many.
+  uint64_t DropAll(Mailbox& mailbox);
 
   absl::Status Recover();
 };

@@ -123,7 +123,7 @@ class DiskFullFileSystem : public rocksdb::FileSystemWrapper {
 
 std::string Recipient() { return std::string(kIdSize, 'r'); }
 
-Batch Message(uint64_t seq) {
+mesh::v1::StoredEnvelope Envelope(uint64_t seq) {
   mesh::v1::StoredEnvelope envelope;
   envelope.set_version(kEnvelopeVersion);
   envelope.set_from(std::string(kIdSize, 'f'));
@@ -131,8 +131,12 @@ Batch Message(uint64_t seq) {
   envelope.set_id(std::string(kMessageIdSize, static_cast<char>('0' + seq)));
   envelope.set_payload(std::string(1000, 'p'));
   envelope.set_expire_at_ms(UINT64_MAX);
+  return envelope;
+}
+
+Batch Message(uint64_t seq) {
   Batch batch;
-  batch.PutMessage(Recipient(), seq, envelope);
+  batch.PutMessage(Recipient(), seq, Envelope(seq));
   return batch;
 }
 
@@ -191,7 +195,7 @@ TEST_P(DiskFullTest, StoreResumesOnceSpaceReturnsAndKeepsTheDeletesMadeMeanwhile
   // Unavailable: a durable commit is refused at once, a delete waits for the store.
   EXPECT_FALSE(CommitAndWait(Message(3)).ok());
   Batch delete_first;
-  delete_first.DeleteMessage(Recipient(), 1);
+  delete_first.DeleteMessage(Recipient(), 1, MessageRef::Of(Envelope(1)));
   auto deleted = Commit(std::move(delete_first), Store::Durability::kLazy);
 
   // Resume is retried while the disk stays full, and fails.

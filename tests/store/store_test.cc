@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <future>
+#include <map>
 #include <thread>
 
 namespace mesh::store {
@@ -84,7 +85,7 @@ TEST_P(StoreTest, DeletesAreAppliedInCommitOrder) {
   Batch put;
   put.PutMessage(Recipient('a'), 1, Envelope(Recipient('a'), "x"));
   Batch del;
-  del.DeleteMessage(Recipient('a'), 1);
+  del.DeleteMessage(Recipient('a'), 1, MessageRef::Of(Envelope(Recipient('a'), "x")));
   // Queued back to back: the delete lands after the put, whatever the grouping.
   store_->Commit(std::move(put), Store::Durability::kDurable, [](absl::Status) {});
   ASSERT_TRUE(CommitAndWait(std::move(del), Store::Durability::kLazy).ok());
@@ -150,6 +151,106 @@ TEST_P(StoreTest, ConcurrentCommitsAllCompleteAndSurviveReopen) {
                   })
                   .ok());
   EXPECT_EQ(count, kThreads * kPerThread);
+}
+
+// What Recover reads instead of the messages: counts per mailbox, per sender in a mailbox and
+// per sender, changed by the batches that put and delete, exact across a reopen.
+TEST_P(StoreTest, CountsFollowPutsAndDeletesWithoutReadingAMessage) {
+  const std::string other_sender(kIdSize, 'g');
+  auto from = [](mesh::v1::StoredEnvelope envelope, const std::string& sender) {
+    envelope.set_from(sender);
+    return envelope;
+  };
+  // Commits back to back land in one write group, their deltas added up there.
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    Batch batch;
+    batch.PutMessage(Recipient('a'), seq, Envelope(Recipient('a'), std::string(seq * 10, 'x')));
+    store_->Commit(std::move(batch), Store::Durability::kDurable, [](absl::Status) {});
+  }
+  Batch more;
+  more.PutMessage(Recipient('a'), 9, from(Envelope(Recipient('a'), "yy"), other_sender));
+  more.PutMessage(Recipient('b'), 7, Envelope(Recipient('b'), "z"));
+  ASSERT_TRUE(CommitAndWait(std::move(more)).ok());
+  Batch del;
+  del.DeleteMessage(Recipient('a'), 2,
+                    MessageRef::Of(Envelope(Recipient('a'), std::string(20, 'x'))));
+  ASSERT_TRUE(CommitAndWait(std::move(del), Store::Durability::kLazy).ok());
+
+  store_.reset();
+  Open();
+  std::map<std::string, Counts> mailboxes, held, senders;
+  Store::CountVisitors visit;
+  visit.mailbox = [&](std::string_view r, const Counts& c) { mailboxes[std::string(r)] = c; };
+  visit.held = [&](std::string_view r, std::string_view f, const Counts& c) {
+    held[std::string(r) + std::string(f)] = c;
+  };
+  visit.sender = [&](std::string_view f, const Counts& c) { senders[std::string(f)] = c; };
+  ASSERT_TRUE(store_->ForEachCount(visit).ok());
+  const std::string sender(kIdSize, 'f');
+  ASSERT_EQ(mailboxes.size(), 2u);
+  EXPECT_EQ(mailboxes[Recipient('a')].messages, 4u);
+  EXPECT_EQ(mailboxes[Recipient('a')].bytes,
+            AccountedBytes(10) + AccountedBytes(30) + AccountedBytes(40) + AccountedBytes(2));
+  EXPECT_EQ(mailboxes[Recipient('a')].last_seq, 9u);
+  EXPECT_EQ(mailboxes[Recipient('b')].messages, 1u);
+  EXPECT_EQ(held[Recipient('a') + sender].messages, 3u);
+  EXPECT_EQ(held[Recipient('a') + other_sender].bytes, AccountedBytes(2));
+  EXPECT_EQ(senders[sender].messages, 4u);
+  EXPECT_EQ(senders[other_sender].messages, 1u);
+  auto a = store_->MailboxCounts(Recipient('a'));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->messages, 4u);
+  EXPECT_EQ(store_->stats().messages_read.load(), 0u);
+
+  // Emptied: nothing left to visit.
+  auto read = store_->ReadMailbox(Recipient('a'), 0, 100, SIZE_MAX);
+  auto b = store_->ReadMailbox(Recipient('b'), 0, 100, SIZE_MAX);
+  ASSERT_TRUE(read.ok() && b.ok());
+  EXPECT_EQ(store_->stats().messages_read.load(), 5u);
+  Batch empty;
+  for (const auto& m : *read) {
+    empty.DeleteMessage(Recipient('a'), m.seq, MessageRef::Of(m.envelope));
+  }
+  empty.DeleteMessage(Recipient('b'), 7, MessageRef::Of((*b)[0].envelope));
+  ASSERT_TRUE(CommitAndWait(std::move(empty), Store::Durability::kLazy).ok());
+  size_t visited = 0;
+  Store::CountVisitors count_all;
+  count_all.mailbox = [&](std::string_view, const Counts&) { ++visited; };
+  count_all.held = [&](std::string_view, std::string_view, const Counts&) { ++visited; };
+  count_all.sender = [&](std::string_view, const Counts&) { ++visited; };
+  ASSERT_TRUE(store_->ForEachCount(count_all).ok());
+  EXPECT_EQ(visited, 0u);
+}
+
+TEST_P(StoreTest, TheExpiryIndexYieldsWhatIsDueInExpiryOrderFromACursor) {
+  Batch batch;
+  batch.PutMessage(Recipient('b'), 1, Envelope(Recipient('b'), "late", 300));
+  batch.PutMessage(Recipient('a'), 5, Envelope(Recipient('a'), "first", 100));
+  batch.PutMessage(Recipient('a'), 6, Envelope(Recipient('a'), "deleted", 150));
+  batch.PutMessage(Recipient('c'), 2, Envelope(Recipient('c'), "second", 200));
+  batch.PutMessage(Recipient('a'), 7, Envelope(Recipient('a'), "never"));
+  ASSERT_TRUE(CommitAndWait(std::move(batch)).ok());
+  Batch del;
+  del.DeleteMessage(Recipient('a'), 6, MessageRef::Of(Envelope(Recipient('a'), "deleted", 150)));
+  ASSERT_TRUE(CommitAndWait(std::move(del), Store::Durability::kLazy).ok());
+
+  ExpiryCursor cursor;
+  auto first = store_->ReadExpired(250, cursor, 1);
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(first->size(), 1u);
+  EXPECT_EQ((*first)[0].recipient, Recipient('a'));
+  EXPECT_EQ((*first)[0].seq, 5u);
+  EXPECT_EQ((*first)[0].expire_at_ms, 100u);
+  EXPECT_EQ((*first)[0].from, std::string(kIdSize, 'f'));
+  EXPECT_EQ((*first)[0].bytes, AccountedBytes(5));
+  auto rest = store_->ReadExpired(250, cursor, 10);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_EQ(rest->size(), 1u);
+  EXPECT_EQ((*rest)[0].recipient, Recipient('c'));
+  auto done = store_->ReadExpired(250, cursor, 10);
+  ASSERT_TRUE(done.ok());
+  EXPECT_TRUE(done->empty());
+  EXPECT_EQ(store_->stats().messages_read.load(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, StoreTest,
