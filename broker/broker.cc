@@ -324,7 +324,7 @@ class Broker::Impl {
     while (!stopping_) {
       // While an expiry sweep is under way, tick again after a short gap for the links, so the
       // sweep goes on at most of the thread's pace without holding it for long.
-      timer.expires_after(router_->SweepPending() ? std::chrono::milliseconds(1) : period);
+      timer.expires_after(router_->TickSoon() ? std::chrono::milliseconds(1) : period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       // statfs at most every kSpaceCheck, not per message: Sends read the answer.
@@ -602,7 +602,16 @@ class Broker::Impl {
          {"agent", link->remote_hello().agent()},
          {"suite", crypto::CipherName(link->suite())}});
     shard.links.insert(link);
-    std::shared_ptr<Session> session = router_->Attach(link, remote.address().to_string());
+    auto attached = router_->Attach(link, remote.address().to_string());
+    if (!attached.ok()) {
+      // Its mailbox could not be read: no session without it (a later one tries again).
+      Log(spdlog::level::err, "session_refused",
+          {{"peer", peer_id}, {"error", std::string(attached.status().message())}});
+      link->Close(attached.status());
+      shard.links.erase(link);
+      co_return;
+    }
+    std::shared_ptr<Session> session = *std::move(attached);
     absl::Status ended = co_await link->Run(
         [&](mesh::v1::Frame& frame) { return router_->OnFrame(*session, frame); });
     const mesh::v1::ErrorCode code = peer::ErrorCodeOf(ended);

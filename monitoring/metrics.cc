@@ -138,6 +138,12 @@ std::vector<MetricFamily> Families(const BrokerSnapshot& s) {
       Counter("mesh_messages_stored_total", "Messages written to a mailbox", s.messages_stored));
   out.push_back(Gauge("mesh_messages_queue_size", "Messages owned and not yet acknowledged",
                       static_cast<double>(s.queue_size)));
+  out.push_back(Gauge("mesh_mailboxes", "Mailboxes holding messages, in memory or at rest on disk",
+                      static_cast<double>(s.mailboxes)));
+  out.push_back(Gauge("mesh_mailboxes_in_memory",
+                      "Mailboxes held in memory: those with a session, a forwarder or work under "
+                      "way (a mailbox at rest costs disk only)",
+                      static_cast<double>(s.mailboxes_in_memory)));
   out.push_back(Gauge("mesh_messages_queued_bytes",
                       "Bytes of the queued messages (as quotas count)",
                       static_cast<double>(s.queued_bytes)));

@@ -49,7 +49,9 @@ struct BrokerSnapshot {
   uint64_t messages_expired = 0;
   uint64_t messages_fast_path = 0;
   uint64_t messages_stored = 0;
-  int64_t queue_size = 0;  // messages owned and not yet acknowledged
+  int64_t queue_size = 0;            // messages owned and not yet acknowledged
+  uint64_t mailboxes = 0;            // holding messages, in memory or at rest
+  uint64_t mailboxes_in_memory = 0;  // active ones (and empty ones of connected peers)
   int64_t queued_bytes = 0;
   double success_rate = 1;            // delivered / (delivered + failed) over the last minute
   Histogram delivery_latency_fast;    // path="fast": delivered before any write

@@ -84,14 +84,18 @@ for ((r = 0; r < runs; r++)); do
   "$build/bench/mesh-bench" -b "127.0.0.1:$port" --mode fill --pairs 16 \
     --count $((mailboxes / 16)) --size "$size" --recipients "$mailboxes" --threads 1 --json \
     >/dev/null
-  sleep 2
+  sleep "${SETTLE:-15}"  # at rest: memtables flushed, freed pages returned (jemalloc decays in 10 s)
   held=$(rss "$broker_pid")
   scrape=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$http/metrics")
   stop
   t0=$(now)
   start
   t1=$(now)
+  # What the restart found (its store_recovered line): every fill must reach that many.
+  recovered=$(grep '"store_recovered"' "$work/broker.log" | tail -1 |
+    python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["mailboxes"])')
   stop
+  ((recovered == mailboxes)) || { echo "the fill reached $recovered mailboxes of $mailboxes" >&2; exit 1; }
   per+=("$(calc "($held - $base) / $mailboxes")")
   ready_s+=("$(calc "$t1 - $t0")")
   scrape_ms+=("$(calc "$scrape * 1000")")

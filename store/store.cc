@@ -252,6 +252,10 @@ rocksdb::Status OpenRocks(const StoreOptions& options, rocksdb::Env* env,
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
+  // Memory and restarts independent of what the store holds: memtables of all families share
+  // one budget, and the WAL a restart after a crash replays is bounded (a clean stop flushes).
+  db_options.db_write_buffer_size = options.memtable_bytes;
+  db_options.max_total_wal_size = 2 * options.memtable_bytes;
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
@@ -422,6 +426,12 @@ Store::~Store() {
   }
   db_->wake.notify_one();
   if (db_->writer.joinable()) db_->writer.join();
+  // The next start then replays no WAL: it reads counts, whatever the payloads written.
+  if (available()) {
+    rocksdb::FlushOptions flush;
+    flush.allow_write_stall = true;
+    db_->db->Flush(flush, db_->handles);
+  }
   for (auto* handle : db_->handles) db_->db->DestroyColumnFamilyHandle(handle);
   db_->db->Close();
 }
@@ -680,6 +690,12 @@ absl::Status Store::ForEachCount(const CountVisitors& visit) const {
     const rocksdb::Slice key = it->key();
     if (key.empty()) continue;
     const char kind = key[0];
+    if (kind == kHeldCounts && !visit.held) {
+      it->Seek(std::string(1, kHeldCounts + 1));  // past every sender-in-mailbox count
+      if (!it->Valid()) break;
+      it->Prev();
+      continue;
+    }
     const size_t expected = kind == kHeldCounts ? 1 + 2 * kIdSize : 1 + kIdSize;
     if (kind != kMailboxCounts && kind != kHeldCounts && kind != kSenderCounts) continue;
     const auto counts = DecodeCounts(it->value());
@@ -708,8 +724,55 @@ absl::StatusOr<Counts> Store::MailboxCounts(std::string_view recipient) const {
   return *counts;
 }
 
-absl::StatusOr<std::vector<ExpiringMessage>> Store::ReadExpired(uint64_t until_ms,
-                                                                ExpiryCursor& cursor,
+absl::StatusOr<Store::HeldBySender> Store::HeldIn(std::string_view recipient) const {
+  HeldBySender out;
+  const std::string prefix = CountsKey(kHeldCounts, recipient);
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->meta));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const auto counts = DecodeCounts(it->value());
+    if (it->key().size() != prefix.size() + kIdSize || !counts) {
+      return absl::DataLossError("malformed count in the store's meta family");
+    }
+    if (counts->messages == 0 && counts->bytes == 0) continue;
+    out.emplace_back(std::string(it->key().data() + prefix.size(), kIdSize), *counts);
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "read counts");
+  return out;
+}
+
+absl::StatusOr<bool> Store::HasMessage(std::string_view recipient, uint64_t seq) const {
+  rocksdb::PinnableSlice value;
+  auto status =
+      db_->db->Get(rocksdb::ReadOptions(), db_->mailbox, MailboxKey(recipient, seq), &value);
+  if (status.IsNotFound()) return false;
+  if (!status.ok()) return FromRocks(status, "read mailbox");
+  return true;
+}
+
+absl::StatusOr<std::vector<std::string>> Store::ReadMailboxIds(Cursor& cursor,
+                                                               size_t max_count) const {
+  std::vector<std::string> out;
+  const std::string upper(1, kMailboxCounts + 1);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(read, db_->meta));
+  it->Seek(cursor.key.empty() ? std::string(1, kMailboxCounts) : cursor.key);
+  if (it->Valid() && !cursor.key.empty() && it->key() == rocksdb::Slice(cursor.key)) it->Next();
+  for (; it->Valid() && out.size() < max_count; it->Next()) {
+    const auto counts = DecodeCounts(it->value());
+    if (it->key().size() != 1 + kIdSize || !counts) {
+      return absl::DataLossError("malformed count in the store's meta family");
+    }
+    cursor.key = it->key().ToString();
+    if (counts->messages == 0 && counts->bytes == 0) continue;
+    out.emplace_back(it->key().data() + 1, kIdSize);
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "read counts");
+  return out;
+}
+
+absl::StatusOr<std::vector<ExpiringMessage>> Store::ReadExpired(uint64_t until_ms, Cursor& cursor,
                                                                 size_t max_count) const {
   std::vector<ExpiringMessage> out;
   // Keys sort by expiry time first: everything due lies below (until_ms + 1) ‖ ...

@@ -77,8 +77,9 @@ struct ExpiringMessage {
   MessageRef ref() const { return {from, bytes, expire_at_ms}; }
 };
 
-// Where a walk of the expiry index stands: the next read starts after `key`.
-struct ExpiryCursor {
+// Where a walk (of the expiry index, of the mailboxes) stands: the next read starts after
+// `key`.
+struct Cursor {
   std::string key;
 };
 
@@ -93,7 +94,9 @@ struct StoreOptions {
   std::string path;  // the RocksDB directory (created on first open)
   SyncPolicy sync = SyncPolicy::kBatch;
   std::chrono::microseconds sync_interval{2000};
-  size_t block_cache_bytes = size_t{64} << 20;
+  size_t block_cache_bytes = size_t{32} << 20;
+  // All memtables together (RocksDB's db_write_buffer_size); the WAL is kept to twice this.
+  size_t memtable_bytes = size_t{32} << 20;
   // The volume's high-water mark: full() once less than this fraction of the volume under `path`
   // is free (statfs). 0: none.
   double min_free_fraction = 0.10;
@@ -196,19 +199,28 @@ class Store {
   absl::Status ForEachMessage(const Visitor& visit) const;
 
   // The counts kept in meta, without a payload read: each mailbox's, each sender's in each
-  // mailbox, and each sender's in all. Entries counted down to zero are skipped.
+  // mailbox (skipped unread when `held` is empty), and each sender's in all. Entries counted
+  // down to zero are skipped.
   struct CountVisitors {
     std::function<void(std::string_view recipient, const Counts&)> mailbox;
     std::function<void(std::string_view recipient, std::string_view from, const Counts&)> held;
     std::function<void(std::string_view from, const Counts&)> sender;
   };
   absl::Status ForEachCount(const CountVisitors& visit) const;
-  // The counts of one mailbox (zero if it holds nothing).
+  // The counts of one mailbox (zero if it holds nothing), and what each sender holds in it:
+  // what the router reads to take a mailbox at rest back into memory.
   absl::StatusOr<Counts> MailboxCounts(std::string_view recipient) const;
+  using HeldBySender = std::vector<std::pair<std::string, Counts>>;
+  absl::StatusOr<HeldBySender> HeldIn(std::string_view recipient) const;
+  // Whether the message is stored (a key lookup; the value is not parsed or counted as read).
+  absl::StatusOr<bool> HasMessage(std::string_view recipient, uint64_t seq) const;
+  // Up to max_count mailboxes that hold messages, in key order after `cursor`, which moves
+  // past them. An empty answer: the walk is done.
+  absl::StatusOr<std::vector<std::string>> ReadMailboxIds(Cursor& cursor, size_t max_count) const;
 
   // Up to max_count messages with expire_at_ms <= until_ms, in expiry order, after `cursor`,
   // which moves past them. An empty answer: the walk is done.
-  absl::StatusOr<std::vector<ExpiringMessage>> ReadExpired(uint64_t until_ms, ExpiryCursor& cursor,
+  absl::StatusOr<std::vector<ExpiringMessage>> ReadExpired(uint64_t until_ms, Cursor& cursor,
                                                            size_t max_count) const;
 
   // False from a failed write (disk full, I/O error) until RocksDB resumes: the broker answers

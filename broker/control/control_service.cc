@@ -353,6 +353,8 @@ monitoring::BrokerSnapshot ControlService::MetricsSnapshot() {
                                          .count());
   s.peers_total = routed.sessions_total.load();
   s.peers_connected = routed.sessions.load();
+  s.mailboxes = context_.router->MailboxCount();
+  s.mailboxes_in_memory = context_.router->MailboxesInMemory();
   s.handshakes_started = links.handshakes_started.load();
   s.handshakes_completed = links.handshakes_completed.load();
   s.handshake_duration = ToMonitoring(links.handshake_duration);

@@ -33,6 +33,9 @@ constexpr size_t kRefillBatch = 256;
 constexpr size_t kRefillBytes = size_t{4} << 20;
 constexpr size_t kSweepBatch = 1024;
 constexpr size_t kExpiryBatch = 256;  // expiry index entries read at a time, within a slice
+constexpr size_t kWalkBatch = 256;    // mailboxes at rest re-placed at a time, within a slice
+// Reads of a mailbox at rest made with its stripe unlocked before one is made under the lock.
+constexpr int kLoadAttempts = 3;
 // Longest the expiry sweep holds the tick's thread in one tick.
 constexpr std::chrono::milliseconds kSweepSlice{2};
 using store::AccountedBytes;
@@ -112,8 +115,11 @@ inline crypto::Fingerprint DigestOf(std::string_view to, std::string_view payloa
   return crypto::FingerprintOf({AsBytes(to), AsBytes(payload)});
 }
 
-// One recipient's queue. Every message it holds is either in `loaded` or in the store at a seq
-// >= spill_seq (while `spilled`), never only in neither.
+// One recipient's queue, in memory while it is active: a session or a forwarder on it, sends
+// not yet owned, messages loaded or in flight, writes or deletes not yet applied. At rest it
+// is let go (its disk half, counts included, is in the store) and read back on demand. Every
+// message it holds is either in `loaded` or in the store at a seq >= spill_seq (while
+// `spilled`), never only in neither.
 struct Mailbox {
   std::string recipient;
   uint64_t next_seq = 0;
@@ -152,9 +158,13 @@ struct Mailbox {
     spilled = true;
   }
   // Nothing held and no peer on it (a forwarder with nothing to forward goes with it).
-  bool Idle() const {
-    return count == 0 && pending.empty() && (!session || session->forwarder()) && loaded.empty() &&
-           writes_in_flight == 0 && deleting.empty() && dedup_deleting.empty();
+  bool Idle() const { return count == 0 && (!session || session->forwarder()) && Settled(); }
+  // Holds messages, all of them in the store and placed here, with nothing under way: what
+  // memory knows of it the store knows too (its counts), so it can go.
+  bool AtRest() const { return count > 0 && !session && !outbound && Settled(); }
+  bool Settled() const {
+    return pending.empty() && loaded.empty() && writes_in_flight == 0 && unloaded_writes.empty() &&
+           deleting.empty() && dedup_deleting.empty();
   }
 };
 
@@ -177,6 +187,9 @@ struct Stripe {
   // placed towards another broker (outboxes). Erased with their mailbox.
   absl::flat_hash_set<Mailbox*> connected;
   absl::flat_hash_set<Mailbox*> outbound;
+  // Mailboxes let go so far: a read of one at rest made with the stripe unlocked is good only
+  // if none went meanwhile (its disk half may have changed and settled in between).
+  uint64_t evictions = 0;
 };
 
 // Messages each sender holds across all mailboxes, for the sender quota.

@@ -186,6 +186,44 @@ void Router::Impl::Tick() {
     }
   }
   SweepSome();
+  WalkSome();
+}
+
+absl::StatusOr<Mailbox*> Router::Impl::Load(Stripe& stripe, std::unique_lock<std::mutex>& lock,
+                                            std::string_view recipient,
+                                            std::optional<uint64_t> holding) {
+  for (int attempt = 0;; ++attempt) {
+    if (Mailbox* mailbox = Find(stripe, recipient)) return mailbox;
+    // Read unlocked, good if no mailbox of the stripe went meanwhile (one that did may have
+    // been this one, its disk half changed); after a few lost races, under the lock.
+    const uint64_t evictions = stripe.evictions;
+    const bool unlocked = attempt < kLoadAttempts;
+    if (unlocked) lock.unlock();
+    absl::StatusOr<bool> stored = true;
+    if (holding) stored = store.HasMessage(recipient, *holding);
+    auto counts = store.MailboxCounts(recipient);
+    absl::StatusOr<store::Store::HeldBySender> held = store::Store::HeldBySender{};
+    if (counts.ok() && counts->messages > 0) held = store.HeldIn(recipient);
+    if (unlocked) lock.lock();
+    if (!stored.ok()) return stored.status();
+    if (!counts.ok()) return counts.status();
+    if (!held.ok()) return held.status();
+    if (Mailbox* mailbox = Find(stripe, recipient)) return mailbox;  // loaded by another
+    if (stripe.evictions != evictions) continue;
+    if (!*stored) return nullptr;
+    Mailbox& mailbox = Get(stripe, std::string(recipient));
+    if (counts->messages > 0) {
+      mailbox.count = counts->messages;
+      mailbox.bytes = counts->bytes;
+      mailbox.next_seq = std::max(mailbox.next_seq, counts->last_seq + 1);
+      mailbox.spilled = true;
+      mailbox.spill_seq = 0;
+      for (auto& [from, sender] : *held) {
+        mailbox.per_sender[std::move(from)] = {sender.messages, sender.bytes};
+      }
+    }
+    return &mailbox;
+  }
 }
 
 // Walks the expiry index for at most kSweepSlice per tick: a sweep costs what expires, and
@@ -209,11 +247,15 @@ void Router::Impl::SweepSome() {
 
 void Router::Impl::SweepOne(const store::ExpiringMessage& message) {
   Stripe& stripe = StripeOf(message.recipient);
-  std::lock_guard lock(stripe.mu);
-  // A stored message's mailbox stays in memory until its delete is applied: without one,
-  // this entry was read just before its delete landed.
+  std::unique_lock lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, message.recipient);
-  if (mailbox == nullptr) return;
+  if (mailbox == nullptr) {
+    // At rest, or the entry was read just before its delete landed: Load reads the message's
+    // key with the counts and takes the mailbox back only if it is still stored.
+    auto loaded = Load(stripe, lock, message.recipient, message.seq);
+    if (!loaded.ok() || *loaded == nullptr) return;  // gone, or the next sweep tries again
+    mailbox = *loaded;
+  }
   if (auto it = mailbox->loaded.find(message.seq); it != mailbox->loaded.end()) {
     const Entry& entry = it->second;
     // In flight, acknowledged, or its write's callback still to come: a later sweep sees it.
@@ -280,34 +322,26 @@ uint64_t Router::Impl::DropAll(Mailbox& mailbox) {
 
 absl::StatusOr<uint64_t> Router::Impl::PurgeMailbox(std::string_view id) {
   Stripe& stripe = StripeOf(id);
-  std::lock_guard lock(stripe.mu);
-  Mailbox* mailbox = Find(stripe, id);
-  if (mailbox == nullptr) return 0;
+  std::unique_lock lock(stripe.mu);
   if (!store.available()) return absl::UnavailableError("the store cannot write");
+  auto loaded = Load(stripe, lock, id);
+  if (!loaded.ok()) return loaded.status();
+  Mailbox* mailbox = *loaded;
   const uint64_t purged = DropAll(*mailbox);
   MaybeErase(stripe, *mailbox);
   return purged;
 }
 
-// Counts from the store's meta family, never a payload: every mailbox that holds messages
-// starts spilled, read from its first key when a session asks.
+// Totals from the store's counts, never a payload, and no mailbox in memory: each is read
+// back when a session, a send, a sweep or the placement needs it.
 absl::Status Router::Impl::Recover() {
   uint64_t messages = 0;
   store::Store::CountVisitors visit;
-  visit.mailbox = [&](std::string_view recipient, const store::Counts& counts) {
-    Mailbox& mailbox = Get(StripeOf(recipient), std::string(recipient));
-    mailbox.spilled = true;
-    mailbox.spill_seq = 0;
-    mailbox.next_seq = std::max(mailbox.next_seq, counts.last_seq + 1);
-    mailbox.count = counts.messages;
-    mailbox.bytes = counts.bytes;
+  visit.mailbox = [&](std::string_view, const store::Counts& counts) {
+    held_mailboxes.fetch_add(1, std::memory_order_relaxed);
     stats.queued.fetch_add(counts.messages, std::memory_order_relaxed);
     stats.queued_bytes.fetch_add(static_cast<int64_t>(counts.bytes), std::memory_order_relaxed);
     messages += counts.messages;
-  };
-  visit.held = [&](std::string_view recipient, std::string_view from, const store::Counts& counts) {
-    Mailbox& mailbox = Get(StripeOf(recipient), std::string(recipient));
-    mailbox.per_sender[std::string(from)] = {counts.messages, counts.bytes};
   };
   visit.sender = [&](std::string_view from, const store::Counts& counts) {
     ledger.Add(std::string(from), counts.messages);
@@ -316,7 +350,7 @@ absl::Status Router::Impl::Recover() {
   Log(spdlog::level::info, "store_recovered",
       {{"messages", messages},
        {"bytes", stats.queued_bytes.load()},
-       {"mailboxes", mailbox_count.load(std::memory_order_relaxed)}});
+       {"mailboxes", held_mailboxes.load(std::memory_order_relaxed)}});
   return absl::OkStatus();
 }
 

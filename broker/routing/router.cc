@@ -41,7 +41,7 @@ void Router::Impl::Notify(std::vector<Waiter>& waiters,
 }
 
 void Router::Impl::Account(Mailbox& mailbox, const std::string& from, uint64_t bytes) {
-  ++mailbox.count;
+  if (mailbox.count++ == 0) held_mailboxes.fetch_add(1, std::memory_order_relaxed);
   mailbox.bytes += bytes;
   Mailbox::Held& held = mailbox.per_sender[from];
   ++held.messages;
@@ -51,7 +51,7 @@ void Router::Impl::Account(Mailbox& mailbox, const std::string& from, uint64_t b
 }
 
 void Router::Impl::Release(Mailbox& mailbox, const std::string& from, uint64_t bytes) {
-  --mailbox.count;
+  if (--mailbox.count == 0) held_mailboxes.fetch_sub(1, std::memory_order_relaxed);
   mailbox.bytes -= bytes;
   auto it = mailbox.per_sender.find(from);
   if (it != mailbox.per_sender.end()) {
@@ -246,12 +246,17 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
   const uint64_t now_ms = WallMs();
 
   Stripe& stripe = StripeOf(envelope.to());
-  std::lock_guard lock(stripe.mu);
+  std::unique_lock lock(stripe.mu);
   if (refusing.load(std::memory_order_relaxed)) {
     return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
                "this broker has drained: send to another one");
   }
-  Mailbox& mailbox = Get(stripe, envelope.to());
+  auto loaded = Load(stripe, lock, envelope.to());
+  if (!loaded.ok()) {
+    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
+               std::string(loaded.status().message()));
+  }
+  Mailbox& mailbox = **loaded;
   if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
     if (!SameMessage(mailbox, it->second, envelope)) {
       return Ack(sender, std::move(ack_id), SendAck::INVALID,
@@ -531,14 +536,16 @@ void Router::Impl::Unbind(Mailbox& mailbox) {
   mailbox.session.reset();
 }
 
-std::shared_ptr<Session> Router::Impl::Attach(std::shared_ptr<peer::Link> link,
-                                              std::string remote_address) {
+absl::StatusOr<std::shared_ptr<Session>> Router::Impl::Attach(std::shared_ptr<peer::Link> link,
+                                                              std::string remote_address) {
   auto session = std::make_shared<Session>(std::move(link), std::move(remote_address));
   Stripe& stripe = StripeOf(session->peer());
   std::shared_ptr<Session> replaced;
   {
-    std::lock_guard lock(stripe.mu);
-    Mailbox& mailbox = Get(stripe, session->peer());
+    std::unique_lock lock(stripe.mu);
+    auto loaded = Load(stripe, lock, session->peer());
+    if (!loaded.ok()) return loaded.status();
+    Mailbox& mailbox = **loaded;
     if (mailbox.session) {
       replaced = mailbox.session;
       Unbind(mailbox);
@@ -614,11 +621,19 @@ std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) co
 }
 
 std::optional<PeerView> Router::GetPeer(std::string_view id) const {
-  auto& stripe = impl_->StripeOf(id);
-  std::lock_guard lock(stripe.mu);
-  const Mailbox* mailbox = impl_->Find(stripe, id);
-  if (mailbox == nullptr) return std::nullopt;
-  return impl_->ViewOf(*mailbox);
+  {
+    auto& stripe = impl_->StripeOf(id);
+    std::lock_guard lock(stripe.mu);
+    if (const Mailbox* mailbox = impl_->Find(stripe, id)) return impl_->ViewOf(*mailbox);
+  }
+  // At rest, or nothing at all: the store's counts say which.
+  auto counts = impl_->store.MailboxCounts(id);
+  if (!counts.ok() || counts->messages == 0) return std::nullopt;
+  PeerView view;
+  view.id = std::string(id);
+  view.mailbox_messages = counts->messages;
+  view.mailbox_bytes = counts->bytes;
+  return view;
 }
 
 bool Router::Disconnect(std::string_view id, mesh::v1::GoAway::Reason reason) {
@@ -665,6 +680,11 @@ size_t Router::GoAwaySome(size_t n, mesh::v1::GoAway::Reason reason) {
 
 size_t Router::MailboxCount() const {
   return static_cast<size_t>(
+      std::max<int64_t>(0, impl_->held_mailboxes.load(std::memory_order_relaxed)));
+}
+
+size_t Router::MailboxesInMemory() const {
+  return static_cast<size_t>(
       std::max<int64_t>(0, impl_->mailbox_count.load(std::memory_order_relaxed)));
 }
 
@@ -680,8 +700,8 @@ Router::~Router() = default;
 
 absl::Status Router::Recover() { return impl_->Recover(); }
 
-std::shared_ptr<Session> Router::Attach(std::shared_ptr<peer::Link> link,
-                                        std::string remote_address) {
+absl::StatusOr<std::shared_ptr<Session>> Router::Attach(std::shared_ptr<peer::Link> link,
+                                                        std::string remote_address) {
   return impl_->Attach(std::move(link), std::move(remote_address));
 }
 
@@ -716,8 +736,10 @@ void Router::RebindAll() { impl_->ReplaceAll(); }
 
 void Router::PlaceUnbound() { impl_->PlaceUnbound(); }
 
+// Mailboxes in memory at once; those at rest by the tick's walk of the store (WalkSome).
 void Router::Impl::ReplaceAll() {
   placement_epoch.fetch_add(1, std::memory_order_relaxed);
+  walk_requested.store(true, std::memory_order_relaxed);
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     std::vector<Mailbox*> mailboxes;
@@ -725,6 +747,41 @@ void Router::Impl::ReplaceAll() {
     for (auto& [id, mailbox] : stripe.mailboxes) mailboxes.push_back(mailbox.get());
     for (Mailbox* mailbox : mailboxes) Replace(stripe, *mailbox);  // may erase it
   }
+}
+
+// A mailbox at rest is placed here: only one whose next hop is now another broker is read
+// back, to be bound to its forwarder.
+void Router::Impl::WalkSome() {
+  if (walk_requested.exchange(false, std::memory_order_relaxed)) {
+    walking = true;
+    walk_cursor = {};
+  }
+  const auto started = Clock::now();
+  while (walking && placement != nullptr && Clock::now() - started < kSweepSlice) {
+    auto ids = store.ReadMailboxIds(walk_cursor, kWalkBatch);
+    if (!ids.ok()) {
+      Log(spdlog::level::err, "placement_walk_failed",
+          {{"error", std::string(ids.status().message())}});
+      walking = false;
+      break;
+    }
+    if (ids->empty()) walking = false;
+    for (const std::string& recipient : *ids) {
+      if (!placement->NextHop(recipient).empty()) Rebind(recipient);
+    }
+  }
+}
+
+void Router::Impl::Rebind(std::string_view recipient) {
+  Stripe& stripe = StripeOf(recipient);
+  std::unique_lock lock(stripe.mu);
+  auto mailbox = Load(stripe, lock, recipient);
+  if (!mailbox.ok()) {
+    Log(spdlog::level::err, "mailbox_read_failed",
+        {{"error", std::string(mailbox.status().message())}});
+    return;
+  }
+  Replace(stripe, **mailbox);
 }
 
 // Costs what waits for a next hop, not what the broker holds: mailboxes homed here for
@@ -742,11 +799,7 @@ void Router::Impl::PlaceUnbound() {
   }
 }
 
-void Router::Rebind(std::string_view recipient) {
-  Stripe& stripe = impl_->StripeOf(recipient);
-  std::lock_guard lock(stripe.mu);
-  if (Mailbox* mailbox = impl_->Find(stripe, recipient)) impl_->Replace(stripe, *mailbox);
-}
+void Router::Rebind(std::string_view recipient) { impl_->Rebind(recipient); }
 
 void Router::OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref) {
   impl_->OnForward(sender, std::move(envelope), std::move(ack_ref));
@@ -762,6 +815,6 @@ void Router::OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link
 
 void Router::Tick() { impl_->Tick(); }
 
-bool Router::SweepPending() const { return impl_->sweeping; }
+bool Router::TickSoon() const { return impl_->sweeping || impl_->walking; }
 
 }  // namespace mesh::broker

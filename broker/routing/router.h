@@ -142,8 +142,8 @@ class Router {
 
   // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
   // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.
-  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link,
-                                  std::string remote_address = {});
+  absl::StatusOr<std::shared_ptr<Session>> Attach(std::shared_ptr<peer::Link> link,
+                                                  std::string remote_address = {});
   // A frame from the session's link (or a local sender's Send); a non-OK status closes the link
   // with it.
   absl::Status OnFrame(Session& session, mesh::v1::Frame& frame);
@@ -170,17 +170,19 @@ class Router {
   absl::StatusOr<uint64_t> PurgeMailbox(std::string_view id);
   // Messages held here for another broker (the outboxes), without a local session.
   uint64_t OutboxMessages() const;
-  // Mailboxes held here (with a session, messages or writes in progress).
+  // Mailboxes holding messages here, in memory or at rest in the store.
   size_t MailboxCount() const;
+  // Mailboxes in memory: active ones (a session, a forwarder, work under way).
+  size_t MailboxesInMemory() const;
   // Peer connected/disconnected and rejected sends are published here.
   EventHub& events() { return events_; }
 
   // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages
   // (a slice of a few milliseconds at a time). Call from one thread.
   void Tick();
-  // Expired messages wait for a sweep that the next ticks continue: tick again soon. Call from
-  // Tick's thread.
-  bool SweepPending() const;
+  // An expiry sweep or a walk of the mailboxes at rest is under way, which the next ticks
+  // continue: tick again soon. Call from Tick's thread.
+  bool TickSoon() const;
 
   const RouterStats& stats() const { return stats_; }
   const RouterConfig& config() const { return config_; }

@@ -35,12 +35,18 @@ struct Router::Impl {
   Clock::time_point next_sweep = Clock::now();
   // An expiry sweep under way: it walks the store's expiry index a slice per tick.
   bool sweeping = false;
-  store::ExpiryCursor sweep_cursor;
+  store::Cursor sweep_cursor;
   uint64_t sweep_until_ms = 0;
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
-  std::atomic<int64_t> mailbox_count{0};  // mailboxes in memory, across the stripes
+  std::atomic<int64_t> mailbox_count{0};   // mailboxes in memory, across the stripes
+  std::atomic<int64_t> held_mailboxes{0};  // mailboxes holding messages, in memory or at rest
+  // A walk of the mailboxes at rest asking the placement where each goes (RebindAll): it reads
+  // the store's counts, a slice per tick.
+  std::atomic<bool> walk_requested{false};
+  bool walking = false;
+  store::Cursor walk_cursor;
   // Queued bytes reached store_max_bytes; cleared by Tick below 90% of it, so readiness does
   // not flap with every message at the mark.
   std::atomic<bool> over_max_bytes{false};
@@ -67,13 +73,23 @@ struct Router::Impl {
     return *slot;
   }
 
+  // Lets the mailbox go once it holds nothing or is at rest (its counts are in the store).
   void MaybeErase(Stripe& stripe, Mailbox& mailbox) {
-    if (!mailbox.Idle()) return;
+    if (!mailbox.Idle() && !mailbox.AtRest()) return;
     stripe.connected.erase(&mailbox);
     stripe.outbound.erase(&mailbox);
     mailbox_count.fetch_sub(1, std::memory_order_relaxed);
+    ++stripe.evictions;
     stripe.mailboxes.erase(mailbox.recipient);
   }
+
+  // The recipient's mailbox, read back from the store if it is at rest (made if it has none).
+  // `lock` holds the stripe's mutex on entry and on return; the store is read with it
+  // released. With `holding`: null, rather than a mailbox read back, if that seq is no longer
+  // stored.
+  absl::StatusOr<Mailbox*> Load(Stripe& stripe, std::unique_lock<std::mutex>& lock,
+                                std::string_view recipient,
+                                std::optional<uint64_t> holding = std::nullopt);
 
   // Visits the mailboxes with a peer's session here (not the forwarders), each under its
   // stripe's lock: O(connected peers), whatever the mailboxes at rest.
@@ -143,6 +159,9 @@ struct Router::Impl {
   void ReplaceAll();
   void PlaceUnbound();
   void SweepSome();
+  // Re-places mailboxes at rest for a slice of the tick, after RebindAll.
+  void WalkSome();
+  void Rebind(std::string_view recipient);
   // One message the expiry index says is due: dropped unless in flight, or no longer stored.
   void SweepOne(const store::ExpiringMessage& message);
 
@@ -157,7 +176,8 @@ struct Router::Impl {
   // are written, and stored ones leave memory until the next session reads them back.
   void Unbind(Mailbox& mailbox);
 
-  std::shared_ptr<Session> Attach(std::shared_ptr<peer::Link> link, std::string remote_address);
+  absl::StatusOr<std::shared_ptr<Session>> Attach(std::shared_ptr<peer::Link> link,
+                                                  std::string remote_address);
 
   void Detach(Session& session, std::string_view reason);
   PeerView ViewOf(const Mailbox& mailbox) const;

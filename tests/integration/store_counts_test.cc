@@ -161,5 +161,58 @@ TEST_F(StoreCountsTest, CountsStayExactThroughAKillDuringAnExpirySweep) {
   ExpectCountIsWhatDrains(recipient);
 }
 
+// A mailbox at rest leaves memory; read back by a send, a sweep or its recipient it keeps its
+// order, its dedup and its senders' shares.
+TEST_F(StoreCountsTest, AMailboxLetGoAndReadBackKeepsOrderDedupAndShares) {
+  Start({"--mailbox-max-messages", "40"});  // a sender's share: 20
+  FramePeer first(broker_->port()), second(broker_->port());
+  ASSERT_TRUE(first.Connect());
+  ASSERT_TRUE(second.Connect());
+  const crypto::KeyPair recipient = crypto::KeyPair::Generate();
+  std::vector<std::string> ids;
+  auto send = [&](FramePeer& sender, int n) {
+    ids.push_back(RandomId());
+    auto ack = sender.Send(recipient.public_key, "m" + std::to_string(n), ids.back());
+    return ack ? ack->status() : mesh::v1::SendAck::STATUS_UNSPECIFIED;
+  };
+  // Only the two senders' (empty, connected) mailboxes stay in memory.
+  auto at_rest = [&] {
+    return WaitFor([&] { return broker_->Metric("mesh_mailboxes_in_memory") == 2; });
+  };
+  for (int n = 0; n < 20; ++n) ASSERT_EQ(send(first, n), mesh::v1::SendAck::ACCEPTED);
+  ASSERT_TRUE(at_rest()) << broker_->Metric("mesh_mailboxes_in_memory");
+  EXPECT_EQ(broker_->Metric("mesh_mailboxes"), 1);
+
+  // Read back for each send: the share, the dedup entry and the order survive.
+  EXPECT_EQ(send(first, 20), mesh::v1::SendAck::SENDER_QUOTA);
+  ids.pop_back();  // refused: not in the mailbox
+  ASSERT_TRUE(at_rest());
+  auto retry = first.Send(recipient.public_key, "m5", ids[5]);
+  ASSERT_TRUE(retry.has_value());
+  EXPECT_EQ(retry->status(), mesh::v1::SendAck::DUPLICATE);
+  auto reused = first.Send(recipient.public_key, "not m5", ids[5]);
+  ASSERT_TRUE(reused.has_value());
+  EXPECT_EQ(reused->status(), mesh::v1::SendAck::INVALID);
+  ASSERT_TRUE(at_rest());
+  for (int n = 20; n < 40; ++n) ASSERT_EQ(send(second, n), mesh::v1::SendAck::ACCEPTED);
+  ASSERT_TRUE(at_rest());
+  EXPECT_EQ(send(second, 40), mesh::v1::SendAck::MAILBOX_FULL);
+  ids.pop_back();
+
+  FramePeer reader(broker_->port(), recipient);
+  ASSERT_TRUE(reader.Connect());
+  std::vector<uint64_t> seqs;
+  for (int n = 0; n < 40; ++n) {
+    auto deliver = reader.NextDeliver();
+    ASSERT_TRUE(deliver.has_value()) << "message " << n;
+    EXPECT_EQ(deliver->payload(), "m" + std::to_string(n));
+    EXPECT_EQ(deliver->id(), ids[n]);
+    seqs.push_back(deliver->seq());
+  }
+  ASSERT_TRUE(reader.Ack(seqs));
+  ASSERT_TRUE(WaitFor([&] { return broker_->Metric("mesh_mailboxes") == 0; }));
+  EXPECT_EQ(broker_->Metric("mesh_messages_queue_size"), 0);
+}
+
 }  // namespace
 }  // namespace mesh::testing

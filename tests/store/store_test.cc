@@ -234,7 +234,7 @@ TEST_P(StoreTest, TheExpiryIndexYieldsWhatIsDueInExpiryOrderFromACursor) {
   del.DeleteMessage(Recipient('a'), 6, MessageRef::Of(Envelope(Recipient('a'), "deleted", 150)));
   ASSERT_TRUE(CommitAndWait(std::move(del), Store::Durability::kLazy).ok());
 
-  ExpiryCursor cursor;
+  Cursor cursor;
   auto first = store_->ReadExpired(250, cursor, 1);
   ASSERT_TRUE(first.ok());
   ASSERT_EQ(first->size(), 1u);
