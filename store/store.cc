@@ -16,8 +16,8 @@
 #include <deque>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "store/store_testing.h"
 
@@ -223,9 +223,35 @@ void Batch::DeleteMessage(std::string_view recipient, uint64_t seq, const Messag
 void Batch::Count(std::string_view recipient, uint64_t seq, const MessageRef& message,
                   int64_t sign) {
   const int64_t bytes = sign * static_cast<int64_t>(message.bytes);
-  counts_.push_back({CountsKey(kMailboxCounts, recipient), sign, bytes, seq});
-  counts_.push_back({CountsKey(kHeldCounts, recipient, message.from), sign, bytes, 0});
-  counts_.push_back({CountsKey(kSenderCounts, message.from), sign, bytes, 0});
+  AddCount(kMailboxCounts, recipient, {}, sign, bytes, seq);
+  AddCount(kHeldCounts, recipient, message.from, sign, bytes, 0);
+  AddCount(kSenderCounts, message.from, {}, sign, bytes, 0);
+}
+
+// A batch's deltas on one key are added up here: the deletes of one DeliverAck share their
+// mailbox and mostly a few senders.
+void Batch::AddCount(char kind, std::string_view first, std::string_view second, int64_t messages,
+                     int64_t bytes, uint64_t last_seq) {
+  CountDelta delta{};
+  delta.key[0] = kind;
+  const size_t first_size = std::min(first.size(), kIdSize);
+  const size_t second_size = std::min(second.size(), kIdSize);
+  std::copy_n(first.data(), first_size, delta.key.data() + 1);
+  std::copy_n(second.data(), second_size, delta.key.data() + 1 + first_size);
+  delta.key_size = static_cast<uint8_t>(1 + first_size + second_size);
+  constexpr size_t kSearched = 32;  // the last few: a large batch's keys are mostly distinct
+  for (size_t i = counts_.size(), seen = 0; i > 0 && seen < kSearched; --i, ++seen) {
+    CountDelta& same = counts_[i - 1];
+    if (same.Key() != delta.Key()) continue;
+    same.messages += messages;
+    same.bytes += bytes;
+    same.last_seq = std::max(same.last_seq, last_seq);
+    return;
+  }
+  delta.messages = messages;
+  delta.bytes = bytes;
+  delta.last_seq = last_seq;
+  counts_.push_back(delta);
 }
 
 void Batch::PutDedup(std::string_view from, std::string_view id,
@@ -305,7 +331,7 @@ struct Store::Db {
 
   // A write group's count deltas, added up per key: one merge per mailbox and sender in a
   // write, not one per message.
-  using CountSums = std::unordered_map<std::string, Counts>;
+  using CountSums = absl::flat_hash_map<std::string, Counts>;
 
   // Appends `batch`'s changes to `out`, in order; its count deltas go to `sums` if given (to
   // be written with `out` by WriteCounts), else straight into `out`.
@@ -322,12 +348,12 @@ struct Store::Db {
     }
     for (const auto& delta : batch.counts_) {
       if (sums == nullptr) {
-        out.Merge(meta, delta.key,
+        out.Merge(meta, rocksdb::Slice(delta.Key().data(), delta.Key().size()),
                   EncodeCounts(static_cast<uint64_t>(delta.messages),
                                static_cast<uint64_t>(delta.bytes), delta.last_seq));
         continue;
       }
-      Counts& sum = (*sums)[delta.key];
+      Counts& sum = (*sums)[absl::string_view(delta.Key().data(), delta.Key().size())];
       sum.messages += static_cast<uint64_t>(delta.messages);
       sum.bytes += static_cast<uint64_t>(delta.bytes);
       sum.last_seq = std::max(sum.last_seq, delta.last_seq);

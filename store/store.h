@@ -22,6 +22,7 @@
 // writer thread retries DB::Resume with backoff, and resumes by itself once space returns.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -150,11 +151,15 @@ class Batch {
     std::string value;
   };
   struct CountDelta {
-    std::string key;  // in meta
+    std::array<char, 1 + 2 * kIdSize> key;  // in meta; inline, not allocated per message
+    uint8_t key_size;
     int64_t messages;
     int64_t bytes;
     uint64_t last_seq;
+    std::string_view Key() const { return {key.data(), key_size}; }
   };
+  void AddCount(char kind, std::string_view first, std::string_view second, int64_t messages,
+                int64_t bytes, uint64_t last_seq);
   void Count(std::string_view recipient, uint64_t seq, const MessageRef& message, int64_t sign);
   std::vector<Op> ops_;
   std::vector<CountDelta> counts_;
