@@ -367,15 +367,19 @@ class Broker::Impl {
                            : "the store has not resumed: /healthz answers 503 so that the "
                              "broker is restarted, which reopens it"}});
     }
+    const bool went_full = router_->TakeWentFull();
     const bool full = router_->Full();
-    if (full != store_full_) {
-      store_full_ = full;
-      Log(full ? spdlog::level::warn : spdlog::level::info, full ? "store_full" : "store_not_full",
+    auto log_full = [&](bool now_full) {
+      store_full_ = now_full;
+      Log(now_full ? spdlog::level::warn : spdlog::level::info,
+          now_full ? "store_full" : "store_not_full",
           {{"volume_full", store_->full()},
            {"queued_bytes", router_->stats().queued_bytes.load()},
            {"store_max_bytes", config_.routing.store_max_bytes},
            {"min_free_fraction", config_.store.min_free_fraction}});
-    }
+    };
+    if (went_full && !store_full_) log_full(true);  // perhaps over already: told next
+    if (full != store_full_) log_full(full);
   }
 
   // The cluster secret and the admin token are re-read on SIGHUP and when their files change

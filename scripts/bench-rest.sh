@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mailboxes at rest (DESIGN §4, issue 17): a broker on a fresh data dir; MAILBOXES (1,000,000)
 # offline recipients get one SIZE (256) byte message each (mesh-bench --mode fill). Prints the
-# broker's RSS above its idle baseline (and per mailbox) and how long one GET /metrics takes,
-# then restarts it on that data dir and prints the time from exec to /readyz answering 200.
+# broker's RSS above its idle baseline once it settled (and per mailbox) and how long one
+# GET /metrics takes, then kills it (kill -9) and restarts it on that data dir, stops it and
+# restarts it again, and prints the times from exec to /readyz answering 200.
 # Medians of RUNS (3).
 #
 #   scripts/bench-rest.sh                             this build (build/, scripts/build.sh)
@@ -75,7 +76,13 @@ if [[ ${1:-rest} == expiry ]]; then
   exit 0
 fi
 
-per=() ready_s=() scrape_ms=()
+per=() ready_s=() crash_s=() scrape_ms=()
+restart() {  # sets $took: seconds from exec to /readyz answering 200
+  local t0
+  t0=$(now)
+  start
+  took=$(calc "$(now) - $t0")
+}
 for ((r = 0; r < runs; r++)); do
   rm -rf "$work/data" "$work/broker.log"
   start
@@ -87,22 +94,26 @@ for ((r = 0; r < runs; r++)); do
   sleep "${SETTLE:-15}"  # at rest: memtables flushed, freed pages returned (jemalloc decays in 10 s)
   held=$(rss "$broker_pid")
   scrape=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$http/metrics")
+  # A crash: the restart replays what the WAL still holds (bounded), then a clean stop (which
+  # flushes) and a restart that replays nothing.
+  kill -KILL "$broker_pid"
+  wait "$broker_pid" 2>/dev/null || true
+  restart
+  crash_s+=("$took")
   stop
-  t0=$(now)
-  start
-  t1=$(now)
+  restart
+  ready_s+=("$took")
   # What the restart found (its store_recovered line): every fill must reach that many.
   recovered=$(grep '"store_recovered"' "$work/broker.log" | tail -1 |
     python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["mailboxes"])')
   stop
   ((recovered == mailboxes)) || { echo "the fill reached $recovered mailboxes of $mailboxes" >&2; exit 1; }
   per+=("$(calc "($held - $base) / $mailboxes")")
-  ready_s+=("$(calc "$t1 - $t0")")
   scrape_ms+=("$(calc "$scrape * 1000")")
-  printf 'run %d: %d mailboxes x %d B: RSS %.1f -> %.1f MiB (+%.0f B per mailbox); GET /metrics %.1f ms; restart to ready %.2f s\n' \
+  printf 'run %d: %d mailboxes x %d B: RSS %.1f -> %.1f MiB (+%.0f B per mailbox); GET /metrics %.1f ms; restart to ready %.2f s after a stop, %.2f s after kill -9\n' \
     "$r" "$mailboxes" "$size" "$(calc "$base / 1048576")" "$(calc "$held / 1048576")" \
-    "${per[-1]}" "${scrape_ms[-1]}" "${ready_s[-1]}"
+    "${per[-1]}" "${scrape_ms[-1]}" "${ready_s[-1]}" "${crash_s[-1]}"
 done
-printf 'mailboxes at rest, medians of %d: +%.0f B of RSS per mailbox, GET /metrics %.1f ms, restart to ready %.2f s\n' \
+printf 'mailboxes at rest, medians of %d: +%.0f B of RSS per mailbox, GET /metrics %.1f ms, restart to ready %.2f s after a stop, %.2f s after kill -9\n' \
   "$runs" "$(printf '%s\n' "${per[@]}" | median)" "$(printf '%s\n' "${scrape_ms[@]}" | median)" \
-  "$(printf '%s\n' "${ready_s[@]}" | median)"
+  "$(printf '%s\n' "${ready_s[@]}" | median)" "$(printf '%s\n' "${crash_s[@]}" | median)"

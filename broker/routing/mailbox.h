@@ -36,6 +36,9 @@ constexpr size_t kExpiryBatch = 256;  // expiry index entries read at a time, wi
 constexpr size_t kWalkBatch = 256;    // mailboxes at rest re-placed at a time, within a slice
 // Reads of a mailbox at rest made with its stripe unlocked before one is made under the lock.
 constexpr int kLoadAttempts = 3;
+// How long a mailbox stays in memory once at rest: a burst of sends to it (a fill, a chat)
+// reads it back from the store once, not once per message.
+constexpr std::chrono::seconds kRestGrace{1};
 // Longest the expiry sweep holds the tick's thread in one tick.
 constexpr std::chrono::milliseconds kSweepSlice{2};
 using store::AccountedBytes;
@@ -151,6 +154,7 @@ struct Mailbox {
   absl::flat_hash_map<PendingKey, Pending> pending;
   std::shared_ptr<Session> session;  // a peer's link, or a forwarder to another broker
   uint64_t placed_epoch = 0;         // the placement epoch it was last placed in
+  Clock::time_point rested_at{};     // when it last came to rest (Stripe::resting)
   bool outbound = false;             // placed towards another broker (an outbox)
 
   void Spill(uint64_t seq) {
@@ -190,6 +194,13 @@ struct Stripe {
   // Mailboxes let go so far: a read of one at rest made with the stripe unlocked is good only
   // if none went meanwhile (its disk half may have changed and settled in between).
   uint64_t evictions = 0;
+  // Mailboxes that came to rest, in that order, let go by the tick after kRestGrace if still
+  // at rest then. May name mailboxes since active, rested again (a later entry) or erased.
+  struct Rested {
+    Clock::time_point at;
+    std::string recipient;
+  };
+  std::deque<Rested> resting;
 };
 
 // Messages each sender holds across all mailboxes, for the sender quota.

@@ -174,6 +174,7 @@ void Router::Impl::Tick() {
   }
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
+    EvictRested(stripe, now);
     while (!stripe.fast.empty() && stripe.fast.front().at <= now) {
       const FastDeadline deadline = stripe.fast.front();
       stripe.fast.pop_front();
@@ -187,6 +188,20 @@ void Router::Impl::Tick() {
   }
   SweepSome();
   WalkSome();
+}
+
+void Router::Impl::EvictRested(Stripe& stripe, Clock::time_point now) {
+  while (!stripe.resting.empty() && stripe.resting.front().at + kRestGrace <= now) {
+    const Stripe::Rested rested = std::move(stripe.resting.front());
+    stripe.resting.pop_front();
+    Mailbox* mailbox = Find(stripe, rested.recipient);
+    if (mailbox == nullptr || mailbox->rested_at != rested.at) continue;  // a later entry stands
+    if (mailbox->AtRest()) {
+      Erase(stripe, *mailbox);
+    } else {
+      mailbox->rested_at = {};  // active since: its next rest starts a grace of its own
+    }
+  }
 }
 
 absl::StatusOr<Mailbox*> Router::Impl::Load(Stripe& stripe, std::unique_lock<std::mutex>& lock,

@@ -418,6 +418,7 @@ std::pair<SendAck::Status, std::string> Router::Impl::CheckQuotas(Mailbox& mailb
       static_cast<uint64_t>(stats.queued_bytes.load(std::memory_order_relaxed)) + bytes >
           config.store_max_bytes) {
     over_max_bytes.store(true, std::memory_order_relaxed);
+    went_over_max_bytes.store(true, std::memory_order_relaxed);
     return {SendAck::STORE_FULL,
             "the broker's store is at its high-water mark (--store-max-bytes)"};
   }
@@ -686,6 +687,10 @@ size_t Router::MailboxCount() const {
 size_t Router::MailboxesInMemory() const {
   return static_cast<size_t>(
       std::max<int64_t>(0, impl_->mailbox_count.load(std::memory_order_relaxed)));
+}
+
+bool Router::TakeWentFull() {
+  return impl_->went_over_max_bytes.exchange(false, std::memory_order_relaxed);
 }
 
 bool Router::Full() const {

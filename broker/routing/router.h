@@ -139,6 +139,9 @@ class Router {
   // --store-max-bytes (and have not yet fallen below 90% of it). New messages get STORE_FULL;
   // deliveries, acknowledgements, expiry and purges go on and bring it back.
   bool Full() const;
+  // Whether queued bytes reached --store-max-bytes since the last call: a spell shorter than
+  // the tick that logs the changes is logged too.
+  bool TakeWentFull();
 
   // A link is up: registers its session, replacing (GoAway REPLACED) an older one of the same
   // peer, and starts delivering the peer's mailbox once it sends Credit. On the link's executor.

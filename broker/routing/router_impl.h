@@ -50,6 +50,8 @@ struct Router::Impl {
   // Queued bytes reached store_max_bytes; cleared by Tick below 90% of it, so readiness does
   // not flap with every message at the mark.
   std::atomic<bool> over_max_bytes{false};
+  // Set with it, cleared by the one who reports it: a full spell shorter than a tick is told.
+  std::atomic<bool> went_over_max_bytes{false};
 
   Stripe& StripeOf(std::string_view peer) {
     return stripes[absl::HashOf(peer) % routing::kStripes];
@@ -73,9 +75,21 @@ struct Router::Impl {
     return *slot;
   }
 
-  // Lets the mailbox go once it holds nothing or is at rest (its counts are in the store).
+  // Lets the mailbox go once it holds nothing; one at rest (its counts are in the store) goes
+  // after kRestGrace, by the tick (EvictRested).
   void MaybeErase(Stripe& stripe, Mailbox& mailbox) {
-    if (!mailbox.Idle() && !mailbox.AtRest()) return;
+    if (mailbox.AtRest()) {
+      if (mailbox.rested_at == Clock::time_point{}) {
+        mailbox.rested_at = Clock::now();
+        stripe.resting.push_back({mailbox.rested_at, mailbox.recipient});
+      }
+      return;
+    }
+    if (!mailbox.Idle()) return;
+    Erase(stripe, mailbox);
+  }
+
+  void Erase(Stripe& stripe, Mailbox& mailbox) {
     stripe.connected.erase(&mailbox);
     stripe.outbound.erase(&mailbox);
     mailbox_count.fetch_sub(1, std::memory_order_relaxed);
@@ -159,6 +173,8 @@ struct Router::Impl {
   void ReplaceAll();
   void PlaceUnbound();
   void SweepSome();
+  // Lets go the mailboxes of `stripe` at rest for kRestGrace.
+  void EvictRested(Stripe& stripe, Clock::time_point now);
   // Re-places mailboxes at rest for a slice of the tick, after RebindAll.
   void WalkSome();
   void Rebind(std::string_view recipient);
