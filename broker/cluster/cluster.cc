@@ -265,10 +265,10 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   bool Usable(const Session& forwarder) {
-    auto carrier = std::static_pointer_cast<ClusterLink>(forwarder.carrier().lock());
+    auto carrier = std::static_pointer_cast<ClusterLink>(forwarder.forwarding()->carrier.lock());
     if (!carrier || !carrier->up || carrier->closed) return false;
     std::lock_guard lock(mu_);
-    const Member* member = membership_.Find(forwarder.next_hop());
+    const Member* member = membership_.Find(forwarder.forwarding()->next_hop);
     return member != nullptr && member->link == carrier;
   }
 

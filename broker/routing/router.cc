@@ -64,7 +64,9 @@ void Router::Impl::Release(Mailbox& mailbox, const std::string& from, uint64_t b
 }
 
 bool Router::Impl::HasCapacity(const Session& session) const {
-  if (session.link_window_ && session.link_window_->full()) return false;
+  if (const ForwardWindow* window = session.window(); window != nullptr && window->full()) {
+    return false;
+  }
   const uint64_t window = std::min<uint64_t>(session.credit_, config.max_in_flight);
   return session.in_flight_.size() < window &&
          (session.in_flight_bytes_ < config.max_in_flight_bytes || session.in_flight_.empty());
@@ -76,9 +78,9 @@ void Router::Impl::DeliverEntry(Session& session, uint64_t seq, Entry& entry) {
   const uint64_t size = entry.envelope.payload().size();
   session.in_flight_[link_seq] = {seq, size};
   session.in_flight_bytes_ += size;
-  if (session.forwarder()) {
-    if (session.link_window_) session.link_window_->in_flight.fetch_add(1);
-    session.forward_(session, link_seq, entry.envelope);
+  if (const Session::Forwarder* forwarder = session.forwarding()) {
+    if (forwarder->window) forwarder->window->in_flight.fetch_add(1);
+    forwarder->forward(session, link_seq, entry.envelope);
     stats.forwarded_out.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -121,15 +123,15 @@ void Router::Impl::TryDeliver(Mailbox& mailbox) {
   if (it == mailbox.loaded.end() && mailbox.spilled && HasCapacity(session)) {
     ScheduleRefill(mailbox);
   }
-  if (session.link_window_ && session.link_window_->full()) {
+  if (ForwardWindow* window = session.window(); window != nullptr && window->full()) {
     // The link's window stopped this forwarder: it is woken when acks open the window again.
     {
-      std::lock_guard lock(session.link_window_->mu);
-      session.link_window_->waiting.push_back(mailbox.session);
+      std::lock_guard lock(window->mu);
+      window->waiting.push_back(mailbox.session);
     }
     // Acks that opened the window between the check and the registration woke nobody: look
     // again, or with nothing left in flight no ack would ever wake it.
-    WakeForwarders(*session.link_window_);
+    WakeForwarders(*window);
   }
 }
 
@@ -188,7 +190,7 @@ void Router::Impl::OnSend(Session& sender, mesh::v1::Send& send) {
   stats.sends.fetch_add(1, std::memory_order_relaxed);
   const std::string& id = send.id();
   // First: every Send earns an answer, so an invalid one costs the sender a token as well.
-  if (!sender.local() && !rates.Take(sender.peer())) {
+  if (sender.peer_link() && !rates.Take(sender.peer())) {
     return Ack(sender, id, SendAck::RATE_LIMITED,
                absl::StrCat("over ", config.send_rate, " messages/s"));
   }
@@ -378,7 +380,9 @@ void Router::Impl::Replace(Stripe& stripe, Mailbox& mailbox) {
   if (mailbox.session) {
     if (!mailbox.session->forwarder()) return;
     const std::string next = placement->NextHop(mailbox.recipient);
-    if (next == mailbox.session->next_hop() && placement->Usable(*mailbox.session)) return;
+    if (next == mailbox.session->forwarding()->next_hop && placement->Usable(*mailbox.session)) {
+      return;
+    }
     Unbind(mailbox);
   }
   mailbox.placed_epoch = 0;
@@ -439,10 +443,11 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
   std::vector<uint64_t> deleted;
   std::vector<PendingKey> handed;  // their dedup entries go too
   const bool forwarded = session.forwarder();
+  ForwardWindow* const window = session.window();
   for (uint64_t link_seq : link_seqs) {
     auto flight = session.in_flight_.find(link_seq);
     if (flight == session.in_flight_.end()) continue;  // a repeated ack
-    if (session.link_window_) session.link_window_->in_flight.fetch_sub(1);
+    if (window != nullptr) window->in_flight.fetch_sub(1);
     const uint64_t seq = flight->second.mailbox_seq;
     session.in_flight_bytes_ -= flight->second.bytes;
     session.in_flight_.erase(flight);
@@ -492,7 +497,7 @@ void Router::Impl::OnDeliverAck(Session& session, std::span<const uint64_t> link
     CommitDeletes(*mailbox, std::move(deletes), std::move(deleted), std::move(handed));
   }
   TryDeliver(*mailbox);
-  if (session.link_window_) WakeForwarders(*session.link_window_);
+  if (window != nullptr) WakeForwarders(*window);
   if (forwarded) MaybeErase(stripe, *mailbox);  // all handed on: the forwarder goes too
 }
 
@@ -509,8 +514,8 @@ void Router::Impl::OnCredit(Session& session, uint32_t n) {
 void Router::Impl::Unbind(Mailbox& mailbox) {
   Session& session = *mailbox.session;
   session.attached_ = false;
-  if (session.link_window_) {
-    session.link_window_->in_flight.fetch_sub(static_cast<int64_t>(session.in_flight_.size()));
+  if (ForwardWindow* window = session.window()) {
+    window->in_flight.fetch_sub(static_cast<int64_t>(session.in_flight_.size()));
   }
   session.in_flight_.clear();
   session.in_flight_bytes_ = 0;

@@ -6,22 +6,20 @@
 namespace mesh::broker {
 
 Session::Session(std::shared_ptr<peer::Link> link, std::string remote_address)
-    : link_(std::move(link)),
-      executor_(link_->get_executor()),
-      id_(link_->remote_id()),
+    : kind_(PeerLink{link}),
+      executor_(link->get_executor()),
+      id_(link->remote_id()),
       peer_(id_.Raw()),
       remote_address_(std::move(remote_address)) {}
 
 Session::Session(const crypto::PeerId& id, Sink sink)
-    : sink_(std::move(sink)), id_(id), peer_(id_.Raw()), remote_address_("local") {}
+    : kind_(Local{std::move(sink)}), id_(id), peer_(id_.Raw()), remote_address_("local") {}
 
 Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
                  std::weak_ptr<void> carrier, std::shared_ptr<ForwardWindow> link_window,
                  peer::Link::Socket::executor_type executor, uint64_t window)
-    : forward_(std::move(forward)),
-      next_hop_(std::move(next_hop)),
-      carrier_(std::move(carrier)),
-      link_window_(std::move(link_window)),
+    : kind_(Forwarder{std::move(next_hop), std::move(forward), std::move(carrier),
+                      std::move(link_window)}),
       executor_(std::move(executor)),
       id_(recipient),
       peer_(id_.Raw()),
@@ -29,17 +27,16 @@ Session::Session(const crypto::PeerId& recipient, std::string next_hop, Forward 
       credit_(window) {}
 
 void Session::Queue(mesh::v1::Frame frame) {
-  if (local()) {
-    if (sink_) sink_(std::move(frame));  // a forwarder has no frames to take: GoAway is moot
-    return;
-  }
+  if (const Local* local = std::get_if<Local>(&kind_)) return local->sink(std::move(frame));
+  const PeerLink* peer = std::get_if<PeerLink>(&kind_);
+  if (peer == nullptr) return;  // a forwarder takes no frames: a GoAway to it is moot
   bool post = false;
   {
     std::lock_guard lock(out_mu_);
     if (out_.empty() && !flush_scheduled_ && !close_requested_ && OnLinkThread()) {
       // Nothing is queued ahead and this is the link's thread: send now, skipping a post.
       // Held under out_mu_, so a frame queued meanwhile by another thread goes after it.
-      link_->Send(frame);
+      peer->link->Send(frame);
       return;
     }
     out_.push_back(std::move(frame));
@@ -74,8 +71,9 @@ void Session::Flush() {
     flush_scheduled_ = false;
     close = close_requested_;
   }
-  for (const auto& frame : frames) link_->Send(frame);
-  if (close) link_->Close(absl::OkStatus());
+  const auto& link = std::get<PeerLink>(kind_).link;  // only a peer link's frames are queued
+  for (const auto& frame : frames) link->Send(frame);
+  if (close) link->Close(absl::OkStatus());
 }
 
 }  // namespace mesh::broker

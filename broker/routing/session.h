@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -30,10 +31,30 @@ struct ForwardWindow {
   bool full() const { return in_flight.load(std::memory_order_relaxed) >= limit; }
 };
 
+// What the router delivers to, and takes Sends from: a peer's link, the broker itself as a
+// sender (no link), or a forwarder towards another broker. Which one is a type (`Kind`), not a
+// pattern of null fields; the delivery window below is common to all three.
 class Session : public std::enable_shared_from_this<Session> {
  public:
   using Clock = std::chrono::steady_clock;
   using Sink = std::function<void(mesh::v1::Frame)>;
+  using Forward = std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
+
+  // An authenticated peer link: Deliver frames go out on it.
+  struct PeerLink {
+    std::shared_ptr<peer::Link> link;
+  };
+  // The broker sending as itself: frames meant for it go to `sink`.
+  struct Local {
+    Sink sink;
+  };
+  // Stands in for a recipient whose mailbox goes to another broker.
+  struct Forwarder {
+    std::string next_hop;  // a node ID
+    Forward forward;
+    std::weak_ptr<void> carrier;            // what carries its messages (the cluster link)
+    std::shared_ptr<ForwardWindow> window;  // shared by every forwarder on that link
+  };
 
   explicit Session(std::shared_ptr<peer::Link> link, std::string remote_address = {});
   // A sender without a link, for messages the broker sends as itself (the control plane's
@@ -45,7 +66,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // `forward` (under the recipient's stripe lock) instead of a Deliver frame, and the next hop's
   // acks come back through Router::OnForwardAcks. Refills run on `executor`.
   // `carrier` is what carries its messages (the cluster link), for the placement to check.
-  using Forward = std::function<void(Session&, uint64_t link_seq, const mesh::v1::StoredEnvelope&)>;
   Session(const crypto::PeerId& recipient, std::string next_hop, Forward forward,
           std::weak_ptr<void> carrier, std::shared_ptr<ForwardWindow> link_window,
           peer::Link::Socket::executor_type executor, uint64_t window);
@@ -58,10 +78,16 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::string& peer() const { return peer_; }  // 32 raw bytes
   const crypto::PeerId& peer_id() const { return id_; }
   peer::Link::Socket::executor_type executor() const { return executor_; }
-  bool local() const { return link_ == nullptr; }
-  bool forwarder() const { return static_cast<bool>(forward_); }
-  const std::string& next_hop() const { return next_hop_; }  // forwarders only
-  const std::weak_ptr<void>& carrier() const { return carrier_; }
+  // A peer's link (rate limited, counted as connected), not the broker itself or a forwarder.
+  bool peer_link() const { return std::holds_alternative<PeerLink>(kind_); }
+  bool forwarder() const { return std::holds_alternative<Forwarder>(kind_); }
+  // Null unless a forwarder.
+  const Forwarder* forwarding() const { return std::get_if<Forwarder>(&kind_); }
+  // The cluster link's window of a forwarder; null for the other kinds.
+  ForwardWindow* window() const {
+    const Forwarder* f = forwarding();
+    return f != nullptr ? f->window.get() : nullptr;
+  }
   const std::string& remote_address() const { return remote_address_; }
   Clock::time_point connected_at() const { return connected_at_; }
 
@@ -70,12 +96,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Flush();
   bool OnLinkThread() const;
 
-  std::shared_ptr<peer::Link> link_;  // null for a local sender
-  const Sink sink_;
-  const Forward forward_;
-  const std::string next_hop_;
-  const std::weak_ptr<void> carrier_;
-  const std::shared_ptr<ForwardWindow> link_window_;
+  const std::variant<PeerLink, Local, Forwarder> kind_;
   const peer::Link::Socket::executor_type executor_;
   const crypto::PeerId id_;
   const std::string peer_;
