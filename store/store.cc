@@ -175,6 +175,12 @@ std::string DedupKey(std::string_view from, std::string_view id) {
 
 }  // namespace
 
+Cursor ExpiryCursorAt(uint64_t expire_at_ms) {
+  Cursor cursor;
+  AppendBigEndian(cursor.key, expire_at_ms);  // sorts before every full key of that time
+  return cursor;
+}
+
 std::string MailboxKey(std::string_view recipient, uint64_t seq) {
   std::string key(recipient);
   AppendBigEndian(key, seq);

@@ -84,6 +84,9 @@ struct Cursor {
   std::string key;
 };
 
+// A walk of the expiry index from the messages that expire at `expire_at_ms` on.
+Cursor ExpiryCursorAt(uint64_t expire_at_ms);
+
 // always: every write is fsynced before it is acknowledged. batch: writes go to the WAL at
 // once and an fsync covers all written since the last one, at most one per sync interval.
 // none: no fsync; survives a process crash (the WAL is in the kernel), not a power loss.

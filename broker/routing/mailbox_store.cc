@@ -27,6 +27,10 @@ void Router::Impl::Persist(Mailbox& mailbox, uint64_t seq, mesh::v1::StoredEnvel
   }
   store::Batch batch;
   batch.PutMessage(mailbox.recipient, seq, envelope);
+  for (uint64_t earliest = written_expiry_ms.load(std::memory_order_relaxed);
+       envelope.expire_at_ms() < earliest &&
+       !written_expiry_ms.compare_exchange_weak(earliest, envelope.expire_at_ms());) {
+  }
   mesh::v1::DedupRecord dedup;
   dedup.set_digest(std::string(AsText(digest)));
   dedup.set_expire_at_ms(WallMs() + std::chrono::milliseconds(config.dedup_window).count());
@@ -51,17 +55,24 @@ void Router::Impl::CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vect
                                  std::vector<PendingKey> handed) {
   mailbox.deleting.insert(seqs.begin(), seqs.end());
   mailbox.dedup_deleting.insert(handed.begin(), handed.end());
+  std::vector<Released> released;
+  released.push_back({mailbox.recipient, std::move(seqs), std::move(handed)});
+  CommitReleased(std::move(batch), std::move(released));
+}
+
+void Router::Impl::CommitReleased(store::Batch batch, std::vector<Released> released) {
   store.Commit(std::move(batch), store::Store::Durability::kLazy,
-               [this, recipient = mailbox.recipient, seqs = std::move(seqs),
-                handed = std::move(handed)](const absl::Status& status) {
+               [this, released = std::move(released)](const absl::Status& status) {
                  if (!status.ok()) return;  // the store closed before it resumed
-                 Stripe& stripe = StripeOf(recipient);
-                 std::lock_guard lock(stripe.mu);
-                 Mailbox* mailbox = Find(stripe, recipient);
-                 if (mailbox == nullptr) return;
-                 for (uint64_t seq : seqs) mailbox->deleting.erase(seq);
-                 for (const PendingKey& key : handed) mailbox->dedup_deleting.erase(key);
-                 MaybeErase(stripe, *mailbox);
+                 for (const Released& one : released) {
+                   Stripe& stripe = StripeOf(one.recipient);
+                   std::lock_guard lock(stripe.mu);
+                   Mailbox* mailbox = Find(stripe, one.recipient);
+                   if (mailbox == nullptr) continue;
+                   for (uint64_t seq : one.seqs) mailbox->deleting.erase(seq);
+                   for (const PendingKey& key : one.handed) mailbox->dedup_deleting.erase(key);
+                   MaybeErase(stripe, *mailbox);
+                 }
                });
 }
 
@@ -164,7 +175,9 @@ void Router::Impl::Tick() {
   if (!sweeping && now >= next_sweep) {
     next_sweep = now + config.expiry_sweep_interval;
     sweeping = true;
-    sweep_cursor = {};
+    written_expiry_ms.store(UINT64_MAX);  // before the walk: a write during it lowers it
+    sweep_cursor = store::ExpiryCursorAt(sweep_floor_ms);
+    sweep_left_ms = UINT64_MAX;
     sweep_until_ms = WallMs();
   }
   if (now >= next_prune) {
@@ -255,12 +268,20 @@ void Router::Impl::SweepSome() {
       sweeping = false;
       break;
     }
-    if (due->empty()) sweeping = false;
-    for (const store::ExpiringMessage& message : *due) SweepOne(message);
+    if (due->empty()) {
+      sweeping = false;
+      sweep_floor_ms = std::min({sweep_left_ms, sweep_until_ms + 1, written_expiry_ms.load()});
+    }
+    // One commit for what this read found expired, not one per message.
+    store::Batch deletes;
+    std::vector<Released> released;
+    for (const store::ExpiringMessage& message : *due) SweepOne(message, deletes, released);
+    if (!deletes.empty()) CommitReleased(std::move(deletes), std::move(released));
   }
 }
 
-void Router::Impl::SweepOne(const store::ExpiringMessage& message) {
+void Router::Impl::SweepOne(const store::ExpiringMessage& message, store::Batch& deletes,
+                            std::vector<Released>& released) {
   Stripe& stripe = StripeOf(message.recipient);
   std::unique_lock lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, message.recipient);
@@ -268,22 +289,34 @@ void Router::Impl::SweepOne(const store::ExpiringMessage& message) {
     // At rest, or the entry was read just before its delete landed: Load reads the message's
     // key with the counts and takes the mailbox back only if it is still stored.
     auto loaded = Load(stripe, lock, message.recipient, message.seq);
-    if (!loaded.ok() || *loaded == nullptr) return;  // gone, or the next sweep tries again
+    if (!loaded.ok()) {
+      sweep_left_ms = std::min(sweep_left_ms, message.expire_at_ms);  // the next sweep tries
+      return;
+    }
+    if (*loaded == nullptr) return;  // deleted meanwhile
     mailbox = *loaded;
   }
   if (auto it = mailbox->loaded.find(message.seq); it != mailbox->loaded.end()) {
     const Entry& entry = it->second;
     // In flight, acknowledged, or its write's callback still to come: a later sweep sees it.
-    if (entry.state != State::kStored || entry.link_seq != 0 || entry.acked) return;
-    DropExpired(*mailbox, it);
+    if (entry.state != State::kStored || entry.link_seq != 0 || entry.acked) {
+      sweep_left_ms = std::min(sweep_left_ms, message.expire_at_ms);
+      return;
+    }
+    mailbox->loaded.erase(it);
   } else {
     // Not loaded: in the store at or above spill_seq, unless released (its delete on the way).
     if (!mailbox->spilled || message.seq < mailbox->spill_seq) return;
     if (mailbox->deleting.contains(message.seq)) return;
-    DeleteStored(*mailbox, message.seq, message.ref());
-    Release(*mailbox, message.from, message.bytes);
-    stats.expired.fetch_add(1, std::memory_order_relaxed);
   }
+  deletes.DeleteMessage(mailbox->recipient, message.seq, message.ref());
+  mailbox->deleting.insert(message.seq);
+  Release(*mailbox, message.from, message.bytes);
+  stats.expired.fetch_add(1, std::memory_order_relaxed);
+  if (released.empty() || released.back().recipient != mailbox->recipient) {
+    released.push_back({mailbox->recipient, {}, {}});
+  }
+  released.back().seqs.push_back(message.seq);
   MaybeErase(stripe, *mailbox);
 }
 

@@ -33,10 +33,16 @@ struct Router::Impl {
   // Send rate per peer ID, across its links (a reconnect does not refill it); Pings too.
   peer::RateLimiter rates{config.send_rate, config.send_burst};
   Clock::time_point next_sweep = Clock::now();
-  // An expiry sweep under way: it walks the store's expiry index a slice per tick.
+  // An expiry sweep under way: it walks the store's expiry index a slice per tick, from the
+  // floor: below it the index holds only the tombstones of earlier sweeps, which a walk from
+  // the start would step over one by one (a million of them: 100 ms).
   bool sweeping = false;
   store::Cursor sweep_cursor;
   uint64_t sweep_until_ms = 0;
+  uint64_t sweep_floor_ms = 0;
+  uint64_t sweep_left_ms = UINT64_MAX;  // the earliest expiry this round left in place
+  // The earliest expiry written since the round began (forwarded messages keep theirs).
+  std::atomic<uint64_t> written_expiry_ms{UINT64_MAX};
   Clock::time_point next_prune = Clock::now();
   Placement* placement = nullptr;
   std::atomic<uint64_t> placement_epoch{1};
@@ -133,6 +139,14 @@ struct Router::Impl {
   // dedup entries `handed` (messages another broker owns now).
   void CommitDeletes(Mailbox& mailbox, store::Batch batch, std::vector<uint64_t> seqs,
                      std::vector<routing::PendingKey> handed = {});
+  // Messages (and dedup entries) released from several mailboxes, their deletes in `batch`
+  // and already in each mailbox's `deleting`: cleared there once the batch is applied.
+  struct Released {
+    std::string recipient;
+    std::vector<uint64_t> seqs;
+    std::vector<routing::PendingKey> handed;
+  };
+  void CommitReleased(store::Batch batch, std::vector<Released> released);
 
   // On the store's writer thread, once a Persist is durable (or failed).
   void OnWritten(const std::string& recipient, uint64_t seq, const PendingKey& key,
@@ -178,8 +192,10 @@ struct Router::Impl {
   // Re-places mailboxes at rest for a slice of the tick, after RebindAll.
   void WalkSome();
   void Rebind(std::string_view recipient);
-  // One message the expiry index says is due: dropped unless in flight, or no longer stored.
-  void SweepOne(const store::ExpiringMessage& message);
+  // One message the expiry index says is due: its delete goes to `deletes` (and `released`)
+  // unless it is in flight or no longer stored.
+  void SweepOne(const store::ExpiringMessage& message, store::Batch& deletes,
+                std::vector<Released>& released);
 
   std::pair<SendAck::Status, std::string> CheckQuotas(Mailbox& mailbox, const std::string& from,
                                                       uint64_t bytes);
