@@ -45,6 +45,7 @@ constexpr char kFormatBeforeCounts[] = "1";  // no counts in meta, no expiry ind
 constexpr char kMailboxCounts = 'c';
 constexpr char kHeldCounts = 'h';
 constexpr char kSenderCounts = 'l';
+constexpr char kMailboxHead = 'p';
 constexpr size_t kCountsSize = 24;
 constexpr size_t kExpiryKeySize = 8 + kIdSize + 8;
 constexpr size_t kExpiryValueSize = kIdSize + 8;
@@ -226,6 +227,16 @@ void Batch::DeleteMessage(std::string_view recipient, uint64_t seq, const Messag
   Count(recipient, 0, message, -1);
 }
 
+void Batch::PutHead(std::string_view recipient, uint64_t seq) {
+  std::string value;
+  AppendBigEndian(value, seq);
+  ops_.push_back({Family::kMeta, false, CountsKey(kMailboxHead, recipient), std::move(value)});
+}
+
+void Batch::DeleteHead(std::string_view recipient) {
+  ops_.push_back({Family::kMeta, true, CountsKey(kMailboxHead, recipient), {}});
+}
+
 void Batch::Count(std::string_view recipient, uint64_t seq, const MessageRef& message,
                   int64_t sign) {
   const int64_t bytes = sign * static_cast<int64_t>(message.bytes);
@@ -345,6 +356,7 @@ struct Store::Db {
     for (const auto& op : batch.ops_) {
       auto* family = op.family == Batch::Family::kMailbox ? mailbox
                      : op.family == Batch::Family::kDedup ? dedup
+                     : op.family == Batch::Family::kMeta  ? meta
                                                           : expiry;
       if (op.is_delete) {
         out.Delete(family, op.key);
@@ -770,6 +782,16 @@ absl::StatusOr<Store::HeldBySender> Store::HeldIn(std::string_view recipient) co
   }
   if (!it->status().ok()) return FromRocks(it->status(), "read counts");
   return out;
+}
+
+absl::StatusOr<uint64_t> Store::MailboxHead(std::string_view recipient) const {
+  std::string value;
+  auto status =
+      db_->db->Get(rocksdb::ReadOptions(), db_->meta, CountsKey(kMailboxHead, recipient), &value);
+  if (status.IsNotFound()) return 0;
+  if (!status.ok()) return FromRocks(status, "read mailbox head");
+  if (value.size() != 8) return absl::DataLossError("malformed mailbox head");
+  return ReadBigEndian(value.data());
 }
 
 absl::StatusOr<bool> Store::HasMessage(std::string_view recipient, uint64_t seq) const {

@@ -10,6 +10,7 @@
 //            'c' ‖ recipient(32)          -> Counts of the mailbox (messages, bytes, last seq)
 //            'h' ‖ recipient(32) ‖ from(32) -> Counts of what one sender holds in it
 //            'l' ‖ from(32)               -> Counts of what one sender holds in all mailboxes
+//            'p' ‖ recipient(32)          -> head: no stored message of it has a lower seq
 //
 // The counts and the expiry index change in the very write batches that put and delete the
 // messages (the counts as merge operands, summed), so they are exact after any crash: a start
@@ -142,11 +143,16 @@ class Batch {
   void PutDedup(std::string_view from, std::string_view id, const mesh::v1::DedupRecord& record);
   // A message handed to another broker takes its dedup duty along: that broker writes its own.
   void DeleteDedup(std::string_view from, std::string_view id);
+  // A mailbox let go from memory keeps where its reads start (so they seek past the
+  // tombstones of what was delivered): a seq no stored message of it is below. Any head once
+  // written stays a valid lower bound, so a late or lost write costs reads, never a message.
+  void PutHead(std::string_view recipient, uint64_t seq);
+  void DeleteHead(std::string_view recipient);
   bool empty() const { return ops_.empty(); }
 
  private:
   friend class Store;
-  enum class Family : uint8_t { kMailbox, kDedup, kExpiry };
+  enum class Family : uint8_t { kMailbox, kDedup, kExpiry, kMeta };
   struct Op {
     Family family;
     bool is_delete;
@@ -220,6 +226,8 @@ class Store {
   absl::StatusOr<Counts> MailboxCounts(std::string_view recipient) const;
   using HeldBySender = std::vector<std::pair<std::string, Counts>>;
   absl::StatusOr<HeldBySender> HeldIn(std::string_view recipient) const;
+  // The head PutHead left (0 if none).
+  absl::StatusOr<uint64_t> MailboxHead(std::string_view recipient) const;
   // Whether the message is stored (a key lookup; the value is not parsed or counted as read).
   absl::StatusOr<bool> HasMessage(std::string_view recipient, uint64_t seq) const;
   // Up to max_count mailboxes that hold messages, in key order after `cursor`, which moves

@@ -155,6 +155,7 @@ struct Mailbox {
   std::shared_ptr<Session> session;  // a peer's link, or a forwarder to another broker
   uint64_t placed_epoch = 0;         // the placement epoch it was last placed in
   Clock::time_point rested_at{};     // when it last came to rest (Stripe::resting)
+  bool had_head = false;             // read back with a head from the store (PutHead)
   bool outbound = false;             // placed towards another broker (an outbox)
 
   void Spill(uint64_t seq) {

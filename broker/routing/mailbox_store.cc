@@ -231,11 +231,16 @@ absl::StatusOr<Mailbox*> Router::Impl::Load(Stripe& stripe, std::unique_lock<std
     if (holding) stored = store.HasMessage(recipient, *holding);
     auto counts = store.MailboxCounts(recipient);
     absl::StatusOr<store::Store::HeldBySender> held = store::Store::HeldBySender{};
-    if (counts.ok() && counts->messages > 0) held = store.HeldIn(recipient);
+    absl::StatusOr<uint64_t> head = 0;
+    if (counts.ok() && counts->messages > 0) {
+      held = store.HeldIn(recipient);
+      head = store.MailboxHead(recipient);
+    }
     if (unlocked) lock.lock();
     if (!stored.ok()) return stored.status();
     if (!counts.ok()) return counts.status();
     if (!held.ok()) return held.status();
+    if (!head.ok()) return head.status();
     if (Mailbox* mailbox = Find(stripe, recipient)) return mailbox;  // loaded by another
     if (stripe.evictions != evictions) continue;
     if (!*stored) return nullptr;
@@ -245,7 +250,8 @@ absl::StatusOr<Mailbox*> Router::Impl::Load(Stripe& stripe, std::unique_lock<std
       mailbox.bytes = counts->bytes;
       mailbox.next_seq = std::max(mailbox.next_seq, counts->last_seq + 1);
       mailbox.spilled = true;
-      mailbox.spill_seq = 0;
+      mailbox.spill_seq = *head;
+      mailbox.had_head = *head > 0;
       for (auto& [from, sender] : *held) {
         mailbox.per_sender[std::move(from)] = {sender.messages, sender.bytes};
       }

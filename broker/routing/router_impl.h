@@ -96,6 +96,17 @@ struct Router::Impl {
   }
 
   void Erase(Stripe& stripe, Mailbox& mailbox) {
+    // Where its reads start goes with it (a read from seq 0 would step over every tombstone
+    // of what it delivered); an emptied mailbox needs none.
+    if (mailbox.count > 0 && mailbox.spilled && mailbox.spill_seq > 0) {
+      store::Batch head;
+      head.PutHead(mailbox.recipient, mailbox.spill_seq);
+      store.Commit(std::move(head), store::Store::Durability::kLazy, [](const absl::Status&) {});
+    } else if (mailbox.count == 0 && mailbox.had_head) {
+      store::Batch head;
+      head.DeleteHead(mailbox.recipient);
+      store.Commit(std::move(head), store::Store::Durability::kLazy, [](const absl::Status&) {});
+    }
     stripe.connected.erase(&mailbox);
     stripe.outbound.erase(&mailbox);
     mailbox_count.fetch_sub(1, std::memory_order_relaxed);

@@ -253,6 +253,26 @@ TEST_P(StoreTest, TheExpiryIndexYieldsWhatIsDueInExpiryOrderFromACursor) {
   EXPECT_EQ(store_->stats().messages_read.load(), 0u);
 }
 
+TEST_P(StoreTest, AMailboxHeadIsKeptUntilDeleted) {
+  auto none = store_->MailboxHead(Recipient('a'));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0u);
+  Batch put;
+  put.PutHead(Recipient('a'), 12345);
+  ASSERT_TRUE(CommitAndWait(std::move(put), Store::Durability::kLazy).ok());
+  store_.reset();
+  Open();
+  auto head = store_->MailboxHead(Recipient('a'));
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(*head, 12345u);
+  Batch del;
+  del.DeleteHead(Recipient('a'));
+  ASSERT_TRUE(CommitAndWait(std::move(del), Store::Durability::kLazy).ok());
+  auto gone = store_->MailboxHead(Recipient('a'));
+  ASSERT_TRUE(gone.ok());
+  EXPECT_EQ(*gone, 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Policies, StoreTest,
                          ::testing::Values(SyncPolicy::kAlways, SyncPolicy::kBatch,
                                            SyncPolicy::kNone),
