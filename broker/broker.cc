@@ -132,8 +132,9 @@ class Broker::Impl {
     http_.reset();
     control_.reset();
     drain_.reset();
-    cluster_.reset();  // holds a Placement pointer into the router
-    store_.reset();    // joins the writer thread, which calls the router and the histograms
+    if (router_) router_->StopBackground();  // it reads the store and asks the placement
+    cluster_.reset();                        // holds a Placement pointer into the router
+    store_.reset();  // joins the writer thread, which calls the router and the histograms
     router_.reset();
   }
 
@@ -322,9 +323,7 @@ class Broker::Impl {
     auto files_checked = peer::Clock::now();
     auto space_checked = peer::Clock::now();
     while (!stopping_) {
-      // While an expiry sweep is under way, tick again after a short gap for the links, so the
-      // sweep goes on at most of the thread's pace without holding it for long.
-      timer.expires_after(router_->TickSoon() ? std::chrono::milliseconds(1) : period);
+      timer.expires_after(period);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       // statfs at most every kSpaceCheck, not per message: Sends read the answer.

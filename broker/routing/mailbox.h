@@ -39,7 +39,7 @@ constexpr int kLoadAttempts = 3;
 // How long a mailbox stays in memory once at rest: a burst of sends to it (a fill, a chat)
 // reads it back from the store once, not once per message.
 constexpr std::chrono::seconds kRestGrace{1};
-// Longest the expiry sweep holds the tick's thread in one tick.
+// How long the walker sweeps or walks before it looks at the other (and at a stop).
 constexpr std::chrono::milliseconds kSweepSlice{2};
 using store::AccountedBytes;
 

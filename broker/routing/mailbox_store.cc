@@ -171,14 +171,11 @@ void Router::Impl::Tick() {
     }
   }
   const auto now = Clock::now();
-  // A new round of expiry once the last one is done and the interval has passed.
-  if (!sweeping && now >= next_sweep) {
+  // A new round of expiry once the interval has passed (and the walker is done with the last).
+  if (now >= next_sweep) {
     next_sweep = now + config.expiry_sweep_interval;
-    sweeping = true;
-    written_expiry_ms.store(UINT64_MAX);  // before the walk: a write during it lowers it
-    sweep_cursor = store::ExpiryCursorAt(sweep_floor_ms);
-    sweep_left_ms = UINT64_MAX;
-    sweep_until_ms = WallMs();
+    sweep_requested.store(true);
+    WakeWalker();
   }
   if (now >= next_prune) {
     // Rate buckets refilled since are as good as none: memory follows the peers sending now.
@@ -199,8 +196,30 @@ void Router::Impl::Tick() {
       Persist(*mailbox, deadline.seq, it->second.envelope);
     }
   }
-  SweepSome();
-  WalkSome();
+}
+
+void Router::Impl::WalkerLoop() {
+  while (!walker_stop.load()) {
+    {
+      std::unique_lock lock(walker_mu);
+      walker_wake.wait(lock, [&] {
+        return walker_stop.load() || sweep_requested.load() || walk_requested.load();
+      });
+    }
+    if (!sweeping && sweep_requested.exchange(false)) {
+      sweeping = true;
+      written_expiry_ms.store(UINT64_MAX);  // before the walk: a write during it lowers it
+      sweep_cursor = store::ExpiryCursorAt(sweep_floor_ms);
+      sweep_left_ms = UINT64_MAX;
+      sweep_until_ms = WallMs();
+    }
+    SweepSome();
+    WalkSome();
+    while (!walker_stop.load() && (sweeping || walking || walk_requested.load())) {
+      SweepSome();
+      WalkSome();
+    }
+  }
 }
 
 void Router::Impl::EvictRested(Stripe& stripe, Clock::time_point now) {
@@ -260,10 +279,9 @@ absl::StatusOr<Mailbox*> Router::Impl::Load(Stripe& stripe, std::unique_lock<std
   }
 }
 
-// Walks the expiry index for at most kSweepSlice per tick: a sweep costs what expires, and
-// the tick's thread also serves links (a million messages expiring at once held it for a
-// second). What is due meanwhile is never delivered: delivery skips expired messages itself.
-// The index is read without a lock; each message is then judged under its stripe's.
+// On the walker, for up to kSweepSlice: walks the expiry index, so a sweep costs what expires.
+// What is due meanwhile is never delivered: delivery skips expired messages itself. The index
+// is read without a lock; each message is then judged under its stripe's.
 void Router::Impl::SweepSome() {
   const auto started = Clock::now();
   while (sweeping && Clock::now() - started < kSweepSlice) {

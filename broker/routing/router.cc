@@ -613,6 +613,7 @@ PeerView Router::Impl::ViewOf(const Mailbox& mailbox) const {
 
 Router::Router(RouterConfig config, store::Store& store) : config_(std::move(config)) {
   impl_ = std::make_unique<Impl>(config_, stats_, events_, store, refusing_);
+  impl_->walker = std::thread([impl = impl_.get()] { impl->WalkerLoop(); });
 }
 
 std::vector<PeerView> Router::ListPeers(std::string_view after, size_t limit) const {
@@ -706,7 +707,7 @@ absl::StatusOr<uint64_t> Router::PurgeMailbox(std::string_view id) {
   return impl_->PurgeMailbox(id);
 }
 
-Router::~Router() = default;
+Router::~Router() { impl_->StopWalker(); }
 
 absl::Status Router::Recover() { return impl_->Recover(); }
 
@@ -746,10 +747,11 @@ void Router::RebindAll() { impl_->ReplaceAll(); }
 
 void Router::PlaceUnbound() { impl_->PlaceUnbound(); }
 
-// Mailboxes in memory at once; those at rest by the tick's walk of the store (WalkSome).
+// Mailboxes in memory at once; those at rest by the walker's walk of the store (WalkSome).
 void Router::Impl::ReplaceAll() {
   placement_epoch.fetch_add(1, std::memory_order_relaxed);
   walk_requested.store(true, std::memory_order_relaxed);
+  WakeWalker();
   for (Stripe& stripe : stripes) {
     std::lock_guard lock(stripe.mu);
     std::vector<Mailbox*> mailboxes;
@@ -759,11 +761,11 @@ void Router::Impl::ReplaceAll() {
   }
 }
 
-// A mailbox at rest is placed here: only one whose next hop is now another broker is read
-// back, to be bound to its forwarder.
+// On the walker, a batch of reads at a time. A mailbox at rest is placed here: only one whose
+// next hop is now another broker is read back, to be bound to its forwarder.
 void Router::Impl::WalkSome() {
   if (walk_requested.exchange(false, std::memory_order_relaxed)) {
-    walking = true;
+    walking = placement != nullptr;
     walk_cursor = {};
   }
   const auto started = Clock::now();
@@ -825,6 +827,6 @@ void Router::OnForwardAcks(Session& forwarder, const std::vector<uint64_t>& link
 
 void Router::Tick() { impl_->Tick(); }
 
-bool Router::TickSoon() const { return impl_->sweeping || impl_->walking; }
+void Router::StopBackground() { impl_->StopWalker(); }
 
 }  // namespace mesh::broker

@@ -180,12 +180,13 @@ class Router {
   // Peer connected/disconnected and rejected sends are published here.
   EventHub& events() { return events_; }
 
-  // Periodic work: stores fast-path messages whose ack window passed, sweeps expired messages
-  // (a slice of a few milliseconds at a time). Call from one thread.
+  // Periodic work: stores fast-path messages whose ack window passed, lets go mailboxes at
+  // rest, and starts an expiry sweep (on a thread of the router's own) when one is due. Call
+  // from one thread.
   void Tick();
-  // An expiry sweep or a walk of the mailboxes at rest is under way, which the next ticks
-  // continue: tick again soon. Call from Tick's thread.
-  bool TickSoon() const;
+  // Stops the thread that sweeps expired messages and walks the mailboxes at rest (it reads
+  // the store and asks the placement): before either goes. The destructor does it too.
+  void StopBackground();
 
   const RouterStats& stats() const { return stats_; }
   const RouterConfig& config() const { return config_; }

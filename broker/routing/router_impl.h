@@ -3,6 +3,9 @@
 // broker/routing/.
 #pragma once
 
+#include <condition_variable>
+#include <thread>
+
 #include "broker/routing/mailbox.h"
 #include "broker/routing/router.h"
 #include "peer/rate_limiter.h"
@@ -33,9 +36,28 @@ struct Router::Impl {
   // Send rate per peer ID, across its links (a reconnect does not refill it); Pings too.
   peer::RateLimiter rates{config.send_rate, config.send_burst};
   Clock::time_point next_sweep = Clock::now();
-  // An expiry sweep under way: it walks the store's expiry index a slice per tick, from the
-  // floor: below it the index holds only the tombstones of earlier sweeps, which a walk from
-  // the start would step over one by one (a million of them: 100 ms).
+  // The walker: a thread of its own for the expiry sweep and the walk of the mailboxes at rest,
+  // which read the store at length; on the tick's thread they held links up (a p99 of 5 ms
+  // while a million messages expired). Both state blocks below are its own.
+  std::thread walker;
+  std::mutex walker_mu;
+  std::condition_variable walker_wake;
+  std::atomic<bool> walker_stop{false};
+  std::atomic<bool> sweep_requested{false};
+  void WalkerLoop();
+  void WakeWalker() {
+    { std::lock_guard lock(walker_mu); }  // a waiter between its check and its wait sees it
+    walker_wake.notify_one();
+  }
+  void StopWalker() {
+    walker_stop.store(true);
+    WakeWalker();
+    if (walker.joinable()) walker.join();
+  }
+
+  // An expiry sweep under way: it walks the store's expiry index from the floor: below it the
+  // index holds only the tombstones of earlier sweeps, which a walk from the start would step
+  // over one by one (a million of them: 100 ms).
   bool sweeping = false;
   store::Cursor sweep_cursor;
   uint64_t sweep_until_ms = 0;
