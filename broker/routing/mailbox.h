@@ -133,6 +133,9 @@ struct Mailbox {
   uint64_t spill_seq = 0;
   uint64_t deliver_from = 0;  // no undelivered loaded entry has a lower seq
   uint64_t writes_in_flight = 0;
+  // Writes and deletes of it applied so far: a read made with the stripe unlocked (Refill) is
+  // good only if none landed meanwhile.
+  uint64_t disk_changes = 0;
   // Seqs whose write is in flight and whose entry Unbind dropped from memory: not in `loaded`
   // and not yet readable from the store. A refill waits for them, or it would read the
   // messages after them and move spill_seq past them, leaving them on disk unread.

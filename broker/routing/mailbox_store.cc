@@ -69,6 +69,7 @@ void Router::Impl::CommitReleased(store::Batch batch, std::vector<Released> rele
                    std::lock_guard lock(stripe.mu);
                    Mailbox* mailbox = Find(stripe, one.recipient);
                    if (mailbox == nullptr) continue;
+                   ++mailbox->disk_changes;
                    for (uint64_t seq : one.seqs) mailbox->deleting.erase(seq);
                    for (const PendingKey& key : one.handed) mailbox->dedup_deleting.erase(key);
                    MaybeErase(stripe, *mailbox);
@@ -84,6 +85,7 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
   Mailbox* mailbox = Find(stripe, recipient);
   if (mailbox == nullptr) return;  // cannot happen: writes_in_flight keeps it
   --mailbox->writes_in_flight;
+  ++mailbox->disk_changes;
   mailbox->unloaded_writes.erase(seq);
   std::vector<Waiter> waiters;
   if (auto node = mailbox->pending.extract(key)) waiters = std::move(node.mapped().waiters);
@@ -119,19 +121,38 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
 }
 
 // On the session's executor: reads the next messages of a spilled mailbox from the store.
+// The store is read with the stripe unlocked; what was read counts only if, meanwhile, the
+// mailbox kept its session and head and no write or delete of it landed (`disk_changes`),
+// else it is read again (after a few lost races, under the lock).
 void Router::Impl::Refill(const std::string& recipient, Session& session) {
   Stripe& stripe = StripeOf(recipient);
-  std::lock_guard lock(stripe.mu);
+  std::unique_lock lock(stripe.mu);
   Mailbox* mailbox = Find(stripe, recipient);
   if (mailbox == nullptr || mailbox->session.get() != &session) return;
   session.refill_scheduled_ = false;
   // A message Unbind wrote late is not readable yet: its OnWritten schedules the refill.
   if (!mailbox->unloaded_writes.empty()) return;
   const uint64_t now_ms = WallMs();
+  int lost_races = 0;
   while (mailbox->spilled && HasCapacity(session) && !UndeliveredLoaded(*mailbox) &&
          mailbox->loaded.size() < config.max_loaded) {
     const size_t want = std::min(kRefillBatch, config.max_loaded - mailbox->loaded.size());
-    auto read = store.ReadMailbox(recipient, mailbox->spill_seq, want, kRefillBytes);
+    const uint64_t from_seq = mailbox->spill_seq;
+    const uint64_t changes = mailbox->disk_changes;
+    const bool unlocked = lost_races < kLoadAttempts;
+    if (unlocked) lock.unlock();
+    auto read = store.ReadMailbox(recipient, from_seq, want, kRefillBytes);
+    if (unlocked) {
+      lock.lock();
+      mailbox = Find(stripe, recipient);
+      if (mailbox == nullptr || mailbox->session.get() != &session) return;
+      if (mailbox->spill_seq != from_seq || mailbox->disk_changes != changes ||
+          !mailbox->unloaded_writes.empty()) {
+        ++lost_races;
+        if (!mailbox->unloaded_writes.empty()) return;  // its OnWritten schedules the refill
+        continue;
+      }
+    }
     if (!read.ok()) {
       Log(spdlog::level::err, "mailbox_read_failed",
           {{"error", std::string(read.status().message())}});
