@@ -147,6 +147,7 @@ class Broker::Impl {
     signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
     WaitForSignal();
     if (auto status = RemoveDrained(config_.data_dir); !status.ok()) return status;
+    if (auto status = StartHttp(); !status.ok()) return status;
     auto store = store::Store::Open(config_.store);
     if (!store.ok()) return store.status();
     store_ = *std::move(store);
@@ -408,6 +409,32 @@ class Broker::Impl {
           "--tls-key-file"}});
   }
 
+  // The HTTP listener comes up before the store opens, so that /healthz answers while the
+  // store recovers (a startup probe sees the process alive); the rest waits for the service.
+  absl::Status StartHttp() {
+    request_metrics_ = std::make_unique<monitoring::RequestMetrics>(registry_);
+    if (config_.listen_http.empty()) return absl::OkStatus();
+    HttpOptions options;
+    options.address = config_.listen_http;
+    options.tls = {config_.tls_cert_file, config_.tls_key_file};
+    options.exposition = [this] {  // called only once Serve handed the service over
+      auto families = monitoring::Families(control_->MetricsSnapshot());
+      for (auto& family : monitoring::ProcessFamilies()) families.push_back(std::move(family));
+      for (auto& family : registry_.Collect()) families.push_back(std::move(family));
+      return monitoring::Exposition(families);
+    };
+    auto http = HttpServer::Start(*request_metrics_, std::move(options));
+    if (!http.ok()) return http.status();
+    http_ = *std::move(http);
+    WarnIfPlaintext("http", config_.listen_http);
+    Log(spdlog::level::info, "listening",
+        {{"listener", "http"},
+         {"addr", config_.listen_http},
+         {"port", http_->port()},
+         {"tls", !config_.tls_cert_file.empty()}});
+    return absl::OkStatus();
+  }
+
   absl::Status StartControlPlane() {
     if (config_.listen_grpc.empty() && config_.listen_http.empty()) return absl::OkStatus();
     auto token = LoadOrCreateAdminToken(config_.admin_token_file, config_.data_dir);
@@ -446,27 +473,7 @@ class Broker::Impl {
       context.cluster_links = &cluster_stats_.links;
     }
     control_ = std::make_unique<ControlService>(std::move(context), *token);
-    request_metrics_ = std::make_unique<monitoring::RequestMetrics>(registry_);
-    if (!config_.listen_http.empty()) {
-      HttpOptions options;
-      options.address = config_.listen_http;
-      options.tls = {config_.tls_cert_file, config_.tls_key_file};
-      options.exposition = [this] {
-        auto families = monitoring::Families(control_->MetricsSnapshot());
-        for (auto& family : monitoring::ProcessFamilies()) families.push_back(std::move(family));
-        for (auto& family : registry_.Collect()) families.push_back(std::move(family));
-        return monitoring::Exposition(families);
-      };
-      auto http = HttpServer::Start(*control_, *request_metrics_, std::move(options));
-      if (!http.ok()) return http.status();
-      http_ = *std::move(http);
-      WarnIfPlaintext("http", config_.listen_http);
-      Log(spdlog::level::info, "listening",
-          {{"listener", "http"},
-           {"addr", config_.listen_http},
-           {"port", http_->port()},
-           {"tls", !config_.tls_cert_file.empty()}});
-    }
+    if (http_) http_->Serve(*control_);
     if (config_.listen_grpc.empty()) return absl::OkStatus();
     const TlsFiles tls{config_.tls_cert_file, config_.tls_key_file};
     auto server = GrpcServer::Start(*control_, *request_metrics_, config_.listen_grpc, tls);

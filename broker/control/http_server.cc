@@ -120,10 +120,12 @@ Reply Answer(const absl::StatusOr<Response>& result) {
 }  // namespace
 
 struct HttpServer::Impl {
-  Impl(ControlService& service, monitoring::RequestMetrics& metrics, HttpOptions options)
-      : service(service), metrics(metrics), options(std::move(options)), acceptor(io) {}
+  Impl(monitoring::RequestMetrics& metrics, HttpOptions options)
+      : metrics(metrics), options(std::move(options)), acceptor(io) {}
 
-  ControlService& service;
+  // Null while the broker starts (HttpServer::Serve sets it on this thread): only /healthz
+  // answers 200 meanwhile, so a startup probe sees a live process during a long recovery.
+  ControlService* service = nullptr;
   monitoring::RequestMetrics& metrics;
   HttpOptions options;
   asio::io_context io;
@@ -136,12 +138,12 @@ struct HttpServer::Impl {
                const std::map<std::string, std::string>& query) {
     const http::verb method = request.method();
     if (match.endpoint == "/healthz") {
-      return service.live() ? Reply{http::status::ok, "ok\n", "text/plain"}
-                            : Reply{http::status::service_unavailable,
-                                    "store unavailable, not resuming: restart\n", "text/plain"};
+      return service->live() ? Reply{http::status::ok, "ok\n", "text/plain"}
+                             : Reply{http::status::service_unavailable,
+                                     "store unavailable, not resuming: restart\n", "text/plain"};
     }
     if (match.endpoint == "/readyz") {
-      return service.ready()
+      return service->ready()
                  ? Reply{http::status::ok, "ready\n", "text/plain"}
                  : Reply{http::status::service_unavailable, "not ready\n", "text/plain"};
     }
@@ -149,7 +151,7 @@ struct HttpServer::Impl {
       return {http::status::ok, options.exposition ? options.exposition() : std::string(),
               "text/plain; version=0.0.4; charset=utf-8"};
     }
-    if (match.endpoint == "/api/v1/stats") return Answer(service.GetStats({}));
+    if (match.endpoint == "/api/v1/stats") return Answer(service->GetStats({}));
     if (match.endpoint == "/api/v1/peers") {
       mesh::v1::ListPeersRequest list;
       if (auto it = query.find("page_size"); it != query.end()) {
@@ -161,34 +163,34 @@ struct HttpServer::Impl {
         list.set_page_size(size);
       }
       if (auto it = query.find("page_token"); it != query.end()) list.set_page_token(it->second);
-      return Answer(service.ListPeers(list));
+      return Answer(service->ListPeers(list));
     }
     if (match.endpoint == "/api/v1/peers/{id}") {
       if (method == http::verb::get) {
         mesh::v1::GetPeerRequest get;
         get.set_id(match.id);
-        return Answer(service.GetPeer(get));
+        return Answer(service->GetPeer(get));
       }
       mesh::v1::DisconnectPeerRequest disconnect;
       disconnect.set_id(match.id);
-      return Answer(service.DisconnectPeer(disconnect));
+      return Answer(service->DisconnectPeer(disconnect));
     }
     if (match.endpoint == "/api/v1/mailboxes/{id}") {
       if (method == http::verb::get) {
         mesh::v1::GetMailboxRequest get;
         get.set_id(match.id);
-        return Answer(service.GetMailbox(get));
+        return Answer(service->GetMailbox(get));
       }
       mesh::v1::PurgeMailboxRequest purge;
       purge.set_id(match.id);
-      return Answer(service.PurgeMailbox(purge));
+      return Answer(service->PurgeMailbox(purge));
     }
     if (match.endpoint == "/api/v1/messages") {
       mesh::v1::SendMessageRequest send;
       if (auto status = ParseJsonBody(request.body(), send); !status.ok()) return Error(status);
       Reply reply;
       reply.pending = std::make_shared<PendingSend>(io);
-      reply.pending->sender = service.StartSend(
+      reply.pending->sender = service->StartSend(
           send, [this, weak = std::weak_ptr<PendingSend>(reply.pending)](auto result) {
             asio::post(io, [weak, result = std::move(result)]() mutable {
               auto pending = weak.lock();
@@ -199,18 +201,32 @@ struct HttpServer::Impl {
           });
       return reply;
     }
-    if (match.endpoint == "/api/v1/members") return Answer(service.ListMembers({}));
+    if (match.endpoint == "/api/v1/members") return Answer(service->ListMembers({}));
     if (match.endpoint == "/api/v1/drain") {
       mesh::v1::DrainRequest drain;
       if (auto status = ParseJsonBody(request.body(), drain); !status.ok()) return Error(status);
-      return Answer(service.Drain(drain));
+      return Answer(service->Drain(drain));
     }
     return Error(absl::StatusCode::kNotFound, "no such endpoint");
+  }
+
+  // Before the control service is there: alive, not ready, nothing else yet.
+  static Reply Starting(const RestRoute& match) {
+    if (match.endpoint == "/healthz") {
+      return {http::status::ok, "starting: the store is recovering\n", "text/plain"};
+    }
+    if (match.endpoint == "/readyz" || match.endpoint == "/metrics") {
+      return {http::status::service_unavailable, "starting: the store is recovering\n",
+              "text/plain"};
+    }
+    return Error(absl::StatusCode::kUnavailable,
+                 "the broker is starting (its store is recovering): retry in a moment");
   }
 
   // Routing, method and token checks around Handle; `events` is set for a stream to start.
   Reply Route(const Request& request, const RestRoute& match, const RestTarget& target,
               bool& events) {
+    if (service == nullptr && !match.methods.empty()) return Starting(match);
     if (match.methods.empty()) {
       return Error(
           absl::StatusCode::kNotFound,
@@ -235,7 +251,7 @@ struct HttpServer::Impl {
           header == request.end()
               ? std::string_view()
               : std::string_view(header->value().data(), header->value().size());
-      if (!service.Authorized(authorization)) {
+      if (!service->Authorized(authorization)) {
         return Error(absl::StatusCode::kUnauthenticated,
                      "missing or wrong admin token: send 'Authorization: Bearer <token>' (the "
                      "token is in --admin-token-file, or admin.token in the data dir)");
@@ -346,7 +362,7 @@ struct HttpServer::Impl {
   // (so a gone client is noticed), until the client leaves or the server stops.
   template <typename Stream>
   awaitable<void> StreamEvents(Stream& stream, unsigned version) {
-    auto watcher = service.WatchEvents({});
+    auto watcher = service->WatchEvents({});
     struct CancelOnExit {
       std::shared_ptr<EventWatcher> watcher;
       ~CancelOnExit() { watcher->Cancel(); }
@@ -405,8 +421,7 @@ HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 HttpServer::~HttpServer() { Shutdown(); }
 
-absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& service,
-                                                              monitoring::RequestMetrics& metrics,
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(monitoring::RequestMetrics& metrics,
                                                               HttpOptions options) {
   auto host = peer::SplitHostPort(options.address);
   if (!host.ok()) return host.status();
@@ -417,7 +432,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& se
     return absl::InvalidArgumentError(
         absl::StrCat("HTTP listen address '", options.address, "' is not HOST:PORT"));
   }
-  auto impl = std::make_unique<Impl>(service, metrics, std::move(options));
+  auto impl = std::make_unique<Impl>(metrics, std::move(options));
   if (impl->options.tls.enabled()) {
     impl->tls.emplace(asio::ssl::context::tls_server);
     impl->tls->set_options(asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
@@ -464,6 +479,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(ControlService& se
 }
 
 int HttpServer::port() const { return impl_->port; }
+
+void HttpServer::Serve(ControlService& service) {
+  asio::post(impl_->io, [impl = impl_.get(), &service] { impl->service = &service; });
+}
 
 void HttpServer::Shutdown() {
   if (!impl_ || !impl_->thread.joinable()) return;

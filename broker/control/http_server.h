@@ -23,9 +23,12 @@ struct HttpOptions {
 
 class HttpServer {
  public:
-  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(ControlService& service,
-                                                           monitoring::RequestMetrics& metrics,
+  // Listens at once, before the broker has recovered its store: until Serve, /healthz answers
+  // 200 ("starting"), /readyz and /metrics 503, and the API 503 UNAVAILABLE.
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(monitoring::RequestMetrics& metrics,
                                                            HttpOptions options);
+  // Every endpoint answers from `service` from now on; it must outlive the server.
+  void Serve(ControlService& service);
   ~HttpServer();
 
   int port() const;
