@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -198,6 +199,11 @@ struct Stripe {
   // Mailboxes let go so far: a read of one at rest made with the stripe unlocked is good only
   // if none went meanwhile (its disk half may have changed and settled in between).
   uint64_t evictions = 0;
+  // Dedup entries of this stripe's mailboxes that became what the store says: a write that
+  // landed (its pending entry gone) or a delete that did (its dedup_deleting entry gone). An
+  // Admit reads the dedup entry with the stripe unlocked and trusts it only if none settled
+  // meanwhile. Changed under `mu`, read before it is taken.
+  std::atomic<uint64_t> dedup_settled{0};
   // Mailboxes that came to rest, in that order, let go by the tick after kRestGrace if still
   // at rest then. May name mailboxes since active, rested again (a later entry) or erased.
   struct Rested {

@@ -72,6 +72,9 @@ void Router::Impl::CommitReleased(store::Batch batch, std::vector<Released> rele
                    ++mailbox->disk_changes;
                    for (uint64_t seq : one.seqs) mailbox->deleting.erase(seq);
                    for (const PendingKey& key : one.handed) mailbox->dedup_deleting.erase(key);
+                   if (!one.handed.empty()) {
+                     stripe.dedup_settled.fetch_add(1, std::memory_order_release);
+                   }
                    MaybeErase(stripe, *mailbox);
                  }
                });
@@ -89,6 +92,7 @@ void Router::Impl::OnWritten(const std::string& recipient, uint64_t seq, const P
   mailbox->unloaded_writes.erase(seq);
   std::vector<Waiter> waiters;
   if (auto node = mailbox->pending.extract(key)) waiters = std::move(node.mapped().waiters);
+  stripe.dedup_settled.fetch_add(1, std::memory_order_release);
   auto it = mailbox->loaded.find(seq);
   if (!status.ok()) {
     // Not owned: nobody was told otherwise, so the senders may retry elsewhere or later.

@@ -241,6 +241,30 @@ void Router::Impl::OnForward(Session& sender, mesh::v1::StoredEnvelope envelope,
 // Takes ownership of a validated message: dedup, quotas, then the recipient's mailbox, where it
 // is delivered at once (fast path), or written first. `ack_id` is what the sender's SendAck
 // names.
+// A Send of a message this broker is still taking in (its write in flight, or delivered on
+// the fast path and not yet acked): the sender hears when the first copy is owned.
+void Router::Impl::AdmitAgain(Session& sender, std::string ack_id,
+                              const mesh::v1::StoredEnvelope& envelope, Mailbox& mailbox,
+                              Pending& pending) {
+  if (!SameMessage(mailbox, pending, envelope)) {
+    return Ack(sender, std::move(ack_id), SendAck::INVALID,
+               "id reused with another recipient or payload");
+  }
+  auto entry = mailbox.loaded.find(pending.seq);
+  if (entry != mailbox.loaded.end() && entry->second.handed_off) {
+    // Handed to another broker while its write here was in flight, and now back (a home that
+    // moved away and back): owned here again, or both copies would be deleted.
+    entry->second.acked = false;
+    entry->second.handed_off = false;
+    entry->second.envelope.set_payload(envelope.payload());  // cleared when it was acked
+    mailbox.deliver_from = std::min(mailbox.deliver_from, entry->first);
+    pending.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::ACCEPTED});
+    TryDeliver(mailbox);
+    return;
+  }
+  pending.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::DUPLICATE});
+}
+
 void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEnvelope envelope) {
   const std::string& from = envelope.from();
   const std::string& id = envelope.id();
@@ -248,42 +272,43 @@ void Router::Impl::Admit(Session& sender, std::string ack_id, mesh::v1::StoredEn
   const uint64_t now_ms = WallMs();
 
   Stripe& stripe = StripeOf(envelope.to());
-  std::unique_lock lock(stripe.mu);
-  if (refusing.load(std::memory_order_relaxed)) {
-    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
-               "this broker has drained: send to another one");
-  }
-  auto loaded = Load(stripe, lock, envelope.to());
-  if (!loaded.ok()) {
-    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
-               std::string(loaded.status().message()));
-  }
-  Mailbox& mailbox = **loaded;
-  if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
-    if (!SameMessage(mailbox, it->second, envelope)) {
-      return Ack(sender, std::move(ack_id), SendAck::INVALID,
-                 "id reused with another recipient or payload");
+  std::unique_lock lock(stripe.mu, std::defer_lock);
+  absl::StatusOr<std::optional<mesh::v1::DedupRecord>> dedup;
+  Mailbox* admitting = nullptr;
+  for (int attempt = 0;; ++attempt) {
+    // The dedup entry is read with the stripe unlocked, and trusted only if no write or delete
+    // of a dedup entry of this stripe settled meanwhile (the pending or dedup_deleting entry
+    // that stood for it gone before the lock): after a few lost races, under the lock.
+    const uint64_t seen = stripe.dedup_settled.load(std::memory_order_acquire);
+    const bool unlocked = attempt < kLoadAttempts;
+    if (unlocked) dedup = store.GetDedup(from, id, now_ms);
+    lock.lock();
+    if (!unlocked) dedup = store.GetDedup(from, id, now_ms);
+    if (refusing.load(std::memory_order_relaxed)) {
+      return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
+                 "this broker has drained: send to another one");
     }
-    auto entry = mailbox.loaded.find(it->second.seq);
-    if (entry != mailbox.loaded.end() && entry->second.handed_off) {
-      // Handed to another broker while its write here was in flight, and now back (a home that
-      // moved away and back): owned here again, or both copies would be deleted.
-      entry->second.acked = false;
-      entry->second.handed_off = false;
-      entry->second.envelope.set_payload(envelope.payload());  // cleared when it was acked
-      mailbox.deliver_from = std::min(mailbox.deliver_from, entry->first);
-      it->second.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::ACCEPTED});
-      TryDeliver(mailbox);
-      return;
+    auto loaded = Load(stripe, lock, envelope.to());
+    if (!loaded.ok()) {
+      return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,
+                 std::string(loaded.status().message()));
     }
-    it->second.waiters.push_back({sender.weak_from_this(), std::move(ack_id), SendAck::DUPLICATE});
-    return;
-  }
-  if (!store.available()) {
+    Mailbox& mailbox = **loaded;
+    if (auto it = mailbox.pending.find(key); it != mailbox.pending.end()) {
+      return AdmitAgain(sender, std::move(ack_id), envelope, mailbox, it->second);
+    }
+    if (!store.available()) {
+      MaybeErase(stripe, mailbox);
+      return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE, "the store cannot write");
+    }
+    if (!unlocked || stripe.dedup_settled.load(std::memory_order_relaxed) == seen) {
+      admitting = &mailbox;
+      break;
+    }
     MaybeErase(stripe, mailbox);
-    return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE, "the store cannot write");
+    lock.unlock();
   }
-  auto dedup = store.GetDedup(from, id, now_ms);
+  Mailbox& mailbox = *admitting;
   if (!dedup.ok()) {
     MaybeErase(stripe, mailbox);
     return Ack(sender, std::move(ack_id), SendAck::STORE_UNAVAILABLE,

@@ -211,6 +211,8 @@ struct Router::Impl {
   void OnSend(Session& sender, mesh::v1::Send& send);
   void OnForward(Session& sender, mesh::v1::StoredEnvelope envelope, std::string ack_ref);
   void Admit(Session& sender, std::string ack_id, mesh::v1::StoredEnvelope envelope);
+  void AdmitAgain(Session& sender, std::string ack_id, const mesh::v1::StoredEnvelope& envelope,
+                  Mailbox& mailbox, Pending& pending);
 
   // The mesh: binds a mailbox without a session to the forwarder its placement names.
   void Place(Mailbox& mailbox);
