@@ -132,20 +132,17 @@ void LinkStats::CountFailure(ErrorCode code) {
     failures[code].fetch_add(1, std::memory_order_relaxed);
 }
 
-Link::Link(Socket socket, const LinkConfig& config, LinkStats& stats)
-    : socket_(std::move(socket)),
+Link::Link(std::unique_ptr<ByteStream> stream, const LinkConfig& config, LinkStats& stats)
+    : stream_(std::move(stream)),
       config_(config),
       stats_(stats),
       assembler_(config.max_frame()),
-      watchdog_timer_(socket_.get_executor()),
-      write_signal_(socket_.get_executor()),
-      read_signal_(socket_.get_executor()) {
+      watchdog_timer_(stream_->get_executor()),
+      write_signal_(stream_->get_executor()),
+      read_signal_(stream_->get_executor()) {
   started_ = last_received_ = last_sent_ = Clock::now();
   write_signal_.expires_at(Clock::time_point::max());
   read_signal_.expires_at(Clock::time_point::max());
-  error_code ec;
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  socket_.non_blocking(true, ec);  // ReadLoop's direct read must never block a shard
 }
 
 Link::~Link() { CloseSocket(); }
@@ -155,7 +152,16 @@ awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(Socket socket,
                                                               mesh::v1::Hello hello, LinkKind kind,
                                                               const LinkConfig& config,
                                                               LinkStats& stats) {
-  std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
+  co_return co_await Accept(TcpStream(std::move(socket)), key, std::move(hello), kind, config,
+                            stats);
+}
+
+awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(std::unique_ptr<ByteStream> stream,
+                                                              const crypto::KeyPair& key,
+                                                              mesh::v1::Hello hello, LinkKind kind,
+                                                              const LinkConfig& config,
+                                                              LinkStats& stats) {
+  std::shared_ptr<Link> link(new Link(std::move(stream), config, stats));
   absl::Status status = co_await link->Handshake(key, std::move(hello), /*initiator=*/false,
                                                  crypto::CipherSuite::kAesGcm, kind);
   if (!status.ok()) co_return status;
@@ -165,7 +171,15 @@ awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Accept(Socket socket,
 awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
     Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
     const LinkConfig& config, LinkStats& stats, LinkKind kind, RemoteVerifier verify) {
-  std::shared_ptr<Link> link(new Link(std::move(socket), config, stats));
+  co_return co_await Connect(TcpStream(std::move(socket)), key, std::move(hello), suite, config,
+                             stats, kind, std::move(verify));
+}
+
+awaitable<absl::StatusOr<std::shared_ptr<Link>>> Link::Connect(
+    std::unique_ptr<ByteStream> stream, const crypto::KeyPair& key, mesh::v1::Hello hello,
+    crypto::CipherSuite suite, const LinkConfig& config, LinkStats& stats, LinkKind kind,
+    RemoteVerifier verify) {
+  std::shared_ptr<Link> link(new Link(std::move(stream), config, stats));
   absl::Status status =
       co_await link->Handshake(key, std::move(hello), /*initiator=*/true, suite, kind, verify);
   if (!status.ok()) co_return status;
@@ -177,7 +191,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
                                         const RemoteVerifier& verify) {
   stats_.handshakes_started.fetch_add(1, std::memory_order_relaxed);
   kind_ = kind;
-  asio::co_spawn(socket_.get_executor(), Watchdog(), asio::detached);
+  asio::co_spawn(stream_->get_executor(), Watchdog(), asio::detached);
   absl::Status status = co_await [&]() -> awaitable<absl::Status> {
     Preamble preamble = EncodePreamble(suite, kind);
     if (!initiator) {
@@ -226,7 +240,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
       message[kPreambleSize] = static_cast<uint8_t>(length >> 8);
       message[kPreambleSize + 1] = static_cast<uint8_t>(length);
       error_code ec;
-      co_await asio::async_write(socket_, asio::buffer(message), redirect_error(use_awaitable, ec));
+      co_await stream_->Write(asio::buffer(message), kPreambleSize, ec);
       if (ec) co_return IoFailure(ec, "handshake message 1");
       if (auto st = co_await read_step(2); !st.ok()) co_return st;
       if (auto st = parse_hello(); !st.ok()) co_return st;
@@ -288,14 +302,14 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
   stats_.handshake_duration.Observe(handshake);
   stats_.links_open.fetch_add(1, std::memory_order_relaxed);
   watchdog_timer_.cancel();  // the handshake deadline is over; heartbeats start
-  asio::co_spawn(socket_.get_executor(), WriteLoop(), asio::detached);
+  asio::co_spawn(stream_->get_executor(), WriteLoop(), asio::detached);
   co_return absl::OkStatus();
 }
 
 awaitable<absl::Status> Link::ReadPreamble(LinkKind kind, crypto::CipherSuite& suite) {
   Preamble preamble;
   error_code ec;
-  co_await asio::async_read(socket_, asio::buffer(preamble), redirect_error(use_awaitable, ec));
+  co_await ReadExact(*stream_, asio::buffer(preamble), ec);
   if (ec) co_return IoFailure(ec, "the preamble");
   if (!std::equal(kMagic.begin(), kMagic.end(), preamble.begin()) || preamble[7] != 0) {
     co_return LinkError(mesh::v1::BAD_PREAMBLE, "connection does not start with a MESH preamble");
@@ -319,7 +333,7 @@ awaitable<absl::Status> Link::ReadPreamble(LinkKind kind, crypto::CipherSuite& s
   }
   if (refusal) {
     Preamble answer = EncodeRefusal(*refusal);
-    co_await asio::async_write(socket_, asio::buffer(answer), redirect_error(use_awaitable, ec));
+    co_await stream_->Write(asio::buffer(answer), answer.size(), ec);
     co_return status;
   }
   suite = static_cast<crypto::CipherSuite>(suite_id);
@@ -329,13 +343,12 @@ awaitable<absl::Status> Link::ReadPreamble(LinkKind kind, crypto::CipherSuite& s
 awaitable<absl::StatusOr<crypto::Bytes>> Link::ReadHandshakeMessage() {
   uint8_t prefix[kLengthPrefixSize];
   error_code ec;
-  co_await asio::async_read(socket_, asio::buffer(prefix), redirect_error(use_awaitable, ec));
+  co_await ReadExact(*stream_, asio::buffer(prefix), ec);
   if (ec) co_return IoFailure(ec, "a handshake message");
   if (prefix[0] == kMagic[0] && prefix[1] == kMagic[1]) {
     // A refusal: "ME" cannot start a handshake message, whose length is at most 1 KiB.
     Preamble answer{prefix[0], prefix[1]};
-    co_await asio::async_read(socket_, asio::buffer(answer.data() + 2, kPreambleSize - 2),
-                              redirect_error(use_awaitable, ec));
+    co_await ReadExact(*stream_, asio::buffer(answer.data() + 2, kPreambleSize - 2), ec);
     if (auto refusal = ParseRefusal(answer); !ec && refusal) co_return RefusalError(*refusal);
   }
   const size_t length = (size_t{prefix[0]} << 8) | prefix[1];
@@ -345,17 +358,18 @@ awaitable<absl::StatusOr<crypto::Bytes>> Link::ReadHandshakeMessage() {
         absl::StrCat("handshake message of ", length, " bytes exceeds ", kMaxHandshakeMessage));
   }
   crypto::Bytes message(length);
-  co_await asio::async_read(socket_, asio::buffer(message), redirect_error(use_awaitable, ec));
+  co_await ReadExact(*stream_, asio::buffer(message), ec);
   if (ec) co_return IoFailure(ec, "a handshake message");
   co_return message;
 }
 
 awaitable<absl::Status> Link::WriteHandshakeMessage(const crypto::Bytes& message) {
-  uint8_t prefix[kLengthPrefixSize] = {static_cast<uint8_t>(message.size() >> 8),
-                                       static_cast<uint8_t>(message.size())};
-  std::array<asio::const_buffer, 2> buffers = {asio::buffer(prefix), asio::buffer(message)};
+  crypto::Bytes prefixed(kLengthPrefixSize + message.size());
+  prefixed[0] = static_cast<uint8_t>(message.size() >> 8);
+  prefixed[1] = static_cast<uint8_t>(message.size());
+  std::copy(message.begin(), message.end(), prefixed.begin() + kLengthPrefixSize);
   error_code ec;
-  co_await asio::async_write(socket_, buffers, redirect_error(use_awaitable, ec));
+  co_await stream_->Write(asio::buffer(prefixed), 0, ec);
   if (ec) co_return IoFailure(ec, "writing a handshake message");
   co_return absl::OkStatus();
 }
@@ -369,7 +383,7 @@ awaitable<absl::Status> Link::Run(FrameHandler on_frame) {
 }
 
 awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
-  asio::steady_timer budget_retry(socket_.get_executor());
+  asio::steady_timer budget_retry(stream_->get_executor());
   Pause pause = Pause::kNone;
   while (!closing_) {
     if (pause == Pause::kBudget) {
@@ -392,21 +406,20 @@ awaitable<absl::Status> Link::ReadLoop(FrameHandler& on_frame) {
         // none are waiting does it park without a buffer (idle links hold none) on a
         // readiness wait, which costs asio an epoll_ctl each time.
         if (read_buffer_) {
-          n = socket_.read_some(asio::buffer(read_buffer_.get(), kReadBufferSize), ec);
+          n = stream_->TryRead(asio::buffer(read_buffer_.get(), kReadBufferSize), ec);
           have_read = ec != asio::error::would_block;
         }
         if (!have_read) {
           read_buffers.Give(std::move(read_buffer_));
           ec.clear();
-          co_await socket_.async_wait(Socket::wait_read, redirect_error(use_awaitable, ec));
+          co_await stream_->WaitReadable(ec);
           if (ec) co_return IoFailure(ec, "reading");
         }
       }
       if (!have_read) {
         if (!read_buffer_) read_buffer_ = read_buffers.Take();  // not zero-filled
-        n = co_await socket_.async_read_some(
-            asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_),
-            redirect_error(use_awaitable, ec));
+        n = co_await stream_->ReadSome(
+            asio::buffer(read_buffer_.get() + read_size_, kReadBufferSize - read_size_), ec);
       }
       if (ec == asio::error::eof && read_size_ == 0 && !assembler_.in_progress()) {
         co_return absl::OkStatus();  // the other side closed between frames
@@ -571,7 +584,7 @@ void Link::Close(absl::Status reason) {
   close_reason_ = std::move(reason);
   close_started_ = Clock::now();
   const ErrorCode code = ErrorCodeOf(close_reason_);
-  if (established_ && code != mesh::v1::ERROR_CODE_UNSPECIFIED && socket_.is_open()) {
+  if (established_ && code != mesh::v1::ERROR_CODE_UNSPECIFIED && stream_->is_open()) {
     mesh::v1::Error error;
     error.set_code(code);
     error.set_message(std::string(close_reason_.message()));
@@ -592,7 +605,7 @@ void Link::Close(absl::Status reason) {
 
 awaitable<void> Link::WriteLoop() {
   auto self = shared_from_this();
-  while (socket_.is_open()) {
+  while (stream_->is_open()) {
     if (out_.empty()) {
       if (closing_) break;
       error_code ec;
@@ -604,8 +617,8 @@ awaitable<void> Link::WriteLoop() {
     std::swap(out_, in_flight_);
     write_started_ = Clock::now();
     error_code ec;
-    const size_t n = co_await asio::async_write(socket_, asio::buffer(in_flight_),
-                                                redirect_error(use_awaitable, ec));
+    co_await stream_->Write(asio::buffer(in_flight_), 0, ec);
+    const size_t n = in_flight_.size();
     write_started_.reset();
     if (ec) {
       Close(IoFailure(ec, "writing"));
@@ -623,7 +636,7 @@ awaitable<void> Link::WriteLoop() {
 awaitable<void> Link::Watchdog() {
   auto self = shared_from_this();
   uint64_t ping_nonce = 0;
-  while (socket_.is_open()) {
+  while (stream_->is_open()) {
     const Clock::time_point now = Clock::now();
     Clock::time_point next = Clock::time_point::max();
     std::optional<absl::Status> expired;
@@ -697,10 +710,8 @@ absl::Status Link::IoFailure(const error_code& ec, absl::string_view during) {
 
 void Link::CloseSocket() {
   closing_ = true;
-  if (socket_.is_open()) {
-    error_code ec;
-    socket_.shutdown(Socket::shutdown_both, ec);
-    socket_.close(ec);
+  if (stream_->is_open()) {
+    stream_->Close(ErrorCodeOf(close_reason_));
     if (established_) stats_.links_open.fetch_sub(1, std::memory_order_relaxed);
   }
   watchdog_timer_.cancel();

@@ -1,4 +1,5 @@
-// The peer module's front door: one authenticated, encrypted link over TCP (DESIGN §3).
+// The peer module's front door: one authenticated, encrypted link over TCP or a WebSocket
+// (DESIGN §3).
 // A Link lives on the executor of its socket (one shard's io_context); every method but the
 // static constructors must be called there. Cross-thread callers post to get_executor().
 #pragma once
@@ -22,6 +23,7 @@
 #include "peer/memory_budget.h"
 #include "peer/proxy_protocol.h"
 #include "peer/record.h"
+#include "peer/stream.h"
 #include "peer/wire.h"
 
 namespace mesh::peer {
@@ -101,6 +103,10 @@ class Link : public std::enable_shared_from_this<Link> {
   static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Accept(
       Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, LinkKind kind,
       const LinkConfig& config, LinkStats& stats);
+  // The same over any transport (a WebSocket: DESIGN §3).
+  static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Accept(
+      std::unique_ptr<ByteStream> stream, const crypto::KeyPair& key, mesh::v1::Hello hello,
+      LinkKind kind, const LinkConfig& config, LinkStats& stats);
   // Initiator: sends the preamble and `hello` in message 3. The heartbeat interval becomes the
   // one the responder announces. A refused preamble fails with the refusal in the message.
   // A cluster link (kind kCluster) needs config.psk, and so does its responder. `verify`, when
@@ -109,6 +115,10 @@ class Link : public std::enable_shared_from_this<Link> {
       Socket socket, const crypto::KeyPair& key, mesh::v1::Hello hello, crypto::CipherSuite suite,
       const LinkConfig& config, LinkStats& stats, LinkKind kind = LinkKind::kPeer,
       RemoteVerifier verify = {});
+  static awaitable<absl::StatusOr<std::shared_ptr<Link>>> Connect(
+      std::unique_ptr<ByteStream> stream, const crypto::KeyPair& key, mesh::v1::Hello hello,
+      crypto::CipherSuite suite, const LinkConfig& config, LinkStats& stats,
+      LinkKind kind = LinkKind::kPeer, RemoteVerifier verify = {});
   ~Link();
 
   // Reads frames until the link ends, answers Ping, pings when idle and closes a link silent
@@ -127,10 +137,10 @@ class Link : public std::enable_shared_from_this<Link> {
   crypto::CipherSuite suite() const { return send_.suite(); }
   size_t queued_bytes() const { return out_.size() + in_flight_.size(); }
   bool closed() const { return closing_; }
-  Socket::executor_type get_executor() { return socket_.get_executor(); }
+  ByteStream::Executor get_executor() { return stream_->get_executor(); }
 
  private:
-  Link(Socket socket, const LinkConfig& config, LinkStats& stats);
+  Link(std::unique_ptr<ByteStream> stream, const LinkConfig& config, LinkStats& stats);
 
   awaitable<absl::Status> Handshake(const crypto::KeyPair& key, mesh::v1::Hello hello,
                                     bool initiator, crypto::CipherSuite suite, LinkKind kind,
@@ -155,7 +165,7 @@ class Link : public std::enable_shared_from_this<Link> {
   void WakeWriter();
   void ReleaseFrameBudget();
 
-  Socket socket_;
+  std::unique_ptr<ByteStream> stream_;
   LinkConfig config_;
   LinkStats& stats_;
   LinkKind kind_ = LinkKind::kPeer;
