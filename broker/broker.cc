@@ -32,6 +32,7 @@
 #include "broker/proxied_accept.h"
 #include "peer/handshake_gate.h"
 #include "peer/rate_limiter.h"
+#include "peer/websocket.h"
 
 namespace mesh::broker {
 namespace {
@@ -172,7 +173,18 @@ class Broker::Impl {
          {"node_name", config_.node_name},
          {"shards", shards_.size()},
          {"proxy_protocol", config_.proxy_protocol}});
-    asio::co_spawn(first.io, AcceptLoop(), asio::detached);
+    asio::co_spawn(first.io, AcceptLoop(*acceptor_, /*websocket=*/false), asio::detached);
+    if (!config_.listen_ws.empty()) {
+      auto ws = peer::Listen(first.io, config_.listen_ws);
+      if (!ws.ok()) return ws.status();
+      ws_acceptor_.emplace(*std::move(ws));
+      Log(spdlog::level::info, "listening",
+          {{"listener", "ws"},
+           {"addr", ws_acceptor_->local_endpoint().address().to_string()},
+           {"port", ws_acceptor_->local_endpoint().port()},
+           {"path", peer::kWebSocketPath}});
+      asio::co_spawn(first.io, AcceptLoop(*ws_acceptor_, /*websocket=*/true), asio::detached);
+    }
     asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {
       shard->thread = std::thread([s = shard.get()] { s->io.run(); });
@@ -295,6 +307,7 @@ class Broker::Impl {
       Log(spdlog::level::info, "stopping", {{"why", why}});
       error_code ec;
       if (acceptor_) acceptor_->close(ec);
+      if (ws_acceptor_) ws_acceptor_->close(ec);
       if (signals_) signals_->cancel(ec);
       if (cluster_) cluster_->Stop();
       for (auto& shard : shards_) {
@@ -542,14 +555,15 @@ class Broker::Impl {
     }
   }
 
-  awaitable<void> AcceptLoop() {
+  // Peer links on 7700 (TCP) or 7780 (WebSocket): the same gates, then the same Link.
+  awaitable<void> AcceptLoop(tcp::acceptor& acceptor, bool websocket) {
     size_t next_shard = 0;
     while (!stopping_) {
       Shard& shard = *shards_[next_shard];
       next_shard = (next_shard + 1) % shards_.size();
       error_code ec;
       tcp::socket socket =
-          co_await acceptor_->async_accept(shard.io, asio::redirect_error(asio::use_awaitable, ec));
+          co_await acceptor.async_accept(shard.io, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
         if (stopping_ || ec == asio::error::operation_aborted) break;
         // Out of descriptors or similar: say so and keep serving the links we have.
@@ -566,11 +580,13 @@ class Broker::Impl {
         LogThrottled(mesh::v1::OVERLOADED, remote, "too many handshakes in progress");
         continue;  // the socket closes as it goes out of scope
       }
-      asio::co_spawn(shard.io, ServeLink(shard, std::move(socket), remote), asio::detached);
+      asio::co_spawn(shard.io, ServeLink(shard, std::move(socket), remote, websocket),
+                     asio::detached);
     }
   }
 
-  awaitable<void> ServeLink(Shard& shard, tcp::socket socket, tcp::endpoint remote) {
+  awaitable<void> ServeLink(Shard& shard, tcp::socket socket, tcp::endpoint remote,
+                            bool websocket) {
     peer::LinkConfig link_config = config_.link;
     if (config_.proxy_protocol) {
       auto admitted = co_await AdmitProxied(socket, remote, gate_, link_config.handshake_timeout);
@@ -588,7 +604,28 @@ class Broker::Impl {
                    "over --new-links-per-ip-rate new links per second from this address");
       co_return;  // the socket closes as it goes out of scope
     }
-    auto accepted = co_await peer::Link::Accept(std::move(socket), key_, hello_,
+    std::unique_ptr<peer::ByteStream> stream;
+    if (websocket) {
+      const auto upgrade_started = peer::Clock::now();
+      auto upgraded = co_await peer::AcceptWebSocket(
+          std::move(socket), {config_.ws_allowed_origins, link_config.handshake_timeout});
+      if (!upgraded.ok()) {
+        gate_.Leave(remote.address());
+        // Not a mesh link: no upgrade, the wrong path or subprotocol, or an Origin refused.
+        stats_.CountFailure(mesh::v1::BAD_PREAMBLE);
+        LogThrottled(mesh::v1::BAD_PREAMBLE, remote, upgraded.status().message());
+        co_return;
+      }
+      stream = *std::move(upgraded);
+      // The upgrade spent part of the handshake's time.
+      link_config.handshake_timeout = std::max(
+          std::chrono::milliseconds(1),
+          link_config.handshake_timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              peer::Clock::now() - upgrade_started));
+    } else {
+      stream = peer::TcpStream(std::move(socket));
+    }
+    auto accepted = co_await peer::Link::Accept(std::move(stream), key_, hello_,
                                                 peer::LinkKind::kPeer, link_config, stats_);
     gate_.Leave(remote.address());
     if (!accepted.ok()) {
@@ -695,6 +732,7 @@ class Broker::Impl {
   bool store_full_ = false;
   bool live_ = true;
   std::optional<tcp::acceptor> acceptor_;
+  std::optional<tcp::acceptor> ws_acceptor_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
   std::mutex log_mu_;

@@ -55,6 +55,12 @@ int main(int argc, char** argv) {
     return app.add_option("--" + name, value, help)->envname(EnvName(name))->capture_default_str();
   };
   flag("listen-peer", config.listen_peer, "Address for peer links (HOST:PORT; port 0 picks one)");
+  flag("listen-ws", config.listen_ws,
+       "Address for peer links over WebSocket, path /v1/link, subprotocol mesh.v1 (HOST:PORT; "
+       "port 0 picks one; empty: off)");
+  flag("ws-allowed-origins", config.ws_allowed_origins,
+       "Origins (scheme://host[:port]) whose pages may open WebSocket links; none given: any")
+      ->delimiter(',');
   flag("listen-grpc", config.listen_grpc,
        "Address for the gRPC control plane (HOST:PORT; port 0 picks one; empty: off)");
   flag("listen-http", config.listen_http,

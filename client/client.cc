@@ -13,6 +13,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "peer/websocket.h"
 
 namespace mesh::client {
 namespace {
@@ -23,9 +24,10 @@ using asio::use_awaitable;
 using asio::ip::tcp;
 using boost::system::error_code;
 
-peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options) {
+peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options,
+                                                  const std::string& address) {
   auto executor = co_await asio::this_coro::executor;
-  auto host_port = peer::SplitHostPort(options.address);
+  auto host_port = peer::SplitHostPort(address);
   if (!host_port.ok()) co_return host_port.status();
   if (host_port->first.empty()) host_port->first = "127.0.0.1";
   tcp::resolver resolver(executor);
@@ -54,6 +56,21 @@ peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options)
                      ec == asio::error::operation_aborted ? "timed out" : ec.message()));
   }
   co_return socket;
+}
+
+// A TCP link for "HOST:PORT", a WebSocket one for "ws://HOST:PORT[/PATH]" (DESIGN §3).
+peer::awaitable<absl::StatusOr<std::unique_ptr<peer::ByteStream>>> Open(
+    const ConnectOptions& options) {
+  if (!peer::IsWebSocketAddress(options.address)) {
+    auto socket = co_await Dial(options, options.address);
+    if (!socket.ok()) co_return socket.status();
+    co_return peer::TcpStream(*std::move(socket));
+  }
+  auto ws = peer::ParseWebSocketAddress(options.address);
+  if (!ws.ok()) co_return ws.status();
+  auto socket = co_await Dial(options, ws->host_port);
+  if (!socket.ok()) co_return socket.status();
+  co_return co_await peer::ConnectWebSocket(*std::move(socket), ws->host_port, ws->path);
 }
 
 }  // namespace
@@ -103,9 +120,9 @@ peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const Conne
     };
   }
   for (int attempt = 0;; ++attempt) {
-    auto socket = co_await Dial(options);
-    if (!socket.ok()) co_return socket.status();
-    auto link = co_await peer::Link::Connect(*std::move(socket), *options.key, hello, suite,
+    auto stream = co_await Open(options);
+    if (!stream.ok()) co_return stream.status();
+    auto link = co_await peer::Link::Connect(*std::move(stream), *options.key, hello, suite,
                                              options.link, stats, peer::LinkKind::kPeer, verify);
     if (link.ok() || attempt > 0) co_return link;
     // One retry with the best common suite when the broker refused ours.

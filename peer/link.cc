@@ -287,6 +287,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
 
   if (!status.ok()) {
     stats_.CountFailure(ErrorCodeOf(status));
+    if (close_reason_.ok()) close_reason_ = status;  // the transport closes saying why
     CloseSocket();
     co_return status;
   }
@@ -704,6 +705,11 @@ absl::Status Link::IoFailure(const error_code& ec, absl::string_view during) {
   if (ec == asio::error::eof) {
     return LinkError(mesh::v1::TRUNCATED,
                      absl::StrCat("the other side closed the connection during ", during));
+  }
+  if (ec.category() == StreamErrorCategory()) {
+    return LinkError(ec == MakeError(StreamError::kMessageTooLarge) ? mesh::v1::FRAME_TOO_LARGE
+                                                                    : mesh::v1::MALFORMED_FRAME,
+                     ec.message());
   }
   return absl::UnavailableError(absl::StrCat(during, ": ", ec.message()));
 }

@@ -48,7 +48,26 @@ class Tcp final : public ByteStream {
   tcp::socket socket_;
 };
 
+class StreamErrors final : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "mesh.stream"; }
+  std::string message(int value) const override {
+    switch (static_cast<StreamError>(value)) {
+      case StreamError::kTextMessage:
+        return "a text WebSocket message (links carry binary messages only)";
+      case StreamError::kMessageTooLarge:
+        return "a WebSocket message over 65535 bytes";
+    }
+    return "stream error";
+  }
+};
+
 }  // namespace
+
+const boost::system::error_category& StreamErrorCategory() {
+  static const StreamErrors category;
+  return category;
+}
 
 std::unique_ptr<ByteStream> TcpStream(tcp::socket socket) {
   return std::make_unique<Tcp>(std::move(socket));

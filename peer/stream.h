@@ -38,6 +38,16 @@ class ByteStream {
   virtual void Close(mesh::v1::ErrorCode reason) = 0;
 };
 
+// What a transport refused in what it read; a Link reports it as a protocol violation.
+enum class StreamError {
+  kTextMessage = 1,      // a WebSocket text message: links carry binary messages only
+  kMessageTooLarge = 2,  // a WebSocket message over 65535 bytes (no Noise message is)
+};
+const boost::system::error_category& StreamErrorCategory();
+inline boost::system::error_code MakeError(StreamError e) {
+  return {static_cast<int>(e), StreamErrorCategory()};
+}
+
 // TCP: the bytes as they are, Nagle off, reads never blocking the shard.
 std::unique_ptr<ByteStream> TcpStream(boost::asio::ip::tcp::socket socket);
 

@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$dir/broker/mesh-broker" --data-dir "$work/data" --listen-peer 127.0.0.1:0 \
-  --listen-grpc 127.0.0.1:0 --listen-http 127.0.0.1:0 --send-rate 0 \
+  --listen-grpc 127.0.0.1:0 --listen-http 127.0.0.1:0 --listen-ws "" --send-rate 0 \
   2>"$work/broker.log" &
 broker=$!
 pids+=("$broker")

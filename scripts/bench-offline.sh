@@ -45,7 +45,7 @@ fi
 for ((run = 1; run <= runs; run++)); do
   data=$(mktemp -d)
   log="$data/broker.log"
-  "$dir/broker/mesh-broker" --data-dir "$data" --listen-peer 127.0.0.1:0 --listen-grpc "" --listen-http "" --send-rate 0 \
+  "$dir/broker/mesh-broker" --data-dir "$data" --listen-peer 127.0.0.1:0 --listen-grpc "" --listen-http "" --listen-ws "" --send-rate 0 \
     --store-sync "$sync" >"$log" 2>&1 &
   broker=$!
   port=""

@@ -34,7 +34,7 @@ ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/re
 
 start() {
   "$build/broker/mesh-broker" --data-dir "$work/data" --listen-peer "127.0.0.1:$port" \
-    --listen-http "127.0.0.1:$http" --listen-grpc "" --threads 1 --send-rate 0 \
+    --listen-http "127.0.0.1:$http" --listen-grpc "" --listen-ws "" --threads 1 --send-rate 0 \
     --sender-max-messages 100000000 "${extra[@]}" >>"$work/broker.log" 2>&1 &
   broker_pid=$!
   until ready; do

@@ -45,6 +45,7 @@ launch() {
   "$broker" --data-dir "$dir/b$i/data" --node-name "b$i" \
     --listen-peer "127.0.0.1:$((base + i))" --listen-cluster "127.0.0.1:$((base + 100 + i))" \
     --listen-http "127.0.0.1:$((base + 200 + i))" --listen-grpc "127.0.0.1:$((base + 300 + i))" \
+    --listen-ws "127.0.0.1:$((base + 400 + i))" \
     --cluster-secret-file "$dir/cluster.secret" --cluster-peers "127.0.0.1:$((base + 100))" \
     $(extra_flags) 2>>"$dir/b$i/broker.log" &
   echo $! >"$dir/b$i/pid"

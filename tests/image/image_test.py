@@ -164,7 +164,7 @@ class ImageTest(unittest.TestCase):
         run("podman", "run", "-d", "--name", name, "--read-only", "--network=host",
             "-v", self.volume + ":/var/lib/mesh", "-v", self.secrets + ":/run/secrets/mesh:ro",
             IMAGE, "--listen-peer", "127.0.0.1:0", "--listen-grpc", "127.0.0.1:0",
-            "--listen-http", "127.0.0.1:0", "--listen-cluster", "127.0.0.1:0",
+            "--listen-http", "127.0.0.1:0", "--listen-cluster", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0",
             "--admin-token-file", "/run/secrets/mesh/admin-token",
             "--cluster-secret-file", "/run/secrets/mesh/cluster-secret")
         self.containers.append(name)

@@ -99,7 +99,7 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string data_dir
   if (std::find(args.begin(), args.end(), "--listen-peer") == args.end()) {
     argv.insert(argv.end(), {"--listen-peer", "127.0.0.1:0"});
   }
-  for (const char* listener : {"--listen-grpc", "--listen-http"}) {
+  for (const char* listener : {"--listen-grpc", "--listen-http", "--listen-ws"}) {
     if (std::find(args.begin(), args.end(), listener) == args.end()) {
       argv.insert(argv.end(), {listener, "127.0.0.1:0"});
     }

@@ -205,7 +205,7 @@ class MeshTest(unittest.TestCase):
         refused = subprocess.run([BROKER, "--data-dir", os.path.join(WORK, "nosecret"),
                                   "--cluster-peers", "127.0.0.1:%d" % target.ports["cluster"],
                                   "--listen-peer", "127.0.0.1:0", "--listen-grpc", "",
-                                  "--listen-http", ""],
+                                  "--listen-http", "", "--listen-ws", ""],
                                  capture_output=True, text=True, timeout=DEADLINE)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn("cluster-secret-file", refused.stderr)

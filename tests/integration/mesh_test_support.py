@@ -35,6 +35,7 @@ class Broker:
         self.proc = subprocess.Popen(
             [_BROKER, "--data-dir", os.path.join(self.dir, "data"), *listen,
              "--listen-grpc", "127.0.0.1:0", "--listen-http", "127.0.0.1:0",
+             "--listen-ws", "127.0.0.1:0",
              "--log-level", "debug", *args],
             stdout=subprocess.DEVNULL, stderr=self.log)
         self.ports = wait_for(self._ports, "the broker to listen")

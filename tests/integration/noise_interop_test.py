@@ -71,7 +71,7 @@ def main():
         with open(log_path, "w") as log:
             proc = subprocess.Popen([broker, "--data-dir", os.path.join(tmp, "data"),
                                      "--listen-peer", "127.0.0.1:0", "--listen-grpc", "127.0.0.1:0",
-                                     "--listen-http", "127.0.0.1:0"], stderr=log,
+                                     "--listen-http", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0"], stderr=log,
                                     stdout=subprocess.DEVNULL)
         try:
             port = None

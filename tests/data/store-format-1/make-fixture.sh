@@ -14,7 +14,7 @@ mkdir -p "$here/keys"
 for name in sender r1 r2 r3; do "$cli" keygen --out "$here/keys/$name.key" >/dev/null; done
 log=$(mktemp)
 # TTLs of about 95 years, so the messages outlive the fixture.
-"$build/broker/mesh-broker" --data-dir "$here/data" --listen-peer 127.0.0.1:0 --listen-http "" \
+"$build/broker/mesh-broker" --data-dir "$here/data" --listen-peer 127.0.0.1:0 --listen-http "" --listen-ws "" \
   --listen-grpc "" --max-ttl-s 3000000000 2>"$log" &
 broker=$!
 port=""

@@ -1,0 +1,298 @@
+#include "peer/websocket.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "peer/wire.h"
+
+namespace mesh::peer {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using asio::awaitable;
+using asio::redirect_error;
+using asio::use_awaitable;
+using error_code = boost::system::error_code;
+using tcp = asio::ip::tcp;
+using Ws = websocket::stream<beast::tcp_stream>;
+
+constexpr size_t kMaxMessage = 65535;
+constexpr auto kCloseTimeout = std::chrono::seconds(1);
+
+websocket::close_code CloseCodeOf(mesh::v1::ErrorCode reason) {
+  switch (reason) {
+    case mesh::v1::ERROR_CODE_UNSPECIFIED:
+      return websocket::close_code::normal;
+    case mesh::v1::FRAME_TOO_LARGE:
+    case mesh::v1::HANDSHAKE_TOO_LARGE:
+      return websocket::close_code::too_big;
+    case mesh::v1::OVERLOADED:
+    case mesh::v1::STALLED:
+      return websocket::close_code::policy_error;
+    default:
+      return websocket::close_code::protocol_error;
+  }
+}
+
+// Sends a close unless one went already (Beast sends 1009 itself), then lets the other side
+// read it: the socket is shut for sending and drained until the other side closes, all within
+// kCloseTimeout. Closing at once would reset the connection under the close frame.
+void CloseSoon(std::shared_ptr<Ws> ws, websocket::close_reason reason) {
+  auto executor = ws->get_executor();
+  asio::co_spawn(
+      executor,
+      [ws = std::move(ws), reason]() -> awaitable<void> {
+        auto& tcp_stream = beast::get_lowest_layer(*ws);
+        tcp_stream.expires_after(kCloseTimeout);
+        error_code ec;
+        if (ws->is_open()) co_await ws->async_close(reason, redirect_error(use_awaitable, ec));
+        tcp_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        std::array<char, 512> sink;
+        for (ec.clear(); !ec;) {
+          co_await tcp_stream.async_read_some(asio::buffer(sink),
+                                              redirect_error(use_awaitable, ec));
+        }
+        tcp_stream.close();
+      },
+      asio::detached);
+}
+
+// Reads one WebSocket message per read and hands it on as the TCP layout would carry it: a
+// 2-byte length first, except for an 8-byte message that starts with the magic (a preamble
+// or a refusal; no Noise message is that short).
+class WebSocket final : public ByteStream {
+ public:
+  explicit WebSocket(std::shared_ptr<Ws> ws) : ws_(std::move(ws)) {
+    ws_->binary(true);
+    ws_->read_message_max(kMaxMessage);
+    beast::get_lowest_layer(*ws_).expires_never();  // the Link keeps its own deadlines
+    error_code ec;
+    beast::get_lowest_layer(*ws_).socket().set_option(tcp::no_delay(true), ec);
+  }
+  ~WebSocket() override { Close(mesh::v1::ERROR_CODE_UNSPECIFIED); }
+
+  Executor get_executor() override { return ws_->get_executor(); }
+  bool is_open() const override { return !closed_ && ws_->is_open(); }
+
+  size_t TryRead(asio::mutable_buffer buffer, error_code& ec) override {
+    if (!Pending()) {
+      ec = asio::error::would_block;
+      return 0;
+    }
+    ec.clear();
+    return Take(buffer);
+  }
+  awaitable<void> WaitReadable(error_code& ec) override {
+    ec.clear();
+    if (!Pending()) co_await ReadMessage(ec);
+  }
+  awaitable<size_t> ReadSome(asio::mutable_buffer buffer, error_code& ec) override {
+    ec.clear();
+    if (!Pending()) co_await ReadMessage(ec);
+    if (ec) co_return 0;
+    co_return Take(buffer);
+  }
+  awaitable<void> Write(asio::const_buffer bytes, size_t raw, error_code& ec) override {
+    const auto* data = static_cast<const uint8_t*>(bytes.data());
+    size_t at = 0;
+    if (raw > 0) {
+      co_await ws_->async_write(asio::buffer(data, raw), redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      at = raw;
+    }
+    while (at + kLengthPrefixSize <= bytes.size()) {
+      const size_t length = (size_t{data[at]} << 8) | data[at + 1];
+      at += kLengthPrefixSize;
+      if (at + length > bytes.size()) break;
+      co_await ws_->async_write(asio::buffer(data + at, length), redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      at += length;
+    }
+    if (at != bytes.size()) ec = asio::error::invalid_argument;  // not whole messages: a bug
+  }
+  void Close(mesh::v1::ErrorCode reason) override {
+    if (closed_) return;
+    closed_ = true;
+    if (!beast::get_lowest_layer(*ws_).socket().is_open()) return;
+    CloseSoon(ws_, websocket::close_reason(CloseCodeOf(reason)));
+  }
+
+ private:
+  bool Pending() const { return head_size_ > head_at_ || message_.size() > 0; }
+
+  awaitable<void> ReadMessage(error_code& ec) {
+    co_await ws_->async_read(message_, redirect_error(use_awaitable, ec));
+    if (ec == websocket::error::closed) {
+      ec = asio::error::eof;  // a close from the other side ends the link as TCP's FIN does
+    } else if (ec == websocket::error::message_too_big) {
+      ec = MakeError(StreamError::kMessageTooLarge);
+    } else if (!ec && ws_->got_text()) {
+      ec = MakeError(StreamError::kTextMessage);
+    }
+    if (ec) {
+      message_.clear();
+      co_return;
+    }
+    const size_t size = message_.size();
+    const auto* data = static_cast<const uint8_t*>(message_.data().data());
+    const bool raw = size == kPreambleSize && std::equal(kMagic.begin(), kMagic.end(), data);
+    head_[0] = static_cast<uint8_t>(size >> 8);
+    head_[1] = static_cast<uint8_t>(size);
+    head_size_ = raw ? 0 : kLengthPrefixSize;
+    head_at_ = 0;
+    if (size == 0 && !raw) head_size_ = kLengthPrefixSize;  // an empty message: a zero length
+  }
+
+  size_t Take(asio::mutable_buffer buffer) {
+    auto* out = static_cast<uint8_t*>(buffer.data());
+    size_t n = 0;
+    while (n < buffer.size() && head_at_ < head_size_) out[n++] = head_[head_at_++];
+    const size_t body = std::min(buffer.size() - n, message_.size());
+    asio::buffer_copy(asio::buffer(out + n, body), message_.data());
+    message_.consume(body);
+    n += body;
+    if (!Pending()) {
+      head_size_ = head_at_ = 0;
+      message_.shrink_to_fit();  // idle links keep no message buffer
+    }
+    return n;
+  }
+
+  std::shared_ptr<Ws> ws_;
+  beast::flat_buffer message_;
+  uint8_t head_[kLengthPrefixSize] = {};
+  size_t head_size_ = 0;
+  size_t head_at_ = 0;
+  bool closed_ = false;
+};
+
+bool HasToken(const std::string& list, absl::string_view token) {
+  for (absl::string_view item : absl::StrSplit(list, ',')) {
+    if (absl::StripAsciiWhitespace(item) == token) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
+    tcp::socket socket, const WebSocketAcceptOptions& options) {
+  auto ws = std::make_shared<Ws>(std::move(socket));
+  beast::get_lowest_layer(*ws).expires_after(options.timeout);
+  beast::flat_buffer buffer;
+  http::request<http::empty_body> request;
+  http::request_parser<http::empty_body> parser;
+  parser.header_limit(8 * 1024);
+  error_code ec;
+  co_await http::async_read(beast::get_lowest_layer(*ws), buffer, parser,
+                            redirect_error(use_awaitable, ec));
+  if (ec) {
+    co_return absl::InvalidArgumentError(
+        absl::StrCat("not an HTTP WebSocket upgrade: ", ec.message()));
+  }
+  request = parser.release();
+  auto refuse_http = [&](http::status status, std::string why) -> awaitable<absl::Status> {
+    http::response<http::string_body> response(status, request.version());
+    response.set(http::field::content_type, "text/plain");
+    response.set(http::field::connection, "close");
+    response.body() = why + "\n";
+    response.prepare_payload();
+    error_code ignored;
+    co_await http::async_write(beast::get_lowest_layer(*ws), response,
+                               redirect_error(use_awaitable, ignored));
+    beast::get_lowest_layer(*ws).close();
+    co_return absl::InvalidArgumentError(why);
+  };
+  const std::string target(request.target());
+  if (target != kWebSocketPath && !absl::StartsWith(target, absl::StrCat(kWebSocketPath, "?"))) {
+    co_return co_await refuse_http(
+        http::status::not_found,
+        absl::StrCat("no endpoint ", target, "; links use ", kWebSocketPath));
+  }
+  if (!websocket::is_upgrade(request)) {
+    co_return co_await refuse_http(http::status::upgrade_required,
+                                   "a WebSocket upgrade is expected here");
+  }
+  std::string policy;
+  const std::string protocols(request[http::field::sec_websocket_protocol]);
+  const std::string origin(request[http::field::origin]);
+  const bool speaks = HasToken(protocols, kWebSocketProtocol);
+  if (!speaks) {
+    policy = absl::StrCat("the subprotocol ", kWebSocketProtocol, " is required");
+  } else if (!options.allowed_origins.empty() && !origin.empty() &&
+             std::find(options.allowed_origins.begin(), options.allowed_origins.end(), origin) ==
+                 options.allowed_origins.end()) {
+    policy = absl::StrCat("origin ", origin, " is not allowed (--ws-allowed-origins)");
+  }
+  ws->set_option(websocket::stream_base::decorator([speaks](websocket::response_type& response) {
+    if (speaks) response.set(http::field::sec_websocket_protocol, kWebSocketProtocol);
+  }));
+  co_await ws->async_accept(request, redirect_error(use_awaitable, ec));
+  if (ec) co_return absl::InvalidArgumentError(absl::StrCat("WebSocket upgrade: ", ec.message()));
+  if (!policy.empty()) {
+    // A WebSocket close reason is at most 123 bytes.
+    CloseSoon(ws,
+              websocket::close_reason(websocket::close_code::policy_error, policy.substr(0, 123)));
+    co_return absl::PermissionDeniedError(policy);
+  }
+  co_return std::make_unique<WebSocket>(std::move(ws));
+}
+
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(tcp::socket socket,
+                                                                        const std::string& host,
+                                                                        const std::string& path) {
+  auto ws = std::make_shared<Ws>(std::move(socket));
+  beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(10));
+  ws->set_option(websocket::stream_base::decorator([](websocket::request_type& request) {
+    request.set(http::field::sec_websocket_protocol, kWebSocketProtocol);
+  }));
+  websocket::response_type response;
+  error_code ec;
+  co_await ws->async_handshake(response, host, path, redirect_error(use_awaitable, ec));
+  if (ec) {
+    co_return absl::UnavailableError(
+        absl::StrCat("WebSocket upgrade at ", host, path, ": ", ec.message()));
+  }
+  if (std::string(response[http::field::sec_websocket_protocol]) != kWebSocketProtocol) {
+    co_return absl::UnavailableError(
+        absl::StrCat("the server at ", host, path, " does not speak ", kWebSocketProtocol));
+  }
+  co_return std::make_unique<WebSocket>(std::move(ws));
+}
+
+bool IsWebSocketAddress(const std::string& address) {
+  return absl::StartsWith(address, "ws://") || absl::StartsWith(address, "wss://");
+}
+
+absl::StatusOr<WebSocketAddress> ParseWebSocketAddress(const std::string& address) {
+  if (absl::StartsWith(address, "wss://")) {
+    return absl::UnimplementedError(
+        "wss:// is not built into this client yet: use ws:// or the TCP port");
+  }
+  absl::string_view rest = address;
+  if (!absl::ConsumePrefix(&rest, "ws://")) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not a ws:// address"));
+  }
+  WebSocketAddress out;
+  const size_t slash = rest.find('/');
+  out.host_port = std::string(rest.substr(0, slash));
+  out.path = slash == absl::string_view::npos ? kWebSocketPath : std::string(rest.substr(slash));
+  if (out.host_port.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' names no host"));
+  }
+  return out;
+}
+
+}  // namespace mesh::peer
