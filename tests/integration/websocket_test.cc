@@ -9,6 +9,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <thread>
 
 #include "tests/integration/broker_process.h"
 #include "tests/integration/test_peers.h"
@@ -84,6 +85,21 @@ class WebSocketTest : public ::testing::Test {
     EXPECT_EQ(alice.Send(bob.id(), "still here").status, SendAck::ACCEPTED);
     EXPECT_EQ(bob.WaitForMessages(1).size(), 1u);
   }
+  // Waits until `n` links of `peer` have ended (the broker logs link_down for each).
+  bool WaitForLinksDown(const crypto::PeerId& peer, size_t n) {
+    const std::string needle = "\"event\":\"link_down\",\"peer\":\"" + peer.ToString() + "\"";
+    const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const std::string log = broker_->Log();
+      size_t count = 0;
+      for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) {
+        ++count;
+      }
+      if (count >= n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
   std::unique_ptr<BrokerProcess> broker_;
 };
 
@@ -110,6 +126,38 @@ TEST_F(WebSocketTest, AWebSocketPeerAndATcpPeerExchangeOnlineAndOfflineMail) {
   ASSERT_EQ(back.size(), 1u);
   EXPECT_EQ(back[0].payload, large);
   EXPECT_EQ(back[0].from, phone);
+}
+
+TEST_F(WebSocketTest, AWebSocketLinkAndATcpLinkWithOneKeyReplaceEachOther) {
+  StartBroker();
+  const auto key = crypto::KeyPair::Generate();
+  auto stop_when_replaced = [](client::SessionOptions& options) {
+    options.stop_when_replaced = true;
+  };
+  LibraryPeer alice({broker_->address()});
+  LibraryPeer over_ws({WsAddress(*broker_)}, key, stop_when_replaced);
+  ASSERT_TRUE(over_ws.WaitConnected());
+  ASSERT_EQ(alice.Send(key.public_key, "to the browser").status, SendAck::ACCEPTED);
+  ASSERT_EQ(over_ws.WaitForMessages(1).size(), 1u);
+  {
+    // The same key over TCP takes the session; what is sent next reaches it there.
+    LibraryPeer over_tcp({broker_->address()}, key, stop_when_replaced);
+    ASSERT_TRUE(over_tcp.WaitConnected());
+    ASSERT_TRUE(WaitForLinksDown(key.public_key, 1)) << broker_->Log();
+    ASSERT_EQ(alice.Send(key.public_key, "to the phone").status, SendAck::ACCEPTED);
+    auto arrived = over_tcp.WaitForMessages(1);
+    ASSERT_EQ(arrived.size(), 1u);
+    EXPECT_EQ(arrived[0].payload, "to the phone");
+    // And back: WebSocket again.
+    LibraryPeer again({WsAddress(*broker_)}, key, stop_when_replaced);
+    ASSERT_TRUE(again.WaitConnected());
+    ASSERT_TRUE(WaitForLinksDown(key.public_key, 2)) << broker_->Log();
+    ASSERT_EQ(alice.Send(key.public_key, "to the browser again").status, SendAck::ACCEPTED);
+    auto back = again.WaitForMessages(1);
+    ASSERT_EQ(back.size(), 1u);
+    EXPECT_EQ(back[0].payload, "to the browser again");
+  }
+  EXPECT_EQ(over_ws.WaitForMessages(1).size(), 1u);  // only the first: it was replaced
 }
 
 TEST_F(WebSocketTest, BadInputsAreRefusedAndTheBrokerKeepsServing) {
