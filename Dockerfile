@@ -42,6 +42,6 @@ WORKDIR /var/lib/mesh
 ENV MESH_DATA_DIR=/var/lib/mesh
 VOLUME ["/var/lib/mesh"]
 # peers, cluster links, REST + /metrics + health, gRPC
-EXPOSE 7700 7800 8080 50051
+EXPOSE 7700 7780 7800 8080 50051
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/mesh-broker"]

@@ -301,7 +301,7 @@ function checkConsistency(overlay, objects, ctx, problems) {
     const listen = env.MESH_LISTEN_CLUSTER?.split(":").pop();
     if (listen && listen !== String(ports.get("cluster"))) bad(`MESH_LISTEN_CLUSTER port ${listen} is not the container's cluster port`);
   }
-  for (const [variable, portName] of [["MESH_LISTEN_PEER", "peer"], ["MESH_LISTEN_HTTP", "http"], ["MESH_LISTEN_GRPC", "grpc"]]) {
+  for (const [variable, portName] of [["MESH_LISTEN_PEER", "peer"], ["MESH_LISTEN_WS", "ws"], ["MESH_LISTEN_HTTP", "http"], ["MESH_LISTEN_GRPC", "grpc"]]) {
     const port = env[variable]?.split(":").pop() ?? helpDefault(ctx.help, variable.slice(5).toLowerCase().replaceAll("_", "-"))?.split(":").pop();
     if (port !== String(ports.get(portName))) bad(`${variable} listens on ${port}, the container port "${portName}" is ${ports.get(portName)}`);
   }
@@ -354,7 +354,7 @@ function checkConsistency(overlay, objects, ctx, problems) {
     if (!selects(np.spec.podSelector.matchLabels, podLabels)) bad(`NetworkPolicy ${np.metadata.name} selects no broker`);
     for (const rule of np.spec.ingress ?? []) for (const p of rule.ports ?? []) if (!portExists(p.port)) bad(`NetworkPolicy allows port ${p.port}, which the broker does not expose`);
     const allowed = (np.spec.ingress ?? []).flatMap((r) => (r.ports ?? []).map((p) => p.port));
-    for (const needed of ["peer", "cluster", "http", "grpc"]) if (!allowed.includes(ports.get(needed)) && !allowed.includes(needed)) bad(`NetworkPolicy lets nothing reach port "${needed}"`);
+    for (const needed of ["peer", "ws", "cluster", "http", "grpc"]) if (!allowed.includes(ports.get(needed)) && !allowed.includes(needed)) bad(`NetworkPolicy lets nothing reach port "${needed}"`);
     const egress = (np.spec.egress ?? []).flatMap((r) => (r.ports ?? []).map((p) => `${p.port}/${p.protocol ?? "TCP"}`));
     for (const needed of [`${ports.get("cluster")}/TCP`, "53/UDP"]) if (!egress.includes(needed)) bad(`NetworkPolicy allows no egress to ${needed}`);
   }
@@ -368,6 +368,7 @@ function checkConsistency(overlay, objects, ctx, problems) {
   if (overlay === "eks") {
     const peer = services.find((s) => (s.spec.ports ?? []).some((p) => p.targetPort === "peer"));
     if (peer?.spec.type !== "LoadBalancer" || !peer.metadata.annotations?.["service.beta.kubernetes.io/aws-load-balancer-type"]) bad("the peer Service is not an NLB");
+    if (!(peer?.spec.ports ?? []).some((p) => p.targetPort === "ws")) bad("the NLB does not carry the WebSocket port (browsers)");
     if ((set.spec.volumeClaimTemplates ?? []).some((c) => c.spec.storageClassName !== "gp3")) bad("volumes are not gp3");
     // The per-address handshake cap needs the client's address: preserved by the NLB, or carried
     // in a PROXY v2 header that the broker then reads (both sides, or no connection works).
@@ -412,6 +413,7 @@ const BREAKS = [
   ["a privileged container", (o) => { sts(o).spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation = true; }, "restricted profile"],
   ["a Service selecting nothing", (o) => { find(o, "Service").spec.selector = { app: "other" }; }, "selects no broker pod"],
   ["a missing target port", (o) => { find(o, "Service").spec.ports[0].targetPort = "nope"; }, "does not expose"],
+  ["the WebSocket port shut", (o) => { const np = find(o, "NetworkPolicy"); for (const r of np.spec.ingress) r.ports = (r.ports ?? []).filter((p) => p.port !== 7780); }, 'port "ws"'],
   ["a wrong --cluster-dns", (o) => { find(o, "ConfigMap").data.MESH_CLUSTER_DNS = "elsewhere:7800"; }, "MESH_CLUSTER_DNS host"],
   ["an unknown variable", (o) => { find(o, "ConfigMap").data.MESH_NO_SUCH_FLAG = "1"; }, "MESH_NO_SUCH_FLAG"],
   ["a short grace period", (o) => { sts(o).spec.template.spec.terminationGracePeriodSeconds = 30; }, "terminationGracePeriodSeconds"],
