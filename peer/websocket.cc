@@ -49,7 +49,7 @@ websocket::close_code CloseCodeOf(mesh::v1::ErrorCode reason) {
 // Sends a close unless one went already (Beast sends 1009 itself), then lets the other side
 // read it: the socket is shut for sending and drained until the other side closes, all within
 // kCloseTimeout. Closing at once would reset the connection under the close frame.
-void CloseSoon(std::shared_ptr<Ws> ws, websocket::close_reason reason) {
+void CloseSoon(std::shared_ptr<Ws> ws, const websocket::close_reason& reason) {
   auto executor = ws->get_executor();
   asio::co_spawn(
       executor,
