@@ -10,8 +10,8 @@
 #
 # Broker I listens on loopback: peers BASE+I, cluster BASE+100+I, REST BASE+200+I,
 # gRPC BASE+300+I, WebSocket links BASE+400+I (BASE: MESH_CLUSTER_BASE_PORT, default 17700).
-# Data, logs and the cluster secret live in MESH_CLUSTER_DIR (default ./local-cluster). The binary is MESH_BROKER, else
-# build/broker/mesh-broker (built by scripts/build.sh).
+# Data, logs and the cluster secret live in MESH_CLUSTER_DIR (default ./local-cluster). The
+# binary is MESH_BROKER, else build/broker/mesh-broker (built by scripts/build.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
