@@ -152,7 +152,6 @@ class WebSocket final : public ByteStream {
     head_[1] = static_cast<uint8_t>(size);
     head_size_ = raw ? 0 : kLengthPrefixSize;
     head_at_ = 0;
-    if (size == 0 && !raw) head_size_ = kLengthPrefixSize;  // an empty message: a zero length
   }
 
   size_t Take(asio::mutable_buffer buffer) {

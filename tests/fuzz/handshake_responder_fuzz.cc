@@ -1,48 +1,24 @@
 // Fuzzes the responder side of a link as the broker runs it: peer::Link::Accept reads the
 // input as everything an initiator sends (preamble, length-prefixed handshake messages) over a
 // real socket pair, then sees the end of the stream. It must fail cleanly, never crash or hang.
-#include <google/protobuf/stubs/logging.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
-#include <cstdint>
 
 #include "peer/peer.h"
-
-namespace {
-
-const mesh::crypto::KeyPair& ResponderKey() {
-  static const mesh::crypto::KeyPair key = mesh::crypto::KeyPair::Generate();
-  return key;
-}
-
-}  // namespace
+#include "tests/fuzz/socket_input.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  google::protobuf::SetLogHandler(nullptr);
-  (void)mesh::crypto::Init();
+  mesh::fuzz::InitLinkFuzzing();
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace mesh;
   if (size > 8192) return 0;  // larger inputs only fill socket buffers
-  int fds[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 0;
-  size_t written = 0;
-  while (written < size) {
-    ssize_t n = write(fds[1], data + written, size - written);
-    if (n <= 0) break;
-    written += static_cast<size_t>(n);
-  }
-  shutdown(fds[1], SHUT_WR);
-
   boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.assign(boost::asio::ip::tcp::v4(), fds[0]);
+  int writer = -1;
+  auto socket = fuzz::SocketReading(io, data, size, writer);
+  if (!socket) return 0;
   static peer::LinkStats stats;
   peer::LinkConfig config;
   config.handshake_timeout = std::chrono::milliseconds(2000);
@@ -51,12 +27,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   boost::asio::co_spawn(
       io,
       [&]() -> peer::awaitable<void> {
-        auto link = co_await peer::Link::Accept(std::move(socket), ResponderKey(), hello,
+        auto link = co_await peer::Link::Accept(std::move(*socket), fuzz::ResponderKey(), hello,
                                                 peer::LinkKind::kPeer, config, stats);
         if (link.ok()) (*link)->Close(absl::OkStatus());
       },
       boost::asio::detached);
   io.run();
-  close(fds[1]);
+  close(writer);
   return 0;
 }

@@ -4,13 +4,12 @@
 // that keeps the invariants below or is refused with an error; nothing may crash or hang.
 #include <google/protobuf/stubs/logging.h>
 
-#include <cstdint>
-#include <cstdlib>
-#include <string_view>
-
 #include <boost/beast/core/buffers_prefix.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "broker/control/rest_routes.h"
 #include "mesh/v1/control.pb.h"
