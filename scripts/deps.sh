@@ -20,7 +20,13 @@ if [[ ${1:-} != build ]]; then
     # tests and benchmarks
     libgtest-dev libgmock-dev libbenchmark-dev python3 python3-dissononce procps
     python3-grpcio prometheus curl wrk openssl
+    # the TypeScript client's tests (web/): a real browser, driven headless
+    chromium
   )
+  # Node 18 or later and npm for web/: Debian's, unless a Node is already on PATH (one from
+  # NodeSource bundles npm, and Debian's npm package would fight it).
+  command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+  command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 fi
 
 missing=()

@@ -1,0 +1,106 @@
+// Constants and the record layer of the wire protocol v1 (docs/PROTOCOL.md), as peer/wire.h
+// has them: the preamble, refusals, and frames cut into flags-byte + chunk records.
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+
+import { concat } from "./bytes.js";
+import { type Frame, FrameSchema } from "./gen/mesh/v1/wire_pb.js";
+import type { Suite } from "./noise.js";
+
+export const kProtocolVersion = 1;
+export const kPreambleSize = 8;
+const kMagic = [0x4d, 0x45, 0x53, 0x48]; // "MESH"
+const kRefusalMarker = 0xff;
+export const kWebSocketPath = "/v1/link";
+export const kWebSocketProtocol = "mesh.v1";
+
+export const kSuiteIds: Record<Suite, number> = { AESGCM: 1, ChaChaPoly: 2 };
+export const kSuites: Suite[] = ["AESGCM", "ChaChaPoly"];
+
+export const kMaxNoiseMessage = 65535;
+export const kMaxHandshakeMessage = 1024;
+const kFlagFin = 0x01;
+export const kRecordOverhead = 1 + 16; // flags byte + AEAD tag
+export const kMaxChunk = kMaxNoiseMessage - kRecordOverhead; // 65518
+// A frame may be max_payload plus this (the envelope around a Send's payload).
+export const kFrameOverhead = 4096;
+export const kMissedHeartbeats = 3;
+
+// "MESH", version, suite id, link kind (0: a peer), zero. It is also the Noise prologue.
+export function encodePreamble(suite: Suite): Uint8Array {
+  return Uint8Array.of(...kMagic, kProtocolVersion, kSuiteIds[suite], 0, 0);
+}
+
+export interface Refusal {
+  reason: "version" | "suite" | "link_kind" | "unknown";
+  suites: Suite[]; // what the refusing side speaks
+}
+
+// The broker's answer to a preamble it will not serve, if `bytes` is one.
+export function parseRefusal(bytes: Uint8Array): Refusal | undefined {
+  if (bytes.length !== kPreambleSize || kMagic.some((b, i) => bytes[i] !== b)) return undefined;
+  if (bytes[4] !== kRefusalMarker) return undefined;
+  const reasons = { 1: "version", 2: "suite", 3: "link_kind" } as const;
+  return {
+    reason: reasons[bytes[5] as 1 | 2 | 3] ?? "unknown",
+    suites: kSuites.filter((suite) => (bytes[6] & (1 << (kSuiteIds[suite] - 1))) !== 0),
+  };
+}
+
+export function encodeFrame(frame: Frame): Uint8Array {
+  return toBinary(FrameSchema, frame);
+}
+
+// Record plaintexts for one frame: each a flags byte and at most kMaxChunk bytes of it, the
+// last one flagged FIN.
+export function frameRecords(serialized: Uint8Array): Uint8Array[] {
+  const records: Uint8Array[] = [];
+  let at = 0;
+  do {
+    const chunk = serialized.subarray(at, at + kMaxChunk);
+    at += chunk.length;
+    records.push(concat(Uint8Array.of(at === serialized.length ? kFlagFin : 0), chunk));
+  } while (at < serialized.length);
+  return records;
+}
+
+export class WireError extends Error {
+  constructor(
+    message: string,
+    readonly reason: "bad_record" | "frame_too_large" | "malformed_frame",
+  ) {
+    super(message);
+    this.name = "WireError";
+  }
+}
+
+// Reassembles frames from record plaintexts: push() returns a frame once its FIN record came.
+export class FrameAssembler {
+  private chunks: Uint8Array[] = [];
+  private size = 0;
+
+  constructor(private readonly maxFrame: number) {}
+
+  get inFrame(): boolean {
+    return this.chunks.length > 0;
+  }
+
+  push(plaintext: Uint8Array): Frame | undefined {
+    if (plaintext.length < 1) throw new WireError("record without a flags byte", "bad_record");
+    const flags = plaintext[0];
+    if ((flags & ~kFlagFin) !== 0) throw new WireError(`unknown record flags ${flags}`, "bad_record");
+    this.size += plaintext.length - 1;
+    if (this.size > this.maxFrame) {
+      throw new WireError(`frame over ${this.maxFrame} bytes`, "frame_too_large");
+    }
+    this.chunks.push(plaintext.subarray(1));
+    if ((flags & kFlagFin) === 0) return undefined;
+    const serialized = this.chunks.length === 1 ? this.chunks[0] : concat(...this.chunks);
+    this.chunks = [];
+    this.size = 0;
+    try {
+      return fromBinary(FrameSchema, serialized);
+    } catch (e) {
+      throw new WireError(`not a mesh.v1.Frame: ${(e as Error).message}`, "malformed_frame");
+    }
+  }
+}
