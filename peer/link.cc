@@ -213,6 +213,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
     auto hs = crypto::HandshakeState::Create(std::move(hs_config));
     if (!hs.ok()) co_return LinkError(mesh::v1::UNSUPPORTED_SUITE, hs.status().message());
 
+    hello.set_packed_records(true);  // ProcessRecords reads them
     const std::string hello_bytes = hello.SerializeAsString();
     const crypto::ByteSpan hello_span(reinterpret_cast<const uint8_t*>(hello_bytes.data()),
                                       hello_bytes.size());
@@ -282,6 +283,7 @@ awaitable<absl::Status> Link::Handshake(const crypto::KeyPair& key, mesh::v1::He
     send_ = std::move(ciphers.send);
     receive_ = std::move(ciphers.receive);
     remote_id_ = *hs->remote_static();
+    pack_records_ = remote_hello_.packed_records();
     co_return absl::OkStatus();
   }();
 
@@ -486,6 +488,19 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
     }
     head_decrypted_ = false;
     consumed += kLengthPrefixSize + length;
+    if ((message[0] & kFlagPacked) != 0) {
+      if (assembler_.in_progress()) {
+        return LinkError(mesh::v1::BAD_RECORD, "a packed record inside a frame of several");
+      }
+      completed_frame = true;
+      auto status = ForEachPackedFrame(
+          {message, length - crypto::kTagSize}, config_.max_frame(),
+          [&](crypto::ByteSpan frame) {
+            return closing_ ? absl::OkStatus() : Dispatch(frame, on_frame);
+          });
+      if (!status.ok()) return status;
+      continue;
+    }
     auto frame = assembler_.Push({message, length - crypto::kTagSize});
     if (!frame.ok()) return frame.status();
     if (!frame->has_value()) continue;
@@ -565,13 +580,22 @@ void Link::SendMessage(const google::protobuf::MessageLite& frame) {
     Close(LinkError(mesh::v1::NONCE_EXHAUSTED, "send nonce limit reached; reconnect"));
     return;
   }
-  if (auto status = AppendFrameRecords(frame, send_, scratch_, out_); !status.ok()) {
+  if (auto status = AppendFrame(frame); !status.ok()) {
     Close(status);
     return;
   }
-  ShrinkIfLarge(scratch_);
   stats_.frames_sent.fetch_add(1, std::memory_order_relaxed);
   WakeWriter();
+}
+
+// Frames a writer finds queued together go out packed into as few records as fit, when the
+// other side reads packed records: one AEAD call and one transport message for many small
+// frames (a WebSocket pays per message).
+absl::Status Link::AppendFrame(const google::protobuf::MessageLite& frame) {
+  if (pack_records_) return AppendPackedFrame(frame, send_, out_, open_record_);
+  absl::Status status = AppendFrameRecords(frame, send_, scratch_, out_);
+  ShrinkIfLarge(scratch_);
+  return status;
 }
 
 // Cancelling the timer takes the reactor's lock: only done when the writer sleeps on it.
@@ -592,11 +616,11 @@ void Link::Close(absl::Status reason) {
     if (kind_ == LinkKind::kCluster) {
       mesh::v1::ClusterFrame frame;
       *frame.mutable_error() = std::move(error);
-      (void)AppendFrameRecords(frame, send_, scratch_, out_);
+      (void)AppendFrame(frame);
     } else {
       mesh::v1::Frame frame;
       *frame.mutable_error() = std::move(error);
-      (void)AppendFrameRecords(frame, send_, scratch_, out_);
+      (void)AppendFrame(frame);
     }
   }
   write_signal_.cancel();
@@ -614,6 +638,10 @@ awaitable<void> Link::WriteLoop() {
       co_await write_signal_.async_wait(redirect_error(use_awaitable, ec));
       writer_waiting_ = false;
       continue;
+    }
+    if (auto status = SealPackedRecord(send_, out_, open_record_); !status.ok()) {
+      Close(status);
+      break;
     }
     std::swap(out_, in_flight_);
     write_started_ = Clock::now();

@@ -157,6 +157,7 @@ class Link : public std::enable_shared_from_this<Link> {
   absl::Status Dispatch(crypto::ByteSpan frame_bytes, FrameHandler& on_frame);
   absl::Status DispatchCluster(crypto::ByteSpan frame_bytes);
   void SendMessage(const google::protobuf::MessageLite& frame);
+  absl::Status AppendFrame(const google::protobuf::MessageLite& frame);
   awaitable<void> WriteLoop();
   awaitable<void> Watchdog();
   // The reason an I/O error ended the link: a deadline the watchdog enforced, or the error.
@@ -191,6 +192,8 @@ class Link : public std::enable_shared_from_this<Link> {
   bool head_decrypted_ = false;  // the record at the front of read_buffer_ waits for budget
   crypto::Bytes scratch_;
   crypto::Bytes out_;        // records queued, not yet handed to the socket
+  bool pack_records_ = false;            // the other side's Hello says it reads packed records
+  std::optional<size_t> open_record_;    // where in out_ the packed record being filled starts
   crypto::Bytes in_flight_;  // records being written
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer write_signal_;  // cancelled to wake the writer

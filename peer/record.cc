@@ -99,6 +99,83 @@ absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
   return absl::OkStatus();
 }
 
+namespace {
+
+void PutLength(uint8_t* p, size_t length) {
+  p[0] = static_cast<uint8_t>(length >> 8);
+  p[1] = static_cast<uint8_t>(length);
+}
+
+}  // namespace
+
+absl::Status AppendPackedFrame(const google::protobuf::MessageLite& frame,
+                               crypto::CipherState& send, crypto::Bytes& out,
+                               std::optional<size_t>& open_at) {
+  const size_t size = frame.ByteSizeLong();
+  if (size > kMaxPackedFrame) {
+    if (auto status = SealPackedRecord(send, out, open_at); !status.ok()) return status;
+    crypto::Bytes scratch;
+    return AppendFrameRecords(frame, send, scratch, out);
+  }
+  // The open record's plaintext runs from after its length prefix to the end of `out`.
+  if (open_at && out.size() - *open_at - kLengthPrefixSize + kPackedLengthSize + size >
+                     kFlagsSize + kMaxChunk) {
+    if (auto status = SealPackedRecord(send, out, open_at); !status.ok()) return status;
+  }
+  if (!open_at) {
+    open_at = out.size();
+    out.resize(out.size() + kLengthPrefixSize);  // filled in when sealed
+    out.push_back(kFlagFin | kFlagPacked);
+  }
+  const size_t at = out.size();
+  out.resize(at + kPackedLengthSize + size);
+  PutLength(out.data() + at, size);
+  frame.SerializeWithCachedSizesToArray(out.data() + at + kPackedLengthSize);
+  return absl::OkStatus();
+}
+
+absl::Status SealPackedRecord(crypto::CipherState& send, crypto::Bytes& out,
+                              std::optional<size_t>& open_at) {
+  if (!open_at) return absl::OkStatus();
+  const size_t start = *open_at;
+  open_at.reset();
+  const size_t plaintext = out.size() - start - kLengthPrefixSize;
+  out.resize(out.size() + crypto::kTagSize);
+  PutLength(out.data() + start, plaintext + crypto::kTagSize);
+  uint8_t* message = out.data() + start + kLengthPrefixSize;
+  if (auto status = send.EncryptWithAd({}, {message, plaintext}, message); !status.ok()) {
+    out.resize(start);
+    return LinkError(mesh::v1::NONCE_EXHAUSTED, status.message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ForEachPackedFrame(crypto::ByteSpan record, size_t max_frame,
+                                const std::function<absl::Status(crypto::ByteSpan)>& on_frame) {
+  if (record.empty() || record[0] != (kFlagFin | kFlagPacked)) {
+    return LinkError(mesh::v1::BAD_RECORD, "a packed record must have flags FIN|PACKED alone");
+  }
+  crypto::ByteSpan rest = record.subspan(kFlagsSize);
+  if (rest.empty()) return LinkError(mesh::v1::BAD_RECORD, "a packed record without frames");
+  while (!rest.empty()) {
+    if (rest.size() < kPackedLengthSize) {
+      return LinkError(mesh::v1::BAD_RECORD, "a packed record ends inside a length");
+    }
+    const size_t size = (size_t{rest[0]} << 8) | rest[1];
+    rest = rest.subspan(kPackedLengthSize);
+    if (size > rest.size()) {
+      return LinkError(mesh::v1::BAD_RECORD, "a packed frame runs past its record");
+    }
+    if (size > max_frame) {
+      return LinkError(mesh::v1::FRAME_TOO_LARGE,
+                       absl::StrCat("frame exceeds the maximum of ", max_frame, " bytes"));
+    }
+    if (auto status = on_frame(rest.first(size)); !status.ok()) return status;
+    rest = rest.subspan(size);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::optional<crypto::ByteSpan>> FrameAssembler::Push(crypto::ByteSpan record) {
   if (completed_) Reset();
   if (record.empty()) return LinkError(mesh::v1::BAD_RECORD, "record without a flags byte");

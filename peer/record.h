@@ -3,6 +3,7 @@
 // Kept free of sockets so that tests and fuzzers drive it directly.
 #pragma once
 
+#include <functional>
 #include <optional>
 
 #include "absl/status/status.h"
@@ -27,6 +28,21 @@ std::string ReasonName(mesh::v1::ErrorCode code);
 absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
                                 crypto::CipherState& send, crypto::Bytes& scratch,
                                 crypto::Bytes& out);
+
+// Appends `frame` to the packed record open at the end of `out` (`open_at` is where it starts),
+// opening one when there is none or it is full. A frame too large for a packed record is sealed
+// off as records of its own, after the open record is sealed.
+absl::Status AppendPackedFrame(const google::protobuf::MessageLite& frame,
+                               crypto::CipherState& send, crypto::Bytes& out,
+                               std::optional<size_t>& open_at);
+// Finishes the open packed record, if any: its length prefix and encryption.
+absl::Status SealPackedRecord(crypto::CipherState& send, crypto::Bytes& out,
+                              std::optional<size_t>& open_at);
+// Calls `on_frame` with each frame of a packed record's plaintext (flags included), in order,
+// and stops at its first error. Frames over `max_frame`, and records that are not a whole
+// number of frames or hold none, are protocol violations.
+absl::Status ForEachPackedFrame(crypto::ByteSpan record, size_t max_frame,
+                                const std::function<absl::Status(crypto::ByteSpan)>& on_frame);
 
 // Reassembles frames from decrypted record plaintexts. Single-record frames pass through
 // without a copy.

@@ -31,8 +31,13 @@ inline constexpr size_t kMaxHandshakeMessage = 1024;
 // Record layer: a transport message's plaintext is a flags byte and a chunk of a frame.
 inline constexpr size_t kFlagsSize = 1;
 inline constexpr uint8_t kFlagFin = 0x01;
+// A packed record (with FIN): whole frames, each after its length (2 bytes big-endian). Sent
+// only to a side whose Hello has packed_records.
+inline constexpr uint8_t kFlagPacked = 0x02;
+inline constexpr size_t kPackedLengthSize = 2;
 inline constexpr size_t kRecordOverhead = kFlagsSize + crypto::kTagSize;
 inline constexpr size_t kMaxChunk = kMaxNoiseMessage - kRecordOverhead;  // 65518
+inline constexpr size_t kMaxPackedFrame = kMaxChunk - kPackedLengthSize;
 
 // max_frame = max_payload + this, for the envelope around a Send's payload.
 inline constexpr size_t kFrameOverhead = 4096;

@@ -1,6 +1,7 @@
 // Fuzzes the record-layer decoder: the input is a byte stream of length-prefixed transport
 // messages, split as a link splits them, opened by a CipherState (keyless, so the fuzzer reaches
-// the plaintext paths, or keyed on the input's first bit), reassembled and parsed into Frames.
+// the plaintext paths, or keyed on the input's first bit), reassembled (or unpacked, for packed
+// records) and parsed into Frames.
 #include <google/protobuf/stubs/logging.h>
 
 #include <cstdint>
@@ -33,6 +34,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (receive.HasKey()) {
       if (!receive.DecryptWithAd({}, {message, length}, message).ok()) break;
       plain -= crypto::kTagSize;
+    }
+    if (plain > 0 && (message[0] & peer::kFlagPacked) != 0 && !assembler.in_progress()) {
+      auto status = peer::ForEachPackedFrame({message, plain}, max_frame, [](crypto::ByteSpan f) {
+        auto frame = peer::ParseFrame(f);
+        return frame.ok() ? absl::OkStatus() : frame.status();
+      });
+      if (!status.ok()) break;
+      continue;
     }
     auto frame_bytes = assembler.Push({message, plain});
     if (!frame_bytes.ok()) {

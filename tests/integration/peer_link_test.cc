@@ -295,6 +295,41 @@ TEST_F(PeerLinkTest, UnknownRecordFlagsGetErrorFrame) {
   ExpectLoggedAndCounted("bad_record");
 }
 
+// A peer may pack frames into one record (the broker's Hello says it reads them): two Pings
+// in one record get their Pongs in order. This raw peer's Hello does not offer packed records,
+// so the broker answers it unpacked (ReadFrame reads only plain records).
+TEST_F(PeerLinkTest, PackedRecordFromAPeerIsReadFrameByFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  ASSERT_TRUE(raw.broker_hello().packed_records());
+  crypto::Bytes record{peer::kFlagFin | peer::kFlagPacked};
+  for (uint64_t nonce : {7, 8}) {
+    mesh::v1::Frame ping;
+    ping.mutable_ping()->set_nonce(nonce);
+    const std::string bytes = ping.SerializeAsString();
+    record.push_back(0);
+    record.push_back(static_cast<uint8_t>(bytes.size()));
+    record.insert(record.end(), bytes.begin(), bytes.end());
+  }
+  ASSERT_TRUE(raw.SendRecord(*conn, record));
+  for (uint64_t nonce : {7, 8}) {
+    auto pong = raw.ReadFrame(*conn, /*answer_pings=*/false);
+    ASSERT_TRUE(pong.has_value()) << broker_->Log();
+    EXPECT_EQ(pong->pong().nonce(), nonce);
+  }
+}
+
+TEST_F(PeerLinkTest, PackedRecordRunningPastItsEndGetsErrorFrame) {
+  StartBroker();
+  RawNoiseClient raw;
+  auto conn = EstablishRaw(raw);
+  ASSERT_TRUE(raw.SendRecord(*conn, crypto::Bytes{peer::kFlagFin | peer::kFlagPacked, 0, 9, 0x32}));
+  ExpectErrorFrameThenClose(raw, *conn, mesh::v1::BAD_RECORD);
+  ExpectServes();
+  ExpectLoggedAndCounted("bad_record");
+}
+
 TEST_F(PeerLinkTest, FrameInTheWrongDirectionGetsErrorFrame) {
   StartBroker();
   RawNoiseClient raw;

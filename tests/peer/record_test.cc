@@ -33,7 +33,18 @@ class RecordTest : public ::testing::Test {
       uint8_t* message = wire.data() + at + kLengthPrefixSize;
       EXPECT_TRUE(receive_.DecryptWithAd({}, {message, length}, message).ok());
       at += kLengthPrefixSize + length;
-      auto bytes = assembler.Push({message, length - crypto::kTagSize});
+      const crypto::ByteSpan record(message, length - crypto::kTagSize);
+      if ((message[0] & kFlagPacked) != 0) {
+        status = ForEachPackedFrame(record, kDefaultMaxPayload + kFrameOverhead,
+                                    [&](crypto::ByteSpan frame) {
+                                      frames.push_back(*ParseFrame(frame));
+                                      return absl::OkStatus();
+                                    });
+        if (!status.ok()) return frames;
+        ++packed_records_;
+        continue;
+      }
+      auto bytes = assembler.Push(record);
       if (!bytes.ok()) {
         status = bytes.status();
         return frames;
@@ -52,6 +63,7 @@ class RecordTest : public ::testing::Test {
 
   CipherState send_, receive_;
   Bytes scratch_;
+  size_t packed_records_ = 0;
 };
 
 TEST_F(RecordTest, ChunksAndReassemblesFramesAroundTheChunkBoundary) {
@@ -162,6 +174,66 @@ TEST(SplitHostPort, SplitsNamesV6AndEmptyHosts) {
   EXPECT_EQ(SplitHostPort(":0")->first, "");
   EXPECT_FALSE(SplitHostPort("no-port").ok());
   EXPECT_FALSE(SplitHostPort("host:").ok());
+}
+
+}  // namespace
+}  // namespace mesh::peer
+
+namespace mesh::peer {
+namespace {
+
+// Packed records: small frames share a record until it is full; a frame too large for one goes
+// out as records of its own, after the open one is sealed, so the order holds.
+TEST_F(RecordTest, PacksSmallFramesIntoFewRecordsInOrder) {
+  Bytes wire;
+  std::optional<size_t> open;
+  std::vector<size_t> sizes;
+  for (size_t i = 0; i < 3000; ++i) sizes.push_back(i % 7 == 0 ? 300 : 40);
+  sizes.push_back(kMaxPackedFrame + 100);  // its own records
+  sizes.push_back(10);
+  for (size_t size : sizes) ASSERT_TRUE(AppendPackedFrame(SendOf(size), send_, wire, open).ok());
+  ASSERT_TRUE(SealPackedRecord(send_, wire, open).ok());
+  EXPECT_FALSE(open.has_value());
+  FrameAssembler assembler(kDefaultMaxPayload + kFrameOverhead);
+  absl::Status status;
+  auto frames = Decode(wire, assembler, status);
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(frames.size(), sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    EXPECT_EQ(frames[i].send().payload().size(), sizes[i]) << i;
+  }
+  // 3000 small frames (about 170 KB) fill a few records of 64 KiB, plus the one after the large
+  // frame; the large frame is not packed.
+  EXPECT_GE(packed_records_, 3u);
+  EXPECT_LE(packed_records_, 5u);
+}
+
+TEST_F(RecordTest, SealingWithNothingOpenWritesNothing) {
+  Bytes wire;
+  std::optional<size_t> open;
+  ASSERT_TRUE(SealPackedRecord(send_, wire, open).ok());
+  EXPECT_TRUE(wire.empty());
+  EXPECT_EQ(send_.nonce(), 0u);
+}
+
+TEST_F(RecordTest, RefusesMalformedPackedRecords) {
+  auto reason = [](Bytes record, size_t max_frame = 1000) {
+    size_t frames = 0;
+    auto status = ForEachPackedFrame(record, max_frame, [&](crypto::ByteSpan) {
+      ++frames;
+      return absl::OkStatus();
+    });
+    return status.ok() ? std::string("ok ") + std::to_string(frames)
+                       : ReasonName(ErrorCodeOf(status));
+  };
+  const uint8_t packed = kFlagFin | kFlagPacked;
+  EXPECT_EQ(reason({packed, 0, 2, 0x32, 0x00, 0, 0}), "ok 2");
+  EXPECT_EQ(reason({packed}), "bad_record");                      // no frames
+  EXPECT_EQ(reason({kFlagPacked, 0, 2, 0x32, 0x00}), "bad_record");  // without FIN
+  EXPECT_EQ(reason({packed | 0x04, 0, 2, 0x32, 0x00}), "bad_record");
+  EXPECT_EQ(reason({packed, 0, 2, 0x32, 0x00, 0}), "bad_record");  // ends inside a length
+  EXPECT_EQ(reason({packed, 0, 9, 0x32, 0x00}), "bad_record");     // runs past the record
+  EXPECT_EQ(reason({packed, 0, 2, 0x32, 0x00}, 1), "frame_too_large");
 }
 
 }  // namespace

@@ -25,6 +25,7 @@ import {
   kMissedHeartbeats,
   kProtocolVersion,
   kWebSocketProtocol,
+  packedRecords,
   parseRefusal,
   WireError,
 } from "./wire.js";
@@ -101,7 +102,11 @@ async function handshake(WebSocket: WebSocketConstructor, options: ConnectOption
     const brokerId = noise.remoteStatic!;
     // Checked before message 3 carries our key to a broker we do not trust.
     if (options.trust) checkBroker(options.trust, brokerId, brokerHello.nodeCert);
-    const hello = create(HelloSchema, { protocolVersion: kProtocolVersion, agent: options.agent ?? "mesh-web/0.1" });
+    const hello = create(HelloSchema, {
+      protocolVersion: kProtocolVersion,
+      agent: options.agent ?? "mesh-web/0.1",
+      packedRecords: true, // run() reads them
+    });
     socket.send(noise.writeMessage(toBinary(HelloSchema, hello)));
     return new Link(socket, noise.split(), suite, brokerId, brokerHello);
   } catch (e) {
@@ -117,6 +122,7 @@ export class Link {
   private lastSent = Date.now();
   private lastReceived = Date.now();
   private ended: LinkError | undefined;
+  private queued: Uint8Array[] = [];
 
   constructor(
     private readonly socket: MessageSocket,
@@ -144,11 +150,20 @@ export class Link {
     return this.socket.buffered;
   }
 
+  // Queues a frame; the frames queued in one turn of the event loop go out together, packed
+  // into few records when the broker reads packed records (one WebSocket message for many).
   send(frame: Frame): void {
     if (this.closed) return;
-    for (const record of frameRecords(encodeFrame(frame))) {
-      this.socket.send(this.ciphers.send.encryptWithAd(new Uint8Array(0), record));
-    }
+    this.queued.push(encodeFrame(frame));
+    if (this.queued.length === 1) queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    const frames = this.queued;
+    this.queued = [];
+    if (this.closed || frames.length === 0) return;
+    const records = this.brokerHello.packedRecords ? packedRecords(frames) : frames.flatMap(frameRecords);
+    for (const record of records) this.socket.send(this.ciphers.send.encryptWithAd(new Uint8Array(0), record));
     this.lastSent = Date.now();
   }
 
@@ -160,18 +175,18 @@ export class Link {
       for (;;) {
         const record = await this.socket.receive();
         this.lastReceived = Date.now();
-        const frame = this.assembler.push(this.ciphers.receive.decryptWithAd(new Uint8Array(0), record));
-        if (!frame) continue;
-        if (frame.body.case === "ping") {
-          this.send(create(FrameSchema, { body: { case: "pong", value: { nonce: frame.body.value.nonce } } }));
-          continue;
+        const frames = this.assembler.push(this.ciphers.receive.decryptWithAd(new Uint8Array(0), record));
+        for (const frame of frames) {
+          if (this.ended) break;
+          if (frame.body.case === "ping") {
+            this.send(create(FrameSchema, { body: { case: "pong", value: { nonce: frame.body.value.nonce } } }));
+          } else if (frame.body.case === "error") {
+            const code = (ErrorCode[frame.body.value.code] ?? String(frame.body.value.code)).toLowerCase();
+            this.end(new LinkError(`the broker closed the link: ${code} ${frame.body.value.message}`, code), 1000);
+          } else {
+            onFrame(frame);
+          }
         }
-        if (frame.body.case === "error") {
-          const code = ErrorCode[frame.body.value.code] ?? String(frame.body.value.code);
-          this.end(new LinkError(`the broker closed the link: ${code.toLowerCase()} ${frame.body.value.message}`, code.toLowerCase()), 1000);
-          continue;
-        }
-        onFrame(frame);
       }
     } catch (e) {
       const error = linkErrorOf(e);
@@ -208,6 +223,7 @@ export class Link {
 
   private end(error: LinkError, code: number): void {
     if (this.ended) return;
+    this.flush(); // what was queued (acks, an Error frame) goes out before the close
     this.ended = error;
     this.socket.close(code, error.reason.slice(0, 100));
   }

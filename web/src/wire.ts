@@ -19,6 +19,10 @@ export const kSuites: Suite[] = ["AESGCM", "ChaChaPoly"];
 export const kMaxNoiseMessage = 65535;
 export const kMaxHandshakeMessage = 1024;
 const kFlagFin = 0x01;
+// A packed record (with FIN): whole frames, each after its 2-byte big-endian length. Sent only
+// to a side whose Hello has packed_records.
+const kFlagPacked = 0x02;
+const kPackedLengthSize = 2;
 export const kRecordOverhead = 1 + 16; // flags byte + AEAD tag
 export const kMaxChunk = kMaxNoiseMessage - kRecordOverhead; // 65518
 // A frame may be max_payload plus this (the envelope around a Send's payload).
@@ -63,6 +67,33 @@ export function frameRecords(serialized: Uint8Array): Uint8Array[] {
   return records;
 }
 
+// Record plaintexts for frames sent together to a side that reads packed records: the small ones
+// share records, in order; one too large for a packed record goes as its own records.
+export function packedRecords(frames: Uint8Array[]): Uint8Array[] {
+  const records: Uint8Array[] = [];
+  let open: Uint8Array[] = [];
+  let openSize = 1;
+  const seal = () => {
+    if (open.length === 0) return;
+    records.push(concat(Uint8Array.of(kFlagFin | kFlagPacked), ...open));
+    open = [];
+    openSize = 1;
+  };
+  for (const frame of frames) {
+    const entry = kPackedLengthSize + frame.length;
+    if (1 + entry > 1 + kMaxChunk) {
+      seal();
+      records.push(...frameRecords(frame));
+      continue;
+    }
+    if (openSize + entry > 1 + kMaxChunk) seal();
+    open.push(Uint8Array.of(frame.length >> 8, frame.length & 0xff), frame);
+    openSize += entry;
+  }
+  seal();
+  return records;
+}
+
 export class WireError extends Error {
   constructor(
     message: string,
@@ -84,23 +115,50 @@ export class FrameAssembler {
     return this.chunks.length > 0;
   }
 
-  push(plaintext: Uint8Array): Frame | undefined {
+  // The frames this record completes: none, one, or (a packed record) several.
+  push(plaintext: Uint8Array): Frame[] {
     if (plaintext.length < 1) throw new WireError("record without a flags byte", "bad_record");
     const flags = plaintext[0];
+    if ((flags & kFlagPacked) !== 0) return this.unpack(plaintext);
     if ((flags & ~kFlagFin) !== 0) throw new WireError(`unknown record flags ${flags}`, "bad_record");
     this.size += plaintext.length - 1;
     if (this.size > this.maxFrame) {
       throw new WireError(`frame over ${this.maxFrame} bytes`, "frame_too_large");
     }
     this.chunks.push(plaintext.subarray(1));
-    if ((flags & kFlagFin) === 0) return undefined;
+    if ((flags & kFlagFin) === 0) return [];
     const serialized = this.chunks.length === 1 ? this.chunks[0] : concat(...this.chunks);
     this.chunks = [];
     this.size = 0;
-    try {
-      return fromBinary(FrameSchema, serialized);
-    } catch (e) {
-      throw new WireError(`not a mesh.v1.Frame: ${(e as Error).message}`, "malformed_frame");
+    return [parseFrame(serialized)];
+  }
+
+  private unpack(record: Uint8Array): Frame[] {
+    if (record[0] !== (kFlagFin | kFlagPacked)) {
+      throw new WireError("a packed record must have flags FIN|PACKED alone", "bad_record");
     }
+    if (this.inFrame) throw new WireError("a packed record inside a frame of several", "bad_record");
+    if (record.length === 1) throw new WireError("a packed record without frames", "bad_record");
+    const frames: Frame[] = [];
+    for (let at = 1; at < record.length; ) {
+      if (record.length - at < kPackedLengthSize) {
+        throw new WireError("a packed record ends inside a length", "bad_record");
+      }
+      const size = (record[at] << 8) | record[at + 1];
+      at += kPackedLengthSize;
+      if (size > record.length - at) throw new WireError("a packed frame runs past its record", "bad_record");
+      if (size > this.maxFrame) throw new WireError(`frame over ${this.maxFrame} bytes`, "frame_too_large");
+      frames.push(parseFrame(record.subarray(at, at + size)));
+      at += size;
+    }
+    return frames;
+  }
+}
+
+function parseFrame(serialized: Uint8Array): Frame {
+  try {
+    return fromBinary(FrameSchema, serialized);
+  } catch (e) {
+    throw new WireError(`not a mesh.v1.Frame: ${(e as Error).message}`, "malformed_frame");
   }
 }

@@ -4,10 +4,10 @@ import { test } from "node:test";
 import { create, equals } from "@bufbuild/protobuf";
 
 import { fromBase64Url, toBase64Url } from "../src/bytes.js";
-import { FrameSchema } from "../src/gen/mesh/v1/wire_pb.js";
+import { type Frame, FrameSchema } from "../src/gen/mesh/v1/wire_pb.js";
 import { formatKeyFile, generateKeyPair, parseKeyFile, parsePeerId, peerIdText } from "../src/keys.js";
 import { openSealed, sealPayload } from "../src/seal.js";
-import { encodeFrame, encodePreamble, FrameAssembler, frameRecords, kMaxChunk, parseRefusal, WireError } from "../src/wire.js";
+import { encodeFrame, encodePreamble, FrameAssembler, frameRecords, kMaxChunk, packedRecords, parseRefusal, WireError } from "../src/wire.js";
 
 test("frames round-trip through records, large ones in several chunks", () => {
   const payload = new Uint8Array(3 * kMaxChunk + 5).map((_, i) => i & 0xff);
@@ -19,10 +19,42 @@ test("frames round-trip through records, large ones in several chunks", () => {
     const records = frameRecords(encodeFrame(frame));
     const assembler = new FrameAssembler(payload.length + 4096);
     const out = records.map((record) => assembler.push(record));
-    assert.ok(out.slice(0, -1).every((f) => f === undefined));
-    assert.ok(equals(FrameSchema, out.at(-1)!, frame));
+    assert.ok(out.slice(0, -1).every((f) => f.length === 0));
+    assert.equal(out.at(-1)!.length, 1);
+    assert.ok(equals(FrameSchema, out.at(-1)![0], frame));
     assert.ok(records.every((r) => r.length <= kMaxChunk + 1));
   }
+});
+
+test("small frames share packed records, in order; a large one goes alone", () => {
+  const frames: Frame[] = [];
+  for (let i = 0; i < 3000; i++) {
+    frames.push(create(FrameSchema, { body: { case: "deliverAck", value: { seqs: [BigInt(i)] } } }));
+  }
+  frames.push(create(FrameSchema, { body: { case: "send", value: { payload: new Uint8Array(2 * kMaxChunk) } } }));
+  frames.push(create(FrameSchema, { body: { case: "credit", value: { n: 5 } } }));
+  const records = packedRecords(frames.map(encodeFrame));
+  assert.ok(records.length <= 5, `${records.length} records`);
+  const assembler = new FrameAssembler(4 * kMaxChunk);
+  const out = records.flatMap((record) => assembler.push(record));
+  assert.equal(out.length, frames.length);
+  out.forEach((frame, i) => assert.ok(equals(FrameSchema, frame, frames[i]), `frame ${i}`));
+});
+
+test("malformed packed records are refused", () => {
+  const reason = (record: Uint8Array, max = 100) => {
+    try {
+      return `ok ${new FrameAssembler(max).push(record).length}`;
+    } catch (e) {
+      return (e as WireError).reason;
+    }
+  };
+  assert.equal(reason(Uint8Array.of(3, 0, 2, 0x32, 0, 0, 2, 0x32, 0)), "ok 2");
+  assert.equal(reason(Uint8Array.of(3)), "bad_record");
+  assert.equal(reason(Uint8Array.of(2, 0, 2, 0x32, 0)), "bad_record");
+  assert.equal(reason(Uint8Array.of(3, 0, 2, 0x32, 0, 0)), "bad_record");
+  assert.equal(reason(Uint8Array.of(3, 0, 9, 0x32)), "bad_record");
+  assert.equal(reason(Uint8Array.of(3, 0, 2, 0x32, 0), 1), "frame_too_large");
 });
 
 test("an empty frame is one FIN record", () => {
@@ -39,7 +71,7 @@ test("bad records and frames are refused with the broker's reasons", () => {
     return "accepted";
   };
   assert.equal(reason(() => new FrameAssembler(100).push(new Uint8Array(0))), "bad_record");
-  assert.equal(reason(() => new FrameAssembler(100).push(Uint8Array.of(0x03))), "bad_record");
+  assert.equal(reason(() => new FrameAssembler(100).push(Uint8Array.of(0x05))), "bad_record");
   assert.equal(reason(() => new FrameAssembler(4).push(Uint8Array.of(0, 1, 2, 3, 4, 5))), "frame_too_large");
   assert.equal(reason(() => new FrameAssembler(100).push(Uint8Array.of(1, 0xff, 0xff))), "malformed_frame");
 });
