@@ -254,6 +254,9 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(tcp::soc
                                                                         const std::string& path) {
   auto ws = std::make_shared<Ws>(std::move(socket));
   beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(10));
+  // A client masks what it sends through this buffer, one write per buffer's worth: room for a
+  // whole packed record keeps it one write (Beast's default, 4 KiB, made a 64 KiB record 16).
+  ws->write_buffer_bytes(kMaxMessage);
   ws->set_option(websocket::stream_base::decorator([](websocket::request_type& request) {
     request.set(http::field::sec_websocket_protocol, kWebSocketProtocol);
   }));
