@@ -27,8 +27,14 @@ export function fromHex(hex: string): Uint8Array {
   return out;
 }
 
+const kHexPairs = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
+// Also the key of ids in maps (pending sends, dedup): a plain loop over a table, as it runs for
+// every message.
 export function toHex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let out = "";
+  for (let i = 0; i < bytes.length; i++) out += kHexPairs[bytes[i]];
+  return out;
 }
 
 const kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -99,7 +99,9 @@ export class Session {
   private readonly seen = new Map<string, number>(); // dedup key -> expiry (Unix ms)
   private readonly idPrefix = randomBytes(8);
   private idCounter = 0n;
-  private handling: Promise<void> = Promise.resolve(); // deliveries are handled one at a time, in order
+  private busy: Promise<void> | undefined; // an async message handler is running
+  private backlog: [Link, Deliver][] = [];
+  private saveScheduled = false;
   private acks: bigint[] = [];
   private retryHintMs = 0;
   private replaced = false;
@@ -127,6 +129,11 @@ export class Session {
     for (const [key, expires] of options.dedupStore?.load() ?? []) {
       if (expires > now) this.seen.set(key, expires);
     }
+  }
+
+  // This session's peer ID: its static public key.
+  get publicKey(): Uint8Array {
+    return this.options.key.publicKey;
   }
 
   get peerId(): string {
@@ -290,7 +297,7 @@ export class Session {
       }
       case "deliver": {
         const deliver = frame.body.value;
-        this.handling = this.handling.then(() => this.onDeliver(link, deliver));
+        this.onDeliver(link, deliver);
         return;
       }
       case "goAway": {
@@ -314,13 +321,23 @@ export class Session {
     }
   }
 
-  private async onDeliver(link: Link, deliver: Deliver): Promise<void> {
+  // Deliveries are handled one at a time, in order: while an async handler runs, the next ones
+  // wait in `backlog`. A handler that returns at once costs no promise.
+  private onDeliver(link: Link, deliver: Deliver): void {
+    if (this.busy) {
+      this.backlog.push([link, deliver]);
+      return;
+    }
+    this.handle(link, deliver);
+  }
+
+  private handle(link: Link, deliver: Deliver): void {
     if (link.closed) return; // redelivered on the next link
-    const key = toHex(deliver.from) + toHex(deliver.id);
     if (deliver.from.length !== 32 || deliver.id.length !== 16) {
       this.ack(link, deliver.seq); // acked, never shown
       return;
     }
+    const key = toHex(deliver.from) + toHex(deliver.id);
     const seenUntil = this.seen.get(key);
     if (seenUntil !== undefined && seenUntil > Date.now()) {
       this.stats.duplicatesDropped++;
@@ -341,15 +358,40 @@ export class Session {
         message.sealError = (e as Error).message;
       }
     }
+    const handled = () => {
+      this.stats.received++;
+      this.seen.set(key, Date.now() + this.options.dedupWindowMs);
+      this.saveDedup();
+      this.ack(link, deliver.seq);
+    };
+    let result: void | Promise<void>;
     try {
-      await this.onMessageHandler(message);
+      result = this.onMessageHandler(message);
     } catch {
       return; // not acknowledged: the broker delivers it again on the next link
     }
-    this.stats.received++;
-    this.seen.set(key, Date.now() + this.options.dedupWindowMs);
-    this.options.dedupStore?.save([...this.seen]);
-    this.ack(link, deliver.seq);
+    if (!(result instanceof Promise)) {
+      handled();
+      return;
+    }
+    this.busy = result.then(handled, () => {}).finally(() => {
+      this.busy = undefined;
+      while (this.backlog.length > 0 && !this.busy) {
+        const [nextLink, next] = this.backlog.shift()!;
+        this.handle(nextLink, next);
+      }
+    });
+  }
+
+  // The dedup store is written once per turn of the event loop, not per message.
+  private saveDedup(): void {
+    const store = this.options.dedupStore;
+    if (!store || this.saveScheduled) return;
+    this.saveScheduled = true;
+    setTimeout(() => {
+      this.saveScheduled = false;
+      store.save([...this.seen]);
+    }, 0);
   }
 
   // One DeliverAck for everything handled in one turn of the event loop.

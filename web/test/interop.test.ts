@@ -85,6 +85,27 @@ test("mesh-cli over ws:// reaches a TS peer", async () => {
   assert.equal(message.fromText, cpp.id);
 });
 
+test("a message is acked only once its handler has returned: a failed async handler gets it again", async () => {
+  const cpp = cliKey("cpp-ack");
+  const key = generateKeyPair();
+  const first = new Session({ brokers: [broker.wsUrl], WebSocket: kAllowed, key });
+  sessions.push(first);
+  let calls = 0;
+  first.onMessage(async () => {
+    calls++;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    throw new Error("the application failed");
+  });
+  first.start();
+  await waitFor("the first session to connect", () => first.connected);
+  cli(["send", "--broker", broker.peerAddress, "--key", cpp.path, "--to", peerIdText(key.publicKey), "again"]);
+  await waitFor("the failing handler to run", () => calls === 1);
+  first.close();
+  const { inbox } = session({ key });
+  const message = await waitFor("the message again, on the next link", () => inbox.shift());
+  assert.equal(new TextDecoder().decode(message.payload), "again");
+});
+
 test("mail to an offline TS peer survives a broker restart and arrives when it comes back", async () => {
   const cpp = cliKey("cpp-offline");
   const key = generateKeyPair();
