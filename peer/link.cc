@@ -494,8 +494,7 @@ absl::Status Link::ProcessRecords(FrameHandler& on_frame, size_t& consumed, bool
       }
       completed_frame = true;
       auto status = ForEachPackedFrame(
-          {message, length - crypto::kTagSize}, config_.max_frame(),
-          [&](crypto::ByteSpan frame) {
+          {message, length - crypto::kTagSize}, config_.max_frame(), [&](crypto::ByteSpan frame) {
             return closing_ ? absl::OkStatus() : Dispatch(frame, on_frame);
           });
       if (!status.ok()) return status;

@@ -191,10 +191,10 @@ class Link : public std::enable_shared_from_this<Link> {
   size_t budget_held_ = 0;
   bool head_decrypted_ = false;  // the record at the front of read_buffer_ waits for budget
   crypto::Bytes scratch_;
-  crypto::Bytes out_;        // records queued, not yet handed to the socket
-  bool pack_records_ = false;            // the other side's Hello says it reads packed records
-  std::optional<size_t> open_record_;    // where in out_ the packed record being filled starts
-  crypto::Bytes in_flight_;  // records being written
+  crypto::Bytes out_;                  // records queued, not yet handed to the socket
+  bool pack_records_ = false;          // the other side's Hello says it reads packed records
+  std::optional<size_t> open_record_;  // where in out_ the packed record being filled starts
+  crypto::Bytes in_flight_;            // records being written
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer write_signal_;  // cancelled to wake the writer
   bool writer_waiting_ = false;             // the writer sleeps on write_signal_

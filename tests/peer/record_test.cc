@@ -228,7 +228,7 @@ TEST_F(RecordTest, RefusesMalformedPackedRecords) {
   };
   const uint8_t packed = kFlagFin | kFlagPacked;
   EXPECT_EQ(reason({packed, 0, 2, 0x32, 0x00, 0, 0}), "ok 2");
-  EXPECT_EQ(reason({packed}), "bad_record");                      // no frames
+  EXPECT_EQ(reason({packed}), "bad_record");                         // no frames
   EXPECT_EQ(reason({kFlagPacked, 0, 2, 0x32, 0x00}), "bad_record");  // without FIN
   EXPECT_EQ(reason({packed | 0x04, 0, 2, 0x32, 0x00}), "bad_record");
   EXPECT_EQ(reason({packed, 0, 2, 0x32, 0x00, 0}), "bad_record");  // ends inside a length
