@@ -132,8 +132,15 @@ class WebSocket final : public ByteStream {
  private:
   bool Pending() const { return head_size_ > head_at_ || message_.size() > 0; }
 
+  // Reads the next whole message. An idle link waits for it on a read of its first byte into
+  // `first_`, so it holds no message buffer (Beast prepares 1,536 bytes in one for a pending
+  // whole-message read); the rest of the message follows into `message_`.
   awaitable<void> ReadMessage(error_code& ec) {
-    co_await ws_->async_read(message_, redirect_error(use_awaitable, ec));
+    size_t first =
+        co_await ws_->async_read_some(asio::buffer(&first_, 1), redirect_error(use_awaitable, ec));
+    if (!ec && !ws_->is_message_done()) {
+      co_await ws_->async_read(message_, redirect_error(use_awaitable, ec));
+    }
     if (ec == websocket::error::closed) {
       ec = asio::error::eof;  // a close from the other side ends the link as TCP's FIN does
     } else if (ec == websocket::error::message_too_big) {
@@ -145,13 +152,15 @@ class WebSocket final : public ByteStream {
       message_.clear();
       co_return;
     }
-    const size_t size = message_.size();
-    const auto* data = static_cast<const uint8_t*>(message_.data().data());
-    const bool raw = size == kPreambleSize && std::equal(kMagic.begin(), kMagic.end(), data);
+    const size_t size = first + message_.size();
+    const auto* rest = static_cast<const uint8_t*>(message_.data().data());
+    const bool raw = size == kPreambleSize && first_ == kMagic[0] &&
+                     std::equal(kMagic.begin() + 1, kMagic.end(), rest);
     head_[0] = static_cast<uint8_t>(size >> 8);
     head_[1] = static_cast<uint8_t>(size);
-    head_size_ = raw ? 0 : kLengthPrefixSize;
-    head_at_ = 0;
+    head_[2] = first_;
+    head_at_ = raw ? kLengthPrefixSize : 0;
+    head_size_ = kLengthPrefixSize + first;
   }
 
   size_t Take(asio::mutable_buffer buffer) {
@@ -170,8 +179,11 @@ class WebSocket final : public ByteStream {
   }
 
   std::shared_ptr<Ws> ws_;
-  beast::flat_buffer message_;
-  uint8_t head_[kLengthPrefixSize] = {};
+  beast::flat_buffer message_;  // a message after its first byte
+  uint8_t first_ = 0;
+  // What goes before message_ to the reader: the 2-byte length (skipped for a preamble or a
+  // refusal, which travel raw) and the message's first byte.
+  uint8_t head_[kLengthPrefixSize + 1] = {};
   size_t head_size_ = 0;
   size_t head_at_ = 0;
   bool closed_ = false;
