@@ -26,7 +26,9 @@ using asio::redirect_error;
 using asio::use_awaitable;
 using error_code = boost::system::error_code;
 using tcp = asio::ip::tcp;
-using Ws = websocket::stream<beast::tcp_stream>;
+// The socket itself under the websocket stream: Beast's tcp_stream would add its timers to
+// every idle link; the few deadlines here are Deadline's.
+using Ws = websocket::stream<tcp::socket>;
 
 constexpr size_t kMaxMessage = 65535;
 constexpr auto kCloseTimeout = std::chrono::seconds(1);
@@ -46,6 +48,33 @@ websocket::close_code CloseCodeOf(mesh::v1::ErrorCode reason) {
   }
 }
 
+// Closes the socket under `ws` unless destroyed first: the deadline of an upgrade, or of a
+// close. `armed` keeps a timer that fired just before the destructor ran from closing a socket
+// whose upgrade has meanwhile succeeded (a cancel cannot take back a queued completion).
+class Deadline {
+ public:
+  Deadline(const std::shared_ptr<Ws>& ws, std::chrono::steady_clock::duration timeout)
+      : timer_(ws->get_executor()), armed_(std::make_shared<bool>(true)) {
+    timer_.expires_after(timeout);
+    timer_.async_wait([weak = std::weak_ptr<Ws>(ws), armed = armed_](const error_code& ec) {
+      auto ws = weak.lock();
+      if (ec || !*armed || !ws) return;
+      error_code ignored;
+      ws->next_layer().close(ignored);
+    });
+  }
+  ~Deadline() {
+    *armed_ = false;
+    timer_.cancel();
+  }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+ private:
+  asio::steady_timer timer_;
+  std::shared_ptr<bool> armed_;
+};
+
 // Sends a close unless one went already (Beast sends 1009 itself), then lets the other side
 // read it: the socket is shut for sending and drained until the other side closes, all within
 // kCloseTimeout. Closing at once would reset the connection under the close frame.
@@ -54,17 +83,16 @@ void CloseSoon(std::shared_ptr<Ws> ws, const websocket::close_reason& reason) {
   asio::co_spawn(
       executor,
       [ws = std::move(ws), reason]() -> awaitable<void> {
-        auto& tcp_stream = beast::get_lowest_layer(*ws);
-        tcp_stream.expires_after(kCloseTimeout);
+        Deadline deadline(ws, kCloseTimeout);
+        auto& socket = ws->next_layer();
         error_code ec;
         if (ws->is_open()) co_await ws->async_close(reason, redirect_error(use_awaitable, ec));
-        tcp_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        socket.shutdown(tcp::socket::shutdown_send, ec);
         std::array<char, 512> sink;
         for (ec.clear(); !ec;) {
-          co_await tcp_stream.async_read_some(asio::buffer(sink),
-                                              redirect_error(use_awaitable, ec));
+          co_await socket.async_read_some(asio::buffer(sink), redirect_error(use_awaitable, ec));
         }
-        tcp_stream.close();
+        socket.close(ec);
       },
       asio::detached);
 }
@@ -77,9 +105,8 @@ class WebSocket final : public ByteStream {
   explicit WebSocket(std::shared_ptr<Ws> ws) : ws_(std::move(ws)) {
     ws_->binary(true);
     ws_->read_message_max(kMaxMessage);
-    beast::get_lowest_layer(*ws_).expires_never();  // the Link keeps its own deadlines
-    error_code ec;
-    beast::get_lowest_layer(*ws_).socket().set_option(tcp::no_delay(true), ec);
+    error_code ec;  // the Link keeps its own deadlines
+    ws_->next_layer().set_option(tcp::no_delay(true), ec);
   }
   ~WebSocket() override { Close(mesh::v1::ERROR_CODE_UNSPECIFIED); }
 
@@ -125,7 +152,7 @@ class WebSocket final : public ByteStream {
   void Close(mesh::v1::ErrorCode reason) override {
     if (closed_) return;
     closed_ = true;
-    if (!beast::get_lowest_layer(*ws_).socket().is_open()) return;
+    if (!ws_->next_layer().is_open()) return;
     CloseSoon(ws_, websocket::close_reason(CloseCodeOf(reason)));
   }
 
@@ -201,14 +228,13 @@ bool HasToken(const std::string& list, absl::string_view token) {
 awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
     tcp::socket socket, const WebSocketAcceptOptions& options) {
   auto ws = std::make_shared<Ws>(std::move(socket));
-  beast::get_lowest_layer(*ws).expires_after(options.timeout);
+  Deadline deadline(ws, options.timeout);
   beast::flat_buffer buffer;
   http::request<http::empty_body> request;
   http::request_parser<http::empty_body> parser;
   parser.header_limit(8 * 1024);
   error_code ec;
-  co_await http::async_read(beast::get_lowest_layer(*ws), buffer, parser,
-                            redirect_error(use_awaitable, ec));
+  co_await http::async_read(ws->next_layer(), buffer, parser, redirect_error(use_awaitable, ec));
   if (ec) {
     co_return absl::InvalidArgumentError(
         absl::StrCat("not an HTTP WebSocket upgrade: ", ec.message()));
@@ -221,9 +247,8 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
     response.body() = why + "\n";
     response.prepare_payload();
     error_code ignored;
-    co_await http::async_write(beast::get_lowest_layer(*ws), response,
-                               redirect_error(use_awaitable, ignored));
-    beast::get_lowest_layer(*ws).close();
+    co_await http::async_write(ws->next_layer(), response, redirect_error(use_awaitable, ignored));
+    ws->next_layer().close(ignored);
     co_return absl::InvalidArgumentError(why);
   };
   const std::string target(request.target());
@@ -265,7 +290,7 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(tcp::soc
                                                                         const std::string& host,
                                                                         const std::string& path) {
   auto ws = std::make_shared<Ws>(std::move(socket));
-  beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(10));
+  Deadline deadline(ws, std::chrono::seconds(10));
   // A client masks what it sends through this buffer, one write per buffer's worth: room for a
   // whole packed record keeps it one write (Beast's default, 4 KiB, made a 64 KiB record 16).
   ws->write_buffer_bytes(kMaxMessage);

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "tests/integration/broker_process.h"
+#include "tests/integration/raw_peer.h"
 #include "tests/integration/test_peers.h"
 
 namespace mesh::testing {
@@ -158,6 +159,17 @@ TEST_F(WebSocketTest, AWebSocketLinkAndATcpLinkWithOneKeyReplaceEachOther) {
     EXPECT_EQ(back[0].payload, "to the browser again");
   }
   EXPECT_EQ(over_ws.WaitForMessages(1).size(), 1u);  // only the first: it was replaced
+}
+
+// An upgrade request that never ends holds a handshake slot only until the handshake deadline:
+// the broker closes the connection (counted bad_preamble) and keeps serving.
+TEST_F(WebSocketTest, AnUpgradeThatNeverEndsIsClosedAtTheHandshakeDeadline) {
+  StartBroker({"--handshake-timeout-ms", "2000"});
+  RawConnection stalled(broker_->ListenerPort("ws"));
+  ASSERT_TRUE(stalled.connected());
+  ASSERT_TRUE(stalled.Write(std::string("GET /v1/link HTTP/1.1\r\nHost: x\r\n")));
+  EXPECT_TRUE(stalled.WaitClosed()) << broker_->Log();
+  ExpectServing();
 }
 
 TEST_F(WebSocketTest, BadInputsAreRefusedAndTheBrokerKeepsServing) {
