@@ -53,6 +53,12 @@ for line in open(sys.argv[1]):
   sleep 0.1
 done
 [[ -n $port ]] || { cat "$work/broker.log"; echo "FAIL: the broker did not listen"; exit 1; }
+# The HTTP listener is up before the store is (/healthz says "starting", the rest answers 503):
+# wait for readiness before reading /metrics.
+for _ in $(seq 150); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+  sleep 0.1
+done
 curl -sSf "http://127.0.0.1:$port/metrics" >"$work/metrics.txt"
 kill -INT %1
 wait %1 || true
