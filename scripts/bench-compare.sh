@@ -32,8 +32,9 @@ fi
 echo "compare: building $ref ($(git -C "$root" rev-parse --short "$sha")) in $ref_build" >&2
 # REF's own build script: its ccache settings share the cache across clones, so only what
 # differs from this tree is compiled.
-(cd "$ref_src" && nice scripts/build.sh --target mesh-broker mesh-bench >/dev/null)
-"$root/scripts/build.sh" >/dev/null
+(cd "$ref_src" && nice scripts/build.sh --target mesh-broker mesh-bench) >"$compare/build.log" 2>&1 ||
+  { tail -20 "$compare/build.log"; exit 1; }
+"$root/scripts/build.sh" >/dev/null 2>&1
 
 work=$(mktemp -d)
 broker_pid=
@@ -89,7 +90,12 @@ round() {
     export MESH_CLUSTER_DIR=$work/cluster MESH_CLUSTER_BASE_PORT=$base
     export MESH_BROKER=$build/broker/mesh-broker
     rm -rf "$work/cluster"
-    if "$cluster" start 2 -- "${flags[@]}" >/dev/null 2>&1; then
+    # local-cluster sets the listeners itself; the rest of the flags carry over.
+    local cluster_flags=() i
+    for ((i = 0; i < ${#flags[@]}; i++)); do
+      if [[ ${flags[i]} == --listen-* ]]; then ((i += 1)); else cluster_flags+=("${flags[i]}"); fi
+    done
+    if "$cluster" start 2 -- "${cluster_flags[@]}" >/dev/null 2>&1; then
       sleep 2
       echo "cross16 $("$build/bench/mesh-bench" --brokers "127.0.0.1:$base,127.0.0.1:$((base + 1))" \
         --placement cross --pairs 16 --count 20000 --threads 1 --json | field "d['msgs_per_s']")"
