@@ -63,10 +63,7 @@ class Deadline {
       ws->next_layer().close(ignored);
     });
   }
-  ~Deadline() {
-    *armed_ = false;
-    timer_.cancel();
-  }
+  ~Deadline() { *armed_ = false; }  // destroying timer_ cancels its wait
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
 
