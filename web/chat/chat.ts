@@ -8,11 +8,13 @@ import {
   parsePeerId,
   peerIdText,
   Session,
+  type StoredSend,
   toBase64Url,
 } from "../src/index.js";
 
 const kKeyItem = "mesh.chat.key";
 const kDedupItem = "mesh.chat.seen";
+const kPendingItem = "mesh.chat.pending";
 
 function loadKey() {
   const stored = localStorage.getItem(kKeyItem);
@@ -57,7 +59,13 @@ const session = new Session({
     load: () => JSON.parse(localStorage.getItem(kDedupItem) ?? "[]") as [string, number][],
     save: (entries) => localStorage.setItem(kDedupItem, JSON.stringify(entries)),
   },
+  // Sends not yet acknowledged survive a reload and go again with their ids.
+  pendingStore: {
+    load: () => JSON.parse(localStorage.getItem(kPendingItem) ?? "[]") as StoredSend[],
+    save: (sends) => localStorage.setItem(kPendingItem, JSON.stringify(sends)),
+  },
 });
+session.onRestoredSend((result) => log("out", "earlier", `a message from before the reload [${result.ok ? "sent" : result.statusName}]`));
 session.onMessage((message: Message) => {
   const text = new TextDecoder().decode(message.payload);
   log("in", message.fromText.slice(0, 8), message.sealError ? `${text} (not sealed: ${message.sealError})` : text);

@@ -2,10 +2,10 @@
 // with backoff, keeps unacknowledged sends in a pending queue and retries them with the same id
 // after a reconnect, hands each received message to the application once (dedup by (from, id)
 // for the dedup window) and acknowledges it only after the handler has returned.
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { randomBytes } from "@noble/hashes/utils";
 
-import { concat, toBase64Url, toHex, utf8 } from "./bytes.js";
+import { concat, fromBase64Url, toBase64Url, toHex, utf8 } from "./bytes.js";
 import type { BrokerTrust } from "./cert.js";
 import {
   type Deliver,
@@ -31,6 +31,18 @@ export interface DedupStore {
   save(entries: [string, number][]): void;
 }
 
+// Where unacknowledged sends are kept across restarts (a page reload), so they are sent again
+// with their ids and the broker stores each once. Entries are the Send frames as sent.
+export interface StoredSend {
+  id: string; // base64url
+  frame: string; // the encoded Send frame, base64url
+  queuedAt: number; // Unix ms
+}
+export interface PendingStore {
+  load(): StoredSend[];
+  save(sends: StoredSend[]): void;
+}
+
 export interface SessionOptions {
   brokers: string[]; // ws:// or wss:// URLs, tried in turn
   key: KeyPair;
@@ -45,6 +57,7 @@ export interface SessionOptions {
   giveUpAfterMs?: number; // a send not acknowledged within this fails (the dedup window, 10 min)
   dedupWindowMs?: number; // received (from, id) pairs are remembered this long (10 min)
   dedupStore?: DedupStore;
+  pendingStore?: PendingStore;
   seal?: boolean; // seal payloads to the recipient and open sealed deliveries
   // A GoAway{REPLACED}: a newer session with this key exists. The session comes back after
   // replacedRetryMs unless stopWhenReplaced (one key on several devices at once).
@@ -90,7 +103,7 @@ type StateHandler = (connected: boolean, why?: LinkError) => void;
 
 export class Session {
   readonly stats: SessionStats = { connects: 0, sends: 0, resent: 0, received: 0, duplicatesDropped: 0 };
-  private readonly options: Required<Omit<SessionOptions, "suite" | "trust" | "WebSocket" | "dedupStore">> & SessionOptions;
+  private readonly options: Required<Omit<SessionOptions, "suite" | "trust" | "WebSocket" | "dedupStore" | "pendingStore">> & SessionOptions;
   private link: Link | undefined;
   private closed = false;
   private started = false;
@@ -102,6 +115,8 @@ export class Session {
   private busy: Promise<void> | undefined; // an async message handler is running
   private backlog: [Link, Deliver][] = [];
   private saveScheduled = false;
+  private pendingSaveScheduled = false;
+  private onRestoredHandler: (result: SendResult) => void = () => {};
   private acks: bigint[] = [];
   private retryHintMs = 0;
   private replaced = false;
@@ -129,6 +144,21 @@ export class Session {
     for (const [key, expires] of options.dedupStore?.load() ?? []) {
       if (expires > now) this.seen.set(key, expires);
     }
+    for (const stored of options.pendingStore?.load() ?? []) {
+      try {
+        const frame = fromBinary(FrameSchema, fromBase64Url(stored.frame));
+        if (frame.body.case !== "send") continue;
+        const id = frame.body.value.id;
+        this.pending.set(toHex(id), { id, frame, queuedAt: stored.queuedAt, done: (r) => this.onRestoredHandler(r) });
+      } catch {
+        // an entry this version cannot read: dropped
+      }
+    }
+  }
+
+  // The results of sends restored from the pending store (made before a restart).
+  onRestoredSend(handler: (result: SendResult) => void): void {
+    this.onRestoredHandler = handler;
   }
 
   // This session's peer ID: its static public key.
@@ -182,6 +212,7 @@ export class Session {
       const frame = create(FrameSchema, { body: { case: "send", value: { id, to, payload: bytes, ttlS } } });
       const send: PendingSend = { id, frame, queuedAt: Date.now(), done };
       this.pending.set(toHex(id), send);
+      this.savePending();
       this.link?.send(frame);
     });
   }
@@ -194,7 +225,12 @@ export class Session {
     this.wake?.();
     this.flushAcks();
     this.link?.close();
+    // What the store holds stays there for the next session; only this one gives up on it.
+    this.options.pendingStore?.save(this.storedSends());
+    const store = this.options.pendingStore;
+    this.options.pendingStore = undefined;
     for (const id of [...this.pending.keys()]) this.finish(id, SendAck_Status.STATUS_UNSPECIFIED, "session closed");
+    this.options.pendingStore = store;
   }
 
   private nextId(): Uint8Array {
@@ -212,6 +248,7 @@ export class Session {
     const send = this.pending.get(key);
     if (!send) return; // an ack for a send already finished
     this.pending.delete(key);
+    this.savePending();
     send.done(this.result(send.id, status, detail));
   }
 
@@ -381,6 +418,25 @@ export class Session {
         this.handle(nextLink, next);
       }
     });
+  }
+
+  private storedSends(): StoredSend[] {
+    return [...this.pending.values()].map((send) => ({
+      id: toBase64Url(send.id),
+      frame: toBase64Url(toBinary(FrameSchema, send.frame)),
+      queuedAt: send.queuedAt,
+    }));
+  }
+
+  // The pending store, like the dedup store, is written once per turn of the event loop.
+  private savePending(): void {
+    const store = this.options.pendingStore;
+    if (!store || this.pendingSaveScheduled) return;
+    this.pendingSaveScheduled = true;
+    setTimeout(() => {
+      this.pendingSaveScheduled = false;
+      if (!this.closed) store.save(this.storedSends()); // close() wrote what stays
+    }, 0);
   }
 
   // The dedup store is written once per turn of the event loop, not per message.

@@ -9,7 +9,7 @@ import { after, before, test } from "node:test";
 
 import { WebSocket } from "ws";
 
-import { connect, formatKeyFile, generateKeyPair, type Message, parseAuthorityKey, parsePeerId, peerIdText, Session, type SessionOptions, utf8 } from "../src/index.js";
+import { connect, formatKeyFile, generateKeyPair, type Message, parseAuthorityKey, parsePeerId, type PendingStore, peerIdText, Session, type SessionOptions, type StoredSend, toBase64Url, utf8 } from "../src/index.js";
 import type { WebSocketConstructor } from "../src/transport.js";
 import { Broker, cleanup, cli, cliPeerId, CliListener, kDeadlineMs, tempDir, waitFor } from "./support.js";
 
@@ -117,6 +117,35 @@ test("mail to an offline TS peer survives a broker restart and arrives when it c
   const { inbox } = session({ key, seal: true, brokers: [broker.wsUrl] });
   const got = await waitFor("three offline messages", () => (inbox.length >= 3 ? inbox.slice() : undefined));
   assert.deepEqual(got.map((m) => new TextDecoder().decode(m.payload)), ["offline 0", "offline 1", "offline 2"]);
+});
+
+test("sends the broker never acknowledged are resent from the pending store after a restart, with their ids", async () => {
+  const recipient = generateKeyPair();
+  const sender = generateKeyPair();
+  let stored: StoredSend[] = [];
+  const store: PendingStore = { load: () => stored, save: (sends) => (stored = sends) };
+  // No broker at this address: the sends stay pending, and the store holds them.
+  const first = new Session({ brokers: ["ws://127.0.0.1:1/v1/link"], key: sender, pendingStore: store });
+  first.start();
+  const results = [first.send(recipient.publicKey, "kept 0"), first.send(recipient.publicKey, "kept 1")];
+  await waitFor("two stored sends", () => stored.length === 2);
+  first.close(); // as a page that is closed: its store keeps the sends
+  assert.deepEqual((await Promise.all(results)).map((r) => r.statusName), ["STATUS_UNSPECIFIED", "STATUS_UNSPECIFIED"]);
+  assert.equal(stored.length, 2);
+  const storedIds = stored.map((send) => send.id);
+
+  const second = new Session({ brokers: [broker.wsUrl], WebSocket: kAllowed, key: sender, pendingStore: store });
+  sessions.push(second);
+  const restored: string[] = [];
+  second.onRestoredSend((result) => restored.push(result.statusName));
+  second.start();
+  await waitFor("both restored sends acknowledged", () => restored.length === 2);
+  assert.deepEqual(restored, ["ACCEPTED", "ACCEPTED"]);
+  await waitFor("the store emptied", () => stored.length === 0);
+  const { inbox } = session({ key: recipient });
+  const got = await waitFor("both messages", () => (inbox.length >= 2 ? inbox.slice() : undefined));
+  assert.deepEqual(got.map((m) => new TextDecoder().decode(m.payload)), ["kept 0", "kept 1"]);
+  assert.deepEqual(got.map((m) => toBase64Url(m.id)), storedIds, "sent again with the ids they were stored with");
 });
 
 test("a TS session and mesh-cli with one key replace each other (WS and TCP)", async () => {
