@@ -591,8 +591,9 @@ void Link::SendMessage(const google::protobuf::MessageLite& frame) {
 // other side reads packed records: one AEAD call and one transport message for many small
 // frames (a WebSocket pays per message).
 absl::Status Link::AppendFrame(const google::protobuf::MessageLite& frame) {
-  if (pack_records_) return AppendPackedFrame(frame, send_, out_, open_record_);
-  absl::Status status = AppendFrameRecords(frame, send_, scratch_, out_);
+  absl::Status status = pack_records_
+                            ? AppendPackedFrame(frame, send_, scratch_, out_, open_record_)
+                            : AppendFrameRecords(frame, send_, scratch_, out_);
   ShrinkIfLarge(scratch_);
   return status;
 }

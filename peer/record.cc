@@ -13,6 +13,12 @@ namespace {
 
 constexpr char kReasonPayloadUrl[] = "type.mesh/mesh.v1.ErrorCode";
 
+// The 2-byte big-endian length before a transport message and before a packed frame.
+void PutLength(uint8_t* p, size_t length) {
+  p[0] = static_cast<uint8_t>(length >> 8);
+  p[1] = static_cast<uint8_t>(length);
+}
+
 }  // namespace
 
 Preamble EncodePreamble(crypto::CipherSuite suite, LinkKind kind) {
@@ -84,8 +90,7 @@ absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
     const size_t at = out.size();
     out.resize(at + kLengthPrefixSize + message);
     uint8_t* p = out.data() + at;
-    p[0] = static_cast<uint8_t>(message >> 8);
-    p[1] = static_cast<uint8_t>(message);
+    PutLength(p, message);
     uint8_t* plaintext = p + kLengthPrefixSize;
     plaintext[0] = fin ? kFlagFin : 0;
     if (chunk != 0) std::memcpy(plaintext + kFlagsSize, scratch.data() + offset, chunk);
@@ -99,22 +104,12 @@ absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
   return absl::OkStatus();
 }
 
-namespace {
-
-void PutLength(uint8_t* p, size_t length) {
-  p[0] = static_cast<uint8_t>(length >> 8);
-  p[1] = static_cast<uint8_t>(length);
-}
-
-}  // namespace
-
 absl::Status AppendPackedFrame(const google::protobuf::MessageLite& frame,
-                               crypto::CipherState& send, crypto::Bytes& out,
-                               std::optional<size_t>& open_at) {
+                               crypto::CipherState& send, crypto::Bytes& scratch,
+                               crypto::Bytes& out, std::optional<size_t>& open_at) {
   const size_t size = frame.ByteSizeLong();
   if (size > kMaxPackedFrame) {
     if (auto status = SealPackedRecord(send, out, open_at); !status.ok()) return status;
-    crypto::Bytes scratch;
     return AppendFrameRecords(frame, send, scratch, out);
   }
   // The open record's plaintext runs from after its length prefix to the end of `out`.

@@ -30,11 +30,11 @@ absl::Status AppendFrameRecords(const google::protobuf::MessageLite& frame,
                                 crypto::Bytes& out);
 
 // Appends `frame` to the packed record open at the end of `out` (`open_at` is where it starts),
-// opening one when there is none or it is full. A frame too large for a packed record is sealed
-// off as records of its own, after the open record is sealed.
+// opening one when there is none or it is full. A frame too large for a packed record goes out
+// as records of its own (AppendFrameRecords, with `scratch`), after the open record is sealed.
 absl::Status AppendPackedFrame(const google::protobuf::MessageLite& frame,
-                               crypto::CipherState& send, crypto::Bytes& out,
-                               std::optional<size_t>& open_at);
+                               crypto::CipherState& send, crypto::Bytes& scratch,
+                               crypto::Bytes& out, std::optional<size_t>& open_at);
 // Finishes the open packed record, if any: its length prefix and encryption.
 absl::Status SealPackedRecord(crypto::CipherState& send, crypto::Bytes& out,
                               std::optional<size_t>& open_at);

@@ -191,7 +191,8 @@ TEST_F(RecordTest, PacksSmallFramesIntoFewRecordsInOrder) {
   for (size_t i = 0; i < 3000; ++i) sizes.push_back(i % 7 == 0 ? 300 : 40);
   sizes.push_back(kMaxPackedFrame + 100);  // its own records
   sizes.push_back(10);
-  for (size_t size : sizes) ASSERT_TRUE(AppendPackedFrame(SendOf(size), send_, wire, open).ok());
+  for (size_t size : sizes)
+    ASSERT_TRUE(AppendPackedFrame(SendOf(size), send_, scratch_, wire, open).ok());
   ASSERT_TRUE(SealPackedRecord(send_, wire, open).ok());
   EXPECT_FALSE(open.has_value());
   FrameAssembler assembler(kDefaultMaxPayload + kFrameOverhead);

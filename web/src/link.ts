@@ -1,7 +1,7 @@
 // A peer link over WebSocket (docs/PROTOCOL.md): the preamble, the Noise XX handshake that
 // carries both Hellos, then frames as encrypted records, with heartbeats. One WebSocket
 // message is one Noise message; the link is the same one a TCP client gets on port 7700.
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 
 import { toBase64Url } from "./bytes.js";
 import { type BrokerTrust, checkBroker } from "./cert.js";
@@ -12,7 +12,6 @@ import {
   type Hello,
   HelloSchema,
 } from "./gen/mesh/v1/wire_pb.js";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { HandshakeState, type KeyPair, NoiseError, type Suite, type TransportCiphers } from "./noise.js";
 import { defaultWebSocket, MessageSocket, SocketClosed, type WebSocketConstructor } from "./transport.js";
 import {
@@ -155,8 +154,13 @@ export class Link {
   // Queues a frame; the frames queued in one turn of the event loop go out together, packed
   // into few records when the broker reads packed records (one WebSocket message for many).
   send(frame: Frame): void {
+    this.sendEncoded(encodeFrame(frame));
+  }
+
+  // A frame already encoded (a pending Send, resent as it was).
+  sendEncoded(serialized: Uint8Array): void {
     if (this.closed) return;
-    this.queued.push(encodeFrame(frame));
+    this.queued.push(serialized);
     if (this.queued.length === 1) queueMicrotask(() => this.flush());
   }
 

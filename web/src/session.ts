@@ -2,7 +2,7 @@
 // with backoff, keeps unacknowledged sends in a pending queue and retries them with the same id
 // after a reconnect, hands each received message to the application once (dedup by (from, id)
 // for the dedup window) and acknowledges it only after the handler has returned.
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
 import { randomBytes } from "@noble/hashes/utils";
 
 import { concat, fromBase64Url, toBase64Url, toHex, utf8 } from "./bytes.js";
@@ -17,6 +17,7 @@ import {
 import { connect, type Link, LinkError } from "./link.js";
 import type { KeyPair, Suite } from "./noise.js";
 import { openSealed, sealPayload } from "./seal.js";
+import { encodeFrame } from "./wire.js";
 import type { WebSocketConstructor } from "./transport.js";
 
 export { SendAck_Status as SendStatus };
@@ -92,9 +93,23 @@ export interface SessionStats {
 
 interface PendingSend {
   id: Uint8Array;
-  frame: Frame;
+  encoded: Uint8Array; // the Send frame, encoded once: resends and the pending store reuse it
   queuedAt: number;
   done: (result: SendResult) => void;
+}
+
+// Runs `write` once at the end of this turn of the event loop however often it is asked for:
+// the stores are written once per turn, not per message.
+function oncePerTurn(write: () => void): () => void {
+  let scheduled = false;
+  return () => {
+    if (scheduled) return;
+    scheduled = true;
+    setTimeout(() => {
+      scheduled = false;
+      write();
+    }, 0);
+  };
 }
 
 type MessageHandler = (message: Message) => void | Promise<void>;
@@ -114,8 +129,11 @@ export class Session {
   private idCounter = 0n;
   private busy: Promise<void> | undefined; // an async message handler is running
   private backlog: [Link, Deliver][] = [];
-  private saveScheduled = false;
-  private pendingSaveScheduled = false;
+  private readonly saveDedup = oncePerTurn(() => this.options.dedupStore?.save([...this.seen]));
+  // Once closed, the store keeps what close() wrote for the next session.
+  private readonly savePending = oncePerTurn(() => {
+    if (!this.closed) this.options.pendingStore?.save(this.storedSends());
+  });
   private onRestoredHandler: (result: SendResult) => void = () => {};
   private acks: bigint[] = [];
   private retryHintMs = 0;
@@ -146,10 +164,11 @@ export class Session {
     }
     for (const stored of options.pendingStore?.load() ?? []) {
       try {
-        const frame = fromBinary(FrameSchema, fromBase64Url(stored.frame));
+        const encoded = fromBase64Url(stored.frame);
+        const frame = fromBinary(FrameSchema, encoded);
         if (frame.body.case !== "send") continue;
         const id = frame.body.value.id;
-        this.pending.set(toHex(id), { id, frame, queuedAt: stored.queuedAt, done: (r) => this.onRestoredHandler(r) });
+        this.pending.set(toHex(id), { id, encoded, queuedAt: stored.queuedAt, done: (r) => this.onRestoredHandler(r) });
       } catch {
         // an entry this version cannot read: dropped
       }
@@ -209,11 +228,10 @@ export class Session {
           this.closed ? "session closed" : `payload of ${bytes.length} bytes is over the broker's max_payload ${this.maxPayload}`));
         return;
       }
-      const frame = create(FrameSchema, { body: { case: "send", value: { id, to, payload: bytes, ttlS } } });
-      const send: PendingSend = { id, frame, queuedAt: Date.now(), done };
-      this.pending.set(toHex(id), send);
+      const encoded = encodeFrame(create(FrameSchema, { body: { case: "send", value: { id, to, payload: bytes, ttlS } } }));
+      this.pending.set(toHex(id), { id, encoded, queuedAt: Date.now(), done });
       this.savePending();
-      this.link?.send(frame);
+      this.link?.sendEncoded(encoded);
     });
   }
 
@@ -227,10 +245,7 @@ export class Session {
     this.link?.close();
     // What the store holds stays there for the next session; only this one gives up on it.
     this.options.pendingStore?.save(this.storedSends());
-    const store = this.options.pendingStore;
-    this.options.pendingStore = undefined;
     for (const id of [...this.pending.keys()]) this.finish(id, SendAck_Status.STATUS_UNSPECIFIED, "session closed");
-    this.options.pendingStore = store;
   }
 
   private nextId(): Uint8Array {
@@ -315,7 +330,7 @@ export class Session {
     // Credit is a window: acks open it again.
     link.send(create(FrameSchema, { body: { case: "credit", value: { n: this.options.credit } } }));
     for (const send of this.pending.values()) {
-      link.send(send.frame);
+      link.sendEncoded(send.encoded);
       this.stats.resent++;
     }
     this.onStateHandler(true);
@@ -423,31 +438,9 @@ export class Session {
   private storedSends(): StoredSend[] {
     return [...this.pending.values()].map((send) => ({
       id: toBase64Url(send.id),
-      frame: toBase64Url(toBinary(FrameSchema, send.frame)),
+      frame: toBase64Url(send.encoded),
       queuedAt: send.queuedAt,
     }));
-  }
-
-  // The pending store, like the dedup store, is written once per turn of the event loop.
-  private savePending(): void {
-    const store = this.options.pendingStore;
-    if (!store || this.pendingSaveScheduled) return;
-    this.pendingSaveScheduled = true;
-    setTimeout(() => {
-      this.pendingSaveScheduled = false;
-      if (!this.closed) store.save(this.storedSends()); // close() wrote what stays
-    }, 0);
-  }
-
-  // The dedup store is written once per turn of the event loop, not per message.
-  private saveDedup(): void {
-    const store = this.options.dedupStore;
-    if (!store || this.saveScheduled) return;
-    this.saveScheduled = true;
-    setTimeout(() => {
-      this.saveScheduled = false;
-      store.save([...this.seen]);
-    }, 0);
   }
 
   // One DeliverAck for everything handled in one turn of the event loop.

@@ -4,13 +4,12 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 
 import { concat } from "./bytes.js";
 import { type Frame, FrameSchema } from "./gen/mesh/v1/wire_pb.js";
-import type { Suite } from "./noise.js";
+import { kTagSize, type Suite } from "./noise.js";
 
 export const kProtocolVersion = 1;
 export const kPreambleSize = 8;
 const kMagic = [0x4d, 0x45, 0x53, 0x48]; // "MESH"
 const kRefusalMarker = 0xff;
-export const kWebSocketPath = "/v1/link";
 export const kWebSocketProtocol = "mesh.v1";
 
 export const kSuiteIds: Record<Suite, number> = { AESGCM: 1, ChaChaPoly: 2 };
@@ -23,7 +22,7 @@ const kFlagFin = 0x01;
 // to a side whose Hello has packed_records.
 const kFlagPacked = 0x02;
 const kPackedLengthSize = 2;
-export const kRecordOverhead = 1 + 16; // flags byte + AEAD tag
+export const kRecordOverhead = 1 + kTagSize; // flags byte + AEAD tag
 export const kMaxChunk = kMaxNoiseMessage - kRecordOverhead; // 65518
 // A frame may be max_payload plus this (the envelope around a Send's payload).
 export const kFrameOverhead = 4096;
