@@ -59,6 +59,7 @@ rlim_t RaiseFileLimit() {
 struct Options {
   int broker_pid = 0;
   std::string address;
+  std::string tls_ca_file;
   int links = 10000;
   int concurrency = 48;
   int settle_ms = 2000;
@@ -102,6 +103,7 @@ class Opener {
       connect.address = options_.address;
       connect.key = &keys_[i];
       connect.agent = "idle_links";
+      connect.trust.tls_ca_file = options_.tls_ca_file;
       auto link = co_await mesh::client::Connect(connect, stats_);
       if (!link.ok()) {
         if (failed_++ == 0) first_error_ = link.status();
@@ -138,7 +140,12 @@ int main(int argc, char** argv) {
   CLI::App app{"idle_links: resident memory of a running mesh-broker per idle established link"};
   app.add_option("--broker-pid", options.broker_pid, "PID of the mesh-broker to measure")
       ->required();
-  app.add_option("--address", options.address, "The broker's peer listener, HOST:PORT")->required();
+  app.add_option("--address", options.address,
+                 "The broker's peer listener: HOST:PORT, ws://HOST:PORT or wss://HOST:PORT")
+      ->required();
+  app.add_option("--tls-ca-file", options.tls_ca_file,
+                 "wss:// only: trust anchors (PEM) for the broker's certificate")
+      ->check(CLI::ExistingFile);
   app.add_option("--links", options.links, "Links to open")
       ->capture_default_str()
       ->check(CLI::Range(1, 1'000'000));

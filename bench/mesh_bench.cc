@@ -49,6 +49,7 @@ struct Config {
   uint32_t ttl_s = 0;  // 0: the broker's default
   bool json = false;
   std::string latency_log;  // CSV of every delivery: when it was sent, how long it took
+  std::string tls_ca_file;  // wss:// brokers: trust anchors (empty: the system's)
 };
 
 // One io_context per thread; sessions spread over them.
@@ -164,6 +165,7 @@ class Bench {
     options.key = &key;
     options.agent = "mesh-bench/0.1";
     options.credit = config_.credit;
+    options.trust.tls_ca_file = config_.tls_ca_file;
     // Each recipient's dedup set is sized for the run: 16 recipients growing in step would
     // otherwise all rehash at the same moments and show up as latency spikes.
     options.dedup_expected = PlannedPerPair();
@@ -425,7 +427,13 @@ class Bench {
 int main(int argc, char** argv) {
   Config config;
   CLI::App app{"mesh-bench: load on a running mesh-broker through the client library"};
-  app.add_option("--broker,-b", config.broker, "Broker HOST:PORT")->capture_default_str();
+  app.add_option("--broker,-b", config.broker,
+                 "Broker HOST:PORT, ws://HOST:PORT or wss://HOST:PORT")
+      ->capture_default_str();
+  app.add_option("--tls-ca-file", config.tls_ca_file,
+                 "wss:// only: trust anchors (PEM) for the broker's certificate (default: the "
+                 "system's)")
+      ->check(CLI::ExistingFile);
   app.add_option("--brokers", config.brokers,
                  "A mesh: brokers HOST:PORT,... (instead of --broker); pairs placed by --placement")
       ->delimiter(',');

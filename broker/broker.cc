@@ -178,11 +178,22 @@ class Broker::Impl {
       auto ws = peer::Listen(first.io, config_.listen_ws);
       if (!ws.ok()) return ws.status();
       ws_acceptor_.emplace(*std::move(ws));
+      const bool tls =
+          config_.ws_tls == "on" || (config_.ws_tls == "auto" && !config_.tls_cert_file.empty());
+      if (tls) {
+        if (config_.tls_cert_file.empty()) {
+          return absl::InvalidArgumentError("--ws-tls on needs --tls-cert-file and --tls-key-file");
+        }
+        auto context = peer::ServerTlsContext(config_.tls_cert_file, config_.tls_key_file);
+        if (!context.ok()) return context.status();
+        ws_tls_ = *std::move(context);
+      }
       Log(spdlog::level::info, "listening",
           {{"listener", "ws"},
            {"addr", ws_acceptor_->local_endpoint().address().to_string()},
            {"port", ws_acceptor_->local_endpoint().port()},
-           {"path", peer::kWebSocketPath}});
+           {"path", peer::kWebSocketPath},
+           {"tls", tls}});
       asio::co_spawn(first.io, AcceptLoop(*ws_acceptor_, /*websocket=*/true), asio::detached);
     }
     asio::co_spawn(first.io, TickLoop(), asio::detached);
@@ -608,7 +619,7 @@ class Broker::Impl {
     if (websocket) {
       const auto upgrade_started = peer::Clock::now();
       auto upgraded = co_await peer::AcceptWebSocket(
-          std::move(socket), {config_.ws_allowed_origins, link_config.handshake_timeout});
+          std::move(socket), {config_.ws_allowed_origins, link_config.handshake_timeout, ws_tls_});
       if (!upgraded.ok()) {
         gate_.Leave(remote.address());
         // Not a mesh link: no upgrade, the wrong path or subprotocol, or an Origin refused.
@@ -733,6 +744,7 @@ class Broker::Impl {
   bool live_ = true;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<tcp::acceptor> ws_acceptor_;
+  peer::TlsContext ws_tls_;  // set: wss on ws_acceptor_
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
   std::mutex log_mu_;

@@ -22,10 +22,13 @@ struct BrokerConfig {
   // Peer links over WebSocket (browsers: DESIGN §3), path /v1/link; empty: off.
   std::string listen_ws = "0.0.0.0:7780";
   std::vector<std::string> ws_allowed_origins;  // empty: any Origin
-  std::string listen_grpc = "0.0.0.0:50051";    // empty: no gRPC control plane
-  std::string listen_http = "0.0.0.0:8080";     // REST, /metrics, health; empty: off
-  std::string admin_token_file;                 // empty: <data_dir>/admin.token, created once
-  std::string tls_cert_file;                    // PEM; with tls_key_file: TLS for the control plane
+  // wss on listen_ws: "auto" when tls_cert_file is given, "on" (requires it), or "off" (TLS
+  // terminated in front of the broker, as by an NLB).
+  std::string ws_tls = "auto";
+  std::string listen_grpc = "0.0.0.0:50051";  // empty: no gRPC control plane
+  std::string listen_http = "0.0.0.0:8080";   // REST, /metrics, health; empty: off
+  std::string admin_token_file;               // empty: <data_dir>/admin.token, created once
+  std::string tls_cert_file;  // PEM; with tls_key_file: TLS for the control plane (and wss)
   std::string tls_key_file;
   std::string data_dir = "./mesh-data";
   std::string node_name;       // empty: the host name

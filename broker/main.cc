@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
   flag("ws-allowed-origins", config.ws_allowed_origins,
        "Origins (scheme://host[:port]) whose pages may open WebSocket links; none given: any")
       ->delimiter(',');
+  flag("ws-tls", config.ws_tls,
+       "TLS (wss://) on --listen-ws with --tls-cert-file: auto (when a certificate is given), on, "
+       "or off (TLS terminated in front of the broker)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   flag("listen-grpc", config.listen_grpc,
        "Address for the gRPC control plane (HOST:PORT; port 0 picks one; empty: off)");
   flag("listen-http", config.listen_http,
@@ -70,7 +74,7 @@ int main(int argc, char** argv) {
        "File holding the control plane's bearer token (default: admin.token in the data dir, "
        "created on first start)");
   auto* tls_cert = flag("tls-cert-file", config.tls_cert_file,
-                        "PEM certificate: serve the control plane over TLS");
+                        "PEM certificate: serve the control plane and --listen-ws over TLS");
   auto* tls_key = flag("tls-key-file", config.tls_key_file, "PEM private key for --tls-cert-file");
   tls_cert->needs(tls_key);
   tls_key->needs(tls_cert);

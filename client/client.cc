@@ -58,7 +58,7 @@ peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options,
   co_return socket;
 }
 
-// A TCP link for "HOST:PORT", a WebSocket one for "ws://HOST:PORT[/PATH]" (DESIGN §3).
+// A TCP link for "HOST:PORT", a WebSocket one for "ws[s]://HOST:PORT[/PATH]" (DESIGN §3).
 peer::awaitable<absl::StatusOr<std::unique_ptr<peer::ByteStream>>> Open(
     const ConnectOptions& options) {
   if (!peer::IsWebSocketAddress(options.address)) {
@@ -68,9 +68,15 @@ peer::awaitable<absl::StatusOr<std::unique_ptr<peer::ByteStream>>> Open(
   }
   auto ws = peer::ParseWebSocketAddress(options.address);
   if (!ws.ok()) co_return ws.status();
+  peer::TlsContext tls;
+  if (ws->tls) {
+    auto context = peer::ClientTlsContext(options.trust.tls_ca_file);
+    if (!context.ok()) co_return context.status();
+    tls = *std::move(context);
+  }
   auto socket = co_await Dial(options, ws->host_port);
   if (!socket.ok()) co_return socket.status();
-  co_return co_await peer::ConnectWebSocket(*std::move(socket), ws->host_port, ws->path);
+  co_return co_await peer::ConnectWebSocket(*std::move(socket), *ws, std::move(tls));
 }
 
 }  // namespace

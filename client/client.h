@@ -20,6 +20,9 @@ namespace mesh::client {
 struct BrokerTrust {
   std::optional<crypto::AuthorityKey> authority;  // require a valid node certificate by it
   std::vector<crypto::PeerId> pinned;             // require one of these broker keys
+  // wss:// only: the trust anchors (PEM) its TLS certificate must chain to; empty: the system's.
+  // TLS is checked in addition to the above, never instead (Noise authenticates the broker).
+  std::string tls_ca_file;
   bool verifies() const { return authority.has_value() || !pinned.empty(); }
 };
 

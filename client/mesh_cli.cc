@@ -78,6 +78,7 @@ absl::StatusOr<mesh::crypto::KeyPair> LoadKey(const std::string& path) {
 struct TrustFlags {
   std::string authority = std::getenv("MESH_AUTHORITY") ? std::getenv("MESH_AUTHORITY") : "";
   std::string broker_keys;
+  std::string tls_ca_file;
 
   void Add(CLI::App* command) {
     command
@@ -88,10 +89,17 @@ struct TrustFlags {
         ->add_option("--broker-key", broker_keys,
                      "Refuse a broker whose key is not one of these (comma-separated)")
         ->envname("MESH_BROKER_KEY");
+    command
+        ->add_option("--tls-ca-file", tls_ca_file,
+                     "wss:// only: trust anchors (PEM) for the broker's TLS certificate "
+                     "(default: the system's)")
+        ->envname("MESH_TLS_CA_FILE")
+        ->check(CLI::ExistingFile);
   }
 
   absl::StatusOr<mesh::client::BrokerTrust> Trust() const {
     mesh::client::BrokerTrust trust;
+    trust.tls_ca_file = tls_ca_file;
     if (!authority.empty()) {
       auto key = mesh::crypto::AuthorityKey::Parse(authority);
       if (!key.ok())

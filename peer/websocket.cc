@@ -3,15 +3,18 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "peer/peer.h"
 #include "peer/wire.h"
 
 namespace mesh::peer {
@@ -26,9 +29,16 @@ using asio::redirect_error;
 using asio::use_awaitable;
 using error_code = boost::system::error_code;
 using tcp = asio::ip::tcp;
-// The socket itself under the websocket stream: Beast's tcp_stream would add its timers to
-// every idle link; the few deadlines here are Deadline's.
-using Ws = websocket::stream<tcp::socket>;
+// The socket itself (or TLS over it) under the websocket stream: Beast's tcp_stream would add
+// its timers to every idle link; the few deadlines here are Deadline's.
+using Tls = asio::ssl::stream<tcp::socket>;
+template <class Next>
+using Ws = websocket::stream<Next>;
+
+template <class Next>
+tcp::socket& SocketOf(Ws<Next>& ws) {
+  return beast::get_lowest_layer(ws);
+}
 
 constexpr size_t kMaxMessage = 65535;
 constexpr auto kCloseTimeout = std::chrono::seconds(1);
@@ -53,14 +63,15 @@ websocket::close_code CloseCodeOf(mesh::v1::ErrorCode reason) {
 // whose upgrade has meanwhile succeeded (a cancel cannot take back a queued completion).
 class Deadline {
  public:
-  Deadline(const std::shared_ptr<Ws>& ws, std::chrono::steady_clock::duration timeout)
+  template <class Next>
+  Deadline(const std::shared_ptr<Ws<Next>>& ws, std::chrono::steady_clock::time_point at)
       : timer_(ws->get_executor()), armed_(std::make_shared<bool>(true)) {
-    timer_.expires_after(timeout);
-    timer_.async_wait([weak = std::weak_ptr<Ws>(ws), armed = armed_](const error_code& ec) {
+    timer_.expires_at(at);
+    timer_.async_wait([weak = std::weak_ptr<Ws<Next>>(ws), armed = armed_](const error_code& ec) {
       auto ws = weak.lock();
       if (ec || !*armed || !ws) return;
       error_code ignored;
-      ws->next_layer().close(ignored);
+      SocketOf(*ws).close(ignored);
     });
   }
   ~Deadline() { *armed_ = false; }  // destroying timer_ cancels its wait
@@ -75,13 +86,14 @@ class Deadline {
 // Sends a close unless one went already (Beast sends 1009 itself), then lets the other side
 // read it: the socket is shut for sending and drained until the other side closes, all within
 // kCloseTimeout. Closing at once would reset the connection under the close frame.
-void CloseSoon(std::shared_ptr<Ws> ws, const websocket::close_reason& reason) {
+template <class Next>
+void CloseSoon(std::shared_ptr<Ws<Next>> ws, const websocket::close_reason& reason) {
   auto executor = ws->get_executor();
   asio::co_spawn(
       executor,
       [ws = std::move(ws), reason]() -> awaitable<void> {
-        Deadline deadline(ws, kCloseTimeout);
-        auto& socket = ws->next_layer();
+        Deadline deadline(ws, std::chrono::steady_clock::now() + kCloseTimeout);
+        auto& socket = SocketOf(*ws);
         error_code ec;
         if (ws->is_open()) co_await ws->async_close(reason, redirect_error(use_awaitable, ec));
         socket.shutdown(tcp::socket::shutdown_send, ec);
@@ -97,13 +109,16 @@ void CloseSoon(std::shared_ptr<Ws> ws, const websocket::close_reason& reason) {
 // Reads one WebSocket message per read and hands it on as the TCP layout would carry it: a
 // 2-byte length first, except for an 8-byte message that starts with the magic (a preamble
 // or a refusal; no Noise message is that short).
+template <class Next>
 class WebSocket final : public ByteStream {
  public:
-  explicit WebSocket(std::shared_ptr<Ws> ws) : ws_(std::move(ws)) {
+  // `tls` is kept for as long as the stream uses it.
+  WebSocket(std::shared_ptr<Ws<Next>> ws, TlsContext tls)
+      : ws_(std::move(ws)), tls_(std::move(tls)) {
     ws_->binary(true);
     ws_->read_message_max(kMaxMessage);
     error_code ec;  // the Link keeps its own deadlines
-    ws_->next_layer().set_option(tcp::no_delay(true), ec);
+    SocketOf(*ws_).set_option(tcp::no_delay(true), ec);
   }
   ~WebSocket() override { Close(mesh::v1::ERROR_CODE_UNSPECIFIED); }
 
@@ -149,7 +164,7 @@ class WebSocket final : public ByteStream {
   void Close(mesh::v1::ErrorCode reason) override {
     if (closed_) return;
     closed_ = true;
-    if (!ws_->next_layer().is_open()) return;
+    if (!SocketOf(*ws_).is_open()) return;
     CloseSoon(ws_, websocket::close_reason(CloseCodeOf(reason)));
   }
 
@@ -202,7 +217,8 @@ class WebSocket final : public ByteStream {
     return n;
   }
 
-  std::shared_ptr<Ws> ws_;
+  std::shared_ptr<Ws<Next>> ws_;
+  TlsContext tls_;
   beast::flat_buffer message_;  // a message after its first byte
   uint8_t first_ = 0;
   // What goes before message_ to the reader: the 2-byte length (skipped for a preamble or a
@@ -220,12 +236,12 @@ bool HasToken(const std::string& list, absl::string_view token) {
   return false;
 }
 
-}  // namespace
-
-awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
-    tcp::socket socket, const WebSocketAcceptOptions& options) {
-  auto ws = std::make_shared<Ws>(std::move(socket));
-  Deadline deadline(ws, options.timeout);
+// The upgrade on an accepted connection (after TLS, for wss), within `deadline_at`.
+template <class Next>
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> Upgrade(
+    std::shared_ptr<Ws<Next>> ws, const WebSocketAcceptOptions& options,
+    std::chrono::steady_clock::time_point deadline_at) {
+  Deadline deadline(ws, deadline_at);
   beast::flat_buffer buffer;
   http::request<http::empty_body> request;
   http::request_parser<http::empty_body> parser;
@@ -245,7 +261,7 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
     response.prepare_payload();
     error_code ignored;
     co_await http::async_write(ws->next_layer(), response, redirect_error(use_awaitable, ignored));
-    ws->next_layer().close(ignored);
+    SocketOf(*ws).close(ignored);
     co_return absl::InvalidArgumentError(why);
   };
   const std::string target(request.target());
@@ -280,14 +296,14 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
               websocket::close_reason(websocket::close_code::policy_error, policy.substr(0, 123)));
     co_return absl::PermissionDeniedError(policy);
   }
-  co_return std::make_unique<WebSocket>(std::move(ws));
+  co_return std::make_unique<WebSocket<Next>>(std::move(ws), options.tls);
 }
 
-awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(tcp::socket socket,
-                                                                        const std::string& host,
-                                                                        const std::string& path) {
-  auto ws = std::make_shared<Ws>(std::move(socket));
-  Deadline deadline(ws, std::chrono::seconds(10));
+// The client's upgrade over a connected (and, for wss, TLS) stream.
+template <class Next>
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> Handshake(std::shared_ptr<Ws<Next>> ws,
+                                                                 const WebSocketAddress& address,
+                                                                 TlsContext tls) {
   // A client masks what it sends through this buffer, one write per buffer's worth: room for a
   // whole packed record keeps it one write (Beast's default, 4 KiB, made a 64 KiB record 16).
   ws->write_buffer_bytes(kMaxMessage);
@@ -296,16 +312,73 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(tcp::soc
   }));
   websocket::response_type response;
   error_code ec;
-  co_await ws->async_handshake(response, host, path, redirect_error(use_awaitable, ec));
+  co_await ws->async_handshake(response, address.host_port, address.path,
+                               redirect_error(use_awaitable, ec));
+  const std::string where = absl::StrCat(address.host_port, address.path);
   if (ec) {
     co_return absl::UnavailableError(
-        absl::StrCat("WebSocket upgrade at ", host, path, ": ", ec.message()));
+        absl::StrCat("WebSocket upgrade at ", where, ": ", ec.message()));
   }
   if (std::string(response[http::field::sec_websocket_protocol]) != kWebSocketProtocol) {
     co_return absl::UnavailableError(
-        absl::StrCat("the server at ", host, path, " does not speak ", kWebSocketProtocol));
+        absl::StrCat("the server at ", where, " does not speak ", kWebSocketProtocol));
   }
-  co_return std::make_unique<WebSocket>(std::move(ws));
+  co_return std::make_unique<WebSocket<Next>>(std::move(ws), std::move(tls));
+}
+
+bool IsIpAddress(const std::string& host) {
+  error_code ec;
+  asio::ip::make_address(host, ec);
+  return !ec;
+}
+
+}  // namespace
+
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> AcceptWebSocket(
+    tcp::socket socket, const WebSocketAcceptOptions& options) {
+  const auto deadline_at = std::chrono::steady_clock::now() + options.timeout;
+  if (!options.tls) {
+    co_return co_await Upgrade(std::make_shared<Ws<tcp::socket>>(std::move(socket)), options,
+                               deadline_at);
+  }
+  auto ws = std::make_shared<Ws<Tls>>(std::move(socket), *options.tls);
+  {
+    Deadline deadline(ws, deadline_at);
+    error_code ec;
+    co_await ws->next_layer().async_handshake(asio::ssl::stream_base::server,
+                                              redirect_error(use_awaitable, ec));
+    if (ec) co_return absl::InvalidArgumentError(absl::StrCat("TLS handshake: ", ec.message()));
+  }
+  co_return co_await Upgrade(std::move(ws), options, deadline_at);
+}
+
+awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(
+    tcp::socket socket, const WebSocketAddress& address, TlsContext tls) {
+  const auto deadline_at = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  if (!address.tls) {
+    auto ws = std::make_shared<Ws<tcp::socket>>(std::move(socket));
+    Deadline deadline(ws, deadline_at);
+    co_return co_await Handshake(std::move(ws), address, nullptr);
+  }
+  if (!tls) co_return absl::InvalidArgumentError("wss:// needs a TLS context");
+  auto ws = std::make_shared<Ws<Tls>>(std::move(socket), *tls);
+  Deadline deadline(ws, deadline_at);
+  Tls& stream = ws->next_layer();
+  // SNI for a name (never for an address), and the certificate must name the host.
+  if (!IsIpAddress(address.host) &&
+      !SSL_set_tlsext_host_name(stream.native_handle(), address.host.c_str())) {
+    co_return absl::InvalidArgumentError(absl::StrCat("bad TLS server name ", address.host));
+  }
+  stream.set_verify_mode(asio::ssl::verify_peer);
+  stream.set_verify_callback(asio::ssl::host_name_verification(address.host));
+  error_code ec;
+  co_await stream.async_handshake(asio::ssl::stream_base::client,
+                                  redirect_error(use_awaitable, ec));
+  if (ec) {
+    co_return absl::UnavailableError(
+        absl::StrCat("TLS handshake with ", address.host_port, ": ", ec.message()));
+  }
+  co_return co_await Handshake(std::move(ws), address, std::move(tls));
 }
 
 bool IsWebSocketAddress(const std::string& address) {
@@ -313,22 +386,58 @@ bool IsWebSocketAddress(const std::string& address) {
 }
 
 absl::StatusOr<WebSocketAddress> ParseWebSocketAddress(const std::string& address) {
-  if (absl::StartsWith(address, "wss://")) {
-    return absl::UnimplementedError(
-        "wss:// is not built into this client yet: use ws:// or the TCP port");
-  }
   absl::string_view rest = address;
-  if (!absl::ConsumePrefix(&rest, "ws://")) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not a ws:// address"));
-  }
   WebSocketAddress out;
+  out.tls = absl::ConsumePrefix(&rest, "wss://");
+  if (!out.tls && !absl::ConsumePrefix(&rest, "ws://")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", address, "' is not a ws:// or wss:// address"));
+  }
   const size_t slash = rest.find('/');
   out.host_port = std::string(rest.substr(0, slash));
   out.path = slash == absl::string_view::npos ? kWebSocketPath : std::string(rest.substr(slash));
-  if (out.host_port.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' names no host"));
+  auto host_port = SplitHostPort(out.host_port);
+  if (out.host_port.empty() || !host_port.ok() || host_port->first.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' names no HOST:PORT"));
   }
+  out.host = host_port->first;
   return out;
+}
+
+absl::StatusOr<TlsContext> ServerTlsContext(const std::string& cert_file,
+                                            const std::string& key_file) {
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1);
+  SSL_CTX_set_mode(context->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  error_code ec;
+  context->use_certificate_chain_file(cert_file, ec);
+  if (!ec) context->use_private_key_file(key_file, asio::ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot use TLS files ", cert_file, " and ", key_file, ": ", ec.message()));
+  }
+  return context;
+}
+
+absl::StatusOr<TlsContext> ClientTlsContext(const std::string& ca_file) {
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1);
+  error_code ec;
+  if (ca_file.empty()) {
+    context->set_default_verify_paths(ec);
+  } else {
+    context->load_verify_file(ca_file, ec);
+  }
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot load TLS trust anchors",
+                                                   ca_file.empty() ? "" : " from " + ca_file, ": ",
+                                                   ec.message()));
+  }
+  return context;
 }
 
 }  // namespace mesh::peer

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/control/rest_routes.h"
 #include "peer/peer.h"
+#include "peer/websocket.h"
 
 namespace mesh::broker {
 namespace {
@@ -130,7 +131,7 @@ struct HttpServer::Impl {
   HttpOptions options;
   asio::io_context io;
   tcp::acceptor acceptor;
-  std::optional<asio::ssl::context> tls;  // set: every connection starts with a TLS handshake
+  peer::TlsContext tls;  // set: every connection starts with a TLS handshake
   std::thread thread;
   int port = 0;
 
@@ -434,16 +435,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(monitoring::Reques
   }
   auto impl = std::make_unique<Impl>(metrics, std::move(options));
   if (impl->options.tls.enabled()) {
-    impl->tls.emplace(asio::ssl::context::tls_server);
-    impl->tls->set_options(asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
-                           asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
-    impl->tls->use_certificate_chain_file(impl->options.tls.cert, ec);
-    if (!ec) impl->tls->use_private_key_file(impl->options.tls.key, asio::ssl::context::pem, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot use TLS files ",
-                                                     impl->options.tls.cert, " and ",
-                                                     impl->options.tls.key, ": ", ec.message()));
-    }
+    auto tls = peer::ServerTlsContext(impl->options.tls.cert, impl->options.tls.key);
+    if (!tls.ok()) return tls.status();
+    impl->tls = *std::move(tls);
   }
   const tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
   impl->acceptor.open(endpoint.protocol(), ec);

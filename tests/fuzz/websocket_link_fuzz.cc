@@ -30,7 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       io,
       [&]() -> peer::awaitable<void> {
         auto stream = co_await peer::AcceptWebSocket(
-            std::move(*socket), {{"https://allowed.example"}, std::chrono::milliseconds(2000)});
+            std::move(*socket),
+            {{"https://allowed.example"}, std::chrono::milliseconds(2000), nullptr});
         if (!stream.ok()) co_return;
         auto link = co_await peer::Link::Accept(*std::move(stream), fuzz::ResponderKey(), hello,
                                                 peer::LinkKind::kPeer, config, stats);

@@ -9,8 +9,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <cstdlib>
+#include <filesystem>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "client/client.h"
 #include "tests/integration/broker_process.h"
 #include "tests/integration/raw_peer.h"
 #include "tests/integration/test_peers.h"
@@ -25,9 +29,32 @@ namespace websocket = beast::websocket;
 using mesh::v1::SendAck;
 using tcp = asio::ip::tcp;
 
-std::string WsAddress(const BrokerProcess& broker) {
-  return "ws://127.0.0.1:" + std::to_string(broker.ListenerPort("ws")) + "/v1/link";
+std::string WsAddress(const BrokerProcess& broker, const std::string& scheme = "ws") {
+  return scheme + "://127.0.0.1:" + std::to_string(broker.ListenerPort("ws")) + "/v1/link";
 }
+
+// A self-signed TLS certificate made by Debian's openssl (not by the code under test), naming
+// `names` (a subjectAltName list such as "IP:127.0.0.1"); removed with the object.
+class Certificate {
+ public:
+  explicit Certificate(const std::string& names) {
+    char tmpl[] = "/tmp/mesh-wss-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    const std::string command =
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+        "-subj /CN=mesh-test -addext subjectAltName=" +
+        names + " -keyout " + key() + " -out " + cert() + " 2>/dev/null";
+    made_ = std::system(command.c_str()) == 0;
+  }
+  ~Certificate() { std::filesystem::remove_all(dir_); }
+  bool made() const { return made_; }
+  std::string cert() const { return dir_ + "/cert.pem"; }
+  std::string key() const { return dir_ + "/key.pem"; }
+
+ private:
+  std::string dir_;
+  bool made_ = false;
+};
 
 // A raw WebSocket client: upgrades with the given subprotocol and Origin, then lets the test
 // write what it likes and read what the broker answers.
@@ -76,6 +103,9 @@ class WebSocketTest : public ::testing::Test {
   void StartBroker(std::vector<std::string> args = {}) {
     broker_ = std::make_unique<BrokerProcess>(std::move(args));
     ASSERT_TRUE(broker_->started()) << broker_->Log();
+    // 7780 opens after 7700 (and after its certificate loads): wait for it to say so.
+    ASSERT_TRUE(broker_->WaitForLogLine({"\"listening\"", "\"listener\":\"ws\""}))
+        << broker_->Log();
     ASSERT_NE(broker_->ListenerPort("ws"), 0) << broker_->Log();
   }
   // A whole link over WebSocket still works: the broker kept serving.
@@ -105,7 +135,7 @@ class WebSocketTest : public ::testing::Test {
 };
 
 TEST_F(WebSocketTest, AWebSocketPeerAndATcpPeerExchangeOnlineAndOfflineMail) {
-  StartBroker();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
   LibraryPeer browser({WsAddress(*broker_)});
   auto phone_key = crypto::KeyPair::Generate();
   const crypto::PeerId phone = phone_key.public_key;
@@ -130,7 +160,7 @@ TEST_F(WebSocketTest, AWebSocketPeerAndATcpPeerExchangeOnlineAndOfflineMail) {
 }
 
 TEST_F(WebSocketTest, AWebSocketLinkAndATcpLinkWithOneKeyReplaceEachOther) {
-  StartBroker();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
   const auto key = crypto::KeyPair::Generate();
   auto stop_when_replaced = [](client::SessionOptions& options) {
     options.stop_when_replaced = true;
@@ -164,7 +194,7 @@ TEST_F(WebSocketTest, AWebSocketLinkAndATcpLinkWithOneKeyReplaceEachOther) {
 // An upgrade request that never ends holds a handshake slot only until the handshake deadline:
 // the broker closes the connection (counted bad_preamble) and keeps serving.
 TEST_F(WebSocketTest, AnUpgradeThatNeverEndsIsClosedAtTheHandshakeDeadline) {
-  StartBroker({"--handshake-timeout-ms", "2000"});
+  ASSERT_NO_FATAL_FAILURE(StartBroker({"--handshake-timeout-ms", "2000"}));
   RawConnection stalled(broker_->ListenerPort("ws"));
   ASSERT_TRUE(stalled.connected());
   ASSERT_TRUE(stalled.Write(std::string("GET /v1/link HTTP/1.1\r\nHost: x\r\n")));
@@ -173,7 +203,7 @@ TEST_F(WebSocketTest, AnUpgradeThatNeverEndsIsClosedAtTheHandshakeDeadline) {
 }
 
 TEST_F(WebSocketTest, BadInputsAreRefusedAndTheBrokerKeepsServing) {
-  StartBroker({"--ws-allowed-origins", "https://chat.example"});
+  ASSERT_NO_FATAL_FAILURE(StartBroker({"--ws-allowed-origins", "https://chat.example"}));
   const uint16_t port = broker_->ListenerPort("ws");
   {
     RawWebSocket no_protocol(port, "");
@@ -226,6 +256,79 @@ TEST_F(WebSocketTest, BadInputsAreRefusedAndTheBrokerKeepsServing) {
     http::read(stream, buffer, response);
     EXPECT_EQ(response.result(), http::status::upgrade_required);
   }
+  ExpectServing();
+}
+
+// wss: TLS from --tls-cert-file on 7780, the same link above it. The client checks the broker's
+// certificate against the trust anchors it is given and the host it dialled.
+TEST_F(WebSocketTest, WssCarriesMailWhenTheCertificateIsTrusted) {
+  Certificate certificate("IP:127.0.0.1");
+  ASSERT_TRUE(certificate.made());
+  ASSERT_NO_FATAL_FAILURE(
+      StartBroker({"--tls-cert-file", certificate.cert(), "--tls-key-file", certificate.key()}));
+  ASSERT_TRUE(broker_->WaitForLogLine({"\"listener\":\"ws\"", "\"tls\":true"})) << broker_->Log();
+  auto trusting = [&](client::SessionOptions& options) {
+    options.trust.tls_ca_file = certificate.cert();
+  };
+  LibraryPeer browser({WsAddress(*broker_, "wss")}, crypto::KeyPair::Generate(), trusting);
+  ASSERT_TRUE(browser.WaitConnected()) << broker_->Log();
+  auto phone_key = crypto::KeyPair::Generate();
+  const crypto::PeerId phone = phone_key.public_key;
+  ASSERT_EQ(browser.Send(phone, "while you were away").status, SendAck::ACCEPTED);
+  LibraryPeer tcp_peer({broker_->address()}, std::move(phone_key));
+  auto arrived = tcp_peer.WaitForMessages(1);
+  ASSERT_EQ(arrived.size(), 1u);
+  EXPECT_EQ(arrived[0].payload, "while you were away");
+  const std::string large(60'000, 's');
+  ASSERT_EQ(tcp_peer.Send(browser.id(), large).status, SendAck::ACCEPTED);
+  auto back = browser.WaitForMessages(1);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].payload, large);
+}
+
+TEST_F(WebSocketTest, WssRefusesWhatTheCertificateDoesNotProveAndKeepsServing) {
+  Certificate certificate("DNS:elsewhere.example");  // names another host than 127.0.0.1
+  Certificate trusted("IP:127.0.0.1");
+  ASSERT_TRUE(certificate.made() && trusted.made());
+  ASSERT_NO_FATAL_FAILURE(
+      StartBroker({"--tls-cert-file", certificate.cert(), "--tls-key-file", certificate.key()}));
+  auto ping = [&](const std::string& address, const std::string& ca_file) {
+    const auto key = crypto::KeyPair::Generate();
+    client::ConnectOptions options;
+    options.address = address;
+    options.key = &key;
+    options.trust.tls_ca_file = ca_file;
+    return client::Ping(options, 1, kTestDeadline);
+  };
+  const std::string wss = WsAddress(*broker_, "wss");
+  // Another authority's anchors: the chain does not verify.
+  auto untrusted = ping(wss, trusted.cert());
+  ASSERT_FALSE(untrusted.ok());
+  EXPECT_TRUE(absl::StrContains(untrusted.status().message(), "certificate verify failed"))
+      << untrusted.status();
+  // The right anchors, but the certificate names another host.
+  auto wrong_host = ping(wss, certificate.cert());
+  ASSERT_FALSE(wrong_host.ok());
+  EXPECT_TRUE(absl::StrContains(wrong_host.status().message(), "certificate verify failed"))
+      << wrong_host.status();
+  // Plain ws:// on the TLS port: no upgrade, and the broker says why.
+  EXPECT_FALSE(ping(WsAddress(*broker_), "").ok());
+  EXPECT_TRUE(broker_->WaitForLogLine({"bad_preamble", "TLS handshake"})) << broker_->Log();
+  // Through all of it the broker kept serving.
+  LibraryPeer alice({broker_->address()});
+  LibraryPeer bob({broker_->address()});
+  ASSERT_TRUE(bob.WaitConnected());
+  EXPECT_EQ(alice.Send(bob.id(), "still here").status, SendAck::ACCEPTED);
+  EXPECT_EQ(bob.WaitForMessages(1).size(), 1u);
+}
+
+// Behind a proxy that terminates TLS (an NLB), --ws-tls off keeps 7780 plain while the control
+// plane keeps its certificate.
+TEST_F(WebSocketTest, WsTlsOffKeepsTheWebSocketListenerPlain) {
+  Certificate certificate("IP:127.0.0.1");
+  ASSERT_TRUE(certificate.made());
+  ASSERT_NO_FATAL_FAILURE(StartBroker({"--tls-cert-file", certificate.cert(), "--tls-key-file",
+                                       certificate.key(), "--ws-tls", "off"}));
   ExpectServing();
 }
 

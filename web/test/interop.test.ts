@@ -3,6 +3,7 @@
 // and TCP links replacing each other, and every bad input on 7780 refused while the broker keeps
 // serving (refusals seen through the `ws` package, a WebSocket implementation not ours).
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -238,5 +239,57 @@ test("a node certificate issued by mesh-cli certify is verified, and another aut
   } finally {
     await withCert.stop();
     cleanup(certDir);
+  }
+});
+
+test("wss: the TS client and mesh-cli over TLS on 7780, the certificate checked", async () => {
+  const tlsDir = tempDir("mesh-web-wss-");
+  const cert = join(tlsDir, "cert.pem");
+  const certKey = join(tlsDir, "key.pem");
+  // A self-signed certificate for 127.0.0.1 from Debian's openssl.
+  execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mesh-test",
+    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", certKey, "-out", cert], { stdio: "ignore" });
+  const secure = new Broker(tlsDir, ["--tls-cert-file", cert, "--tls-key-file", certKey]);
+  await secure.start();
+  const sessionsHere: Session[] = [];
+  try {
+    const url = `wss://127.0.0.1:${secure.ports.ws}/v1/link`;
+    // Node's own trust anchors do not include the test's certificate: no link.
+    await assert.rejects(connect({ url, key: generateKeyPair(), WebSocket: WebSocket as unknown as WebSocketConstructor, timeoutMs: 5000 }));
+    const trusting = class extends WebSocket {
+      constructor(address: string, protocols?: string | string[]) {
+        super(address, protocols, { ca: readFileSync(cert) });
+      }
+    } as unknown as WebSocketConstructor;
+    const key = generateKeyPair();
+    const ts = new Session({ brokers: [url], WebSocket: trusting, key, seal: true });
+    sessionsHere.push(ts);
+    const inbox: Message[] = [];
+    ts.onMessage((m) => {
+      inbox.push(m);
+    });
+    ts.start();
+    await waitFor("the TS session to connect over wss", () => ts.connected);
+
+    const cpp = cliKey("cpp-wss");
+    const tls = ["--tls-ca-file", cert];
+    cli(["send", "--broker", url, ...tls, "--key", cpp.path, "--seal", "--to", peerIdText(key.publicKey), "from C++ over wss"]);
+    const message = await waitFor("the message at the TS session", () => inbox.shift());
+    assert.equal(message.sealError, undefined);
+    assert.equal(new TextDecoder().decode(message.payload), "from C++ over wss");
+
+    const listener = new CliListener(url, cpp.path, ["--seal", ...tls]);
+    try {
+      const sent = await ts.send(parsePeerId(cpp.id), "from TypeScript over wss");
+      assert.equal(sent.statusName, "ACCEPTED", sent.detail);
+      const line = await listener.next();
+      assert.equal(line.payload, "from TypeScript over wss");
+    } finally {
+      listener.stop();
+    }
+  } finally {
+    for (const s of sessionsHere) s.close();
+    await secure.stop();
+    cleanup(tlsDir);
   }
 });
