@@ -173,7 +173,7 @@ class Broker::Impl {
          {"node_name", config_.node_name},
          {"shards", shards_.size()},
          {"proxy_protocol", config_.proxy_protocol}});
-    asio::co_spawn(first.io, AcceptLoop(*acceptor_, /*websocket=*/false), asio::detached);
+    asio::co_spawn(first.io, AcceptLinks(*acceptor_, /*websocket=*/false), asio::detached);
     if (!config_.listen_ws.empty()) {
       auto ws = peer::Listen(first.io, config_.listen_ws);
       if (!ws.ok()) return ws.status();
@@ -194,7 +194,7 @@ class Broker::Impl {
            {"port", ws_acceptor_->local_endpoint().port()},
            {"path", peer::kWebSocketPath},
            {"tls", tls}});
-      asio::co_spawn(first.io, AcceptLoop(*ws_acceptor_, /*websocket=*/true), asio::detached);
+      asio::co_spawn(first.io, AcceptLinks(*ws_acceptor_, /*websocket=*/true), asio::detached);
     }
     asio::co_spawn(first.io, TickLoop(), asio::detached);
     for (auto& shard : shards_) {
@@ -567,33 +567,28 @@ class Broker::Impl {
   }
 
   // Peer links on 7700 (TCP) or 7780 (WebSocket): the same gates, then the same Link.
-  awaitable<void> AcceptLoop(tcp::acceptor& acceptor, bool websocket) {
-    size_t next_shard = 0;
-    while (!stopping_) {
-      Shard& shard = *shards_[next_shard];
-      next_shard = (next_shard + 1) % shards_.size();
-      error_code ec;
-      tcp::socket socket =
-          co_await acceptor.async_accept(shard.io, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        if (stopping_ || ec == asio::error::operation_aborted) break;
-        // Out of descriptors or similar: say so and keep serving the links we have.
-        Log(spdlog::level::warn, "accept_failed", {{"error", ec.message()}});
-        asio::steady_timer backoff(shards_.front()->io, std::chrono::milliseconds(50));
-        co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        continue;
-      }
-      const auto remote = socket.remote_endpoint(ec);
-      if (ec) continue;
-      if (!(config_.proxy_protocol ? gate_.TryEnterUnattributed()
-                                   : gate_.TryEnter(remote.address()))) {
-        stats_.CountFailure(mesh::v1::OVERLOADED);
-        LogThrottled(mesh::v1::OVERLOADED, remote, "too many handshakes in progress");
-        continue;  // the socket closes as it goes out of scope
-      }
-      asio::co_spawn(shard.io, ServeLink(shard, std::move(socket), remote, websocket),
-                     asio::detached);
-    }
+  awaitable<void> AcceptLinks(tcp::acceptor& acceptor, bool websocket) {
+    std::vector<asio::io_context*> shards;
+    for (auto& shard : shards_) shards.push_back(&shard->io);
+    co_await peer::AcceptLoop(
+        acceptor, std::move(shards),
+        [this, websocket](size_t index, tcp::socket socket, const tcp::endpoint& remote) {
+          if (stopping_) return;
+          if (!(config_.proxy_protocol ? gate_.TryEnterUnattributed()
+                                       : gate_.TryEnter(remote.address()))) {
+            stats_.CountFailure(mesh::v1::OVERLOADED);
+            LogThrottled(mesh::v1::OVERLOADED, remote, "too many handshakes in progress");
+            return;  // the socket closes as it goes out of scope
+          }
+          Shard& shard = *shards_[index];
+          asio::co_spawn(shard.io, ServeLink(shard, std::move(socket), remote, websocket),
+                         asio::detached);
+        },
+        [websocket](const error_code& ec) {
+          // Out of descriptors or similar: say so and keep serving the links we have.
+          Log(spdlog::level::warn, "accept_failed",
+              {{"listener", websocket ? "ws" : "peer"}, {"error", ec.message()}});
+        });
   }
 
   awaitable<void> ServeLink(Shard& shard, tcp::socket socket, tcp::endpoint remote,

@@ -2,15 +2,11 @@
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "peer/websocket.h"
@@ -21,48 +17,13 @@ namespace {
 namespace asio = boost::asio;
 using asio::redirect_error;
 using asio::use_awaitable;
-using asio::ip::tcp;
 using boost::system::error_code;
-
-peer::awaitable<absl::StatusOr<tcp::socket>> Dial(const ConnectOptions& options,
-                                                  const std::string& address) {
-  auto executor = co_await asio::this_coro::executor;
-  auto host_port = peer::SplitHostPort(address);
-  if (!host_port.ok()) co_return host_port.status();
-  if (host_port->first.empty()) host_port->first = "127.0.0.1";
-  tcp::resolver resolver(executor);
-  error_code ec;
-  auto endpoints = co_await resolver.async_resolve(host_port->first, host_port->second,
-                                                   redirect_error(use_awaitable, ec));
-  if (ec)
-    co_return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", options.address, ": ", ec.message()));
-  // A name with several addresses (a headless Service) spreads its clients, and one that
-  // answers GoAway is not the first choice of every retry.
-  std::vector<tcp::endpoint> candidates;
-  for (const auto& entry : endpoints) candidates.push_back(entry.endpoint());
-  thread_local std::mt19937 shuffle(std::random_device{}());
-  std::shuffle(candidates.begin(), candidates.end(), shuffle);
-  tcp::socket socket(executor);
-  asio::steady_timer deadline(executor, options.connect_timeout);
-  deadline.async_wait([&socket](const error_code& e) {
-    if (!e) socket.close();
-  });
-  co_await asio::async_connect(socket, candidates, redirect_error(use_awaitable, ec));
-  deadline.cancel();
-  if (ec) {
-    co_return absl::UnavailableError(
-        absl::StrCat("cannot connect to ", options.address, ": ",
-                     ec == asio::error::operation_aborted ? "timed out" : ec.message()));
-  }
-  co_return socket;
-}
 
 // A TCP link for "HOST:PORT", a WebSocket one for "ws[s]://HOST:PORT[/PATH]" (DESIGN §3).
 peer::awaitable<absl::StatusOr<std::unique_ptr<peer::ByteStream>>> Open(
     const ConnectOptions& options) {
   if (!peer::IsWebSocketAddress(options.address)) {
-    auto socket = co_await Dial(options, options.address);
+    auto socket = co_await peer::Dial(options.address, options.connect_timeout, /*spread=*/true);
     if (!socket.ok()) co_return socket.status();
     co_return peer::TcpStream(*std::move(socket));
   }
@@ -74,7 +35,7 @@ peer::awaitable<absl::StatusOr<std::unique_ptr<peer::ByteStream>>> Open(
     if (!context.ok()) co_return context.status();
     tls = *std::move(context);
   }
-  auto socket = co_await Dial(options, ws->host_port);
+  auto socket = co_await peer::Dial(ws->host_port, options.connect_timeout, /*spread=*/true);
   if (!socket.ok()) co_return socket.status();
   co_return co_await peer::ConnectWebSocket(*std::move(socket), *ws, std::move(tls));
 }

@@ -92,41 +92,6 @@ std::optional<uint8_t> RefusedSuites(const absl::Status& status) {
   return static_cast<uint8_t>(mask);
 }
 
-absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return std::make_pair(host, address.substr(colon + 1));
-}
-
-absl::StatusOr<asio::ip::tcp::acceptor> Listen(asio::io_context& io, const std::string& address) {
-  auto host_port = SplitHostPort(address);
-  if (!host_port.ok()) return host_port.status();
-  int port = 0;
-  if (!absl::SimpleAtoi(host_port->second, &port) || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
-  }
-  const std::string host = host_port->first.empty() ? "0.0.0.0" : host_port->first;
-  error_code ec;
-  const auto ip = asio::ip::make_address(host, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address"));
-  const asio::ip::tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
-  asio::ip::tcp::acceptor acceptor(io);
-  acceptor.open(endpoint.protocol(), ec);
-  if (!ec) acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor.bind(endpoint, ec);
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ", ec.message()));
-  }
-  return acceptor;
-}
-
 void LinkStats::CountFailure(ErrorCode code) {
   if (code != mesh::v1::ERROR_CODE_UNSPECIFIED)
     failures[code].fetch_add(1, std::memory_order_relaxed);

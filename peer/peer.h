@@ -20,6 +20,7 @@
 #include "mesh/v1/cluster.pb.h"
 #include "mesh/v1/wire.pb.h"
 #include "peer/counter.h"
+#include "peer/listener.h"
 #include "peer/memory_budget.h"
 #include "peer/proxy_protocol.h"
 #include "peer/record.h"
@@ -72,14 +73,6 @@ struct LinkStats {
 
   void CountFailure(mesh::v1::ErrorCode code);
 };
-
-// "host:port" or "[v6]:port" into host and port text; the host may be empty.
-absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(const std::string& address);
-
-// A socket listening on "HOST:PORT" (an IP address; an empty host is every interface, port 0
-// picks one), with SO_REUSEADDR, on `io`.
-absl::StatusOr<boost::asio::ip::tcp::acceptor> Listen(boost::asio::io_context& io,
-                                                      const std::string& address);
 
 // When Connect failed because the other side refused the preamble: the suites it speaks
 // (bit (suite id - 1)), so the caller may retry once with the best common one.

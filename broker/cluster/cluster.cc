@@ -313,27 +313,20 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   awaitable<void> AcceptLoop() {
-    size_t next = 0;
     auto self = shared_from_this();
-    while (true) {
-      asio::io_context& shard = *shards_[next++ % shards_.size()];
-      error_code ec;
-      tcp::socket socket =
-          co_await acceptor_->async_accept(shard, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        if (ec == asio::error::operation_aborted || !acceptor_->is_open()) break;
-        Log(spdlog::level::warn, "accept_failed",
-            {{"listener", "cluster"}, {"error", ec.message()}});
-        continue;
-      }
-      const auto remote = socket.remote_endpoint(ec);
-      if (ec) continue;
-      if (!gate_.TryEnter(remote.address())) {
-        stats_.links.CountFailure(mesh::v1::OVERLOADED);
-        continue;
-      }
-      asio::co_spawn(shard, Serve(std::move(socket), remote), asio::detached);
-    }
+    co_await peer::AcceptLoop(
+        *acceptor_, shards_,
+        [this](size_t index, tcp::socket socket, const tcp::endpoint& remote) {
+          if (!gate_.TryEnter(remote.address())) {
+            stats_.links.CountFailure(mesh::v1::OVERLOADED);
+            return;
+          }
+          asio::co_spawn(*shards_[index], Serve(std::move(socket), remote), asio::detached);
+        },
+        [](const error_code& ec) {
+          Log(spdlog::level::warn, "accept_failed",
+              {{"listener", "cluster"}, {"error", ec.message()}});
+        });
   }
 
   awaitable<void> Serve(tcp::socket socket, tcp::endpoint remote) {
@@ -354,11 +347,11 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
                  remote.address().to_string());
   }
 
-  // Runs on `shard`, where the socket and the link will live: an operation pending on one
+  // Runs on the shard where the socket and the link will live: an operation pending on one
   // io_context must not belong to a coroutine of another (both go at shutdown, in turn).
-  awaitable<void> DialOnce(std::string address, asio::io_context& shard) {
+  awaitable<void> DialOnce(std::string address) {
     auto self = shared_from_this();
-    auto result = co_await Connect(shard, address);
+    auto result = co_await Connect(address);
     {
       std::lock_guard lock(mu_);
       membership_.DialEnded(address, result.ok(), Clock::now());
@@ -371,30 +364,14 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     co_await Run(std::make_shared<ClusterLink>(*std::move(result), true, address), address);
   }
 
-  awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(asio::io_context& shard,
-                                                                 const std::string& address) {
-    auto host_port = peer::SplitHostPort(address);
-    if (!host_port.ok()) co_return host_port.status();
-    tcp::resolver resolver(shard);
-    error_code ec;
-    auto endpoints = co_await resolver.async_resolve(host_port->first, host_port->second,
-                                                     asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return absl::UnavailableError(absl::StrCat("resolve ", address, ": ", ec.message()));
-    tcp::socket socket(shard);
-    asio::steady_timer timeout(shard, kConnectTimeout);
-    timeout.async_wait([&socket](const error_code& e) {
-      if (!e) {
-        error_code ignored;
-        socket.close(ignored);
-      }
-    });
-    co_await asio::async_connect(socket, endpoints, asio::redirect_error(asio::use_awaitable, ec));
-    timeout.cancel();
-    if (ec) co_return absl::UnavailableError(absl::StrCat("connect ", address, ": ", ec.message()));
+  // On the executor of the coroutine that awaits it: the socket and the link live there.
+  awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const std::string& address) {
+    auto socket = co_await peer::Dial(address, kConnectTimeout, /*spread=*/false);
+    if (!socket.ok()) co_return socket.status();
     const auto suite = crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm)
                            ? crypto::CipherSuite::kAesGcm
                            : crypto::CipherSuite::kChaChaPoly;
-    co_return co_await peer::Link::Connect(std::move(socket), key_, hello_, suite,
+    co_return co_await peer::Link::Connect(*std::move(socket), key_, hello_, suite,
                                            CurrentLinkConfig(), stats_.links,
                                            peer::LinkKind::kCluster);
   }
@@ -713,7 +690,7 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
     for (auto& link : links) link->Queue(probe);
     for (auto& address : due.dial) {
       auto& shard = *shards_[next_dial_shard_++ % shards_.size()];
-      asio::co_spawn(shard, DialOnce(address, shard), asio::detached);
+      asio::co_spawn(shard, DialOnce(address), asio::detached);
     }
     // Homes moved with a member gone; else only what waits for a next hop (a refusal, no link).
     if (!due.gone.empty()) {

@@ -408,13 +408,12 @@ struct HttpServer::Impl {
   }
 
   awaitable<void> AcceptLoop() {
-    for (;;) {
-      beast::error_code ec;
-      tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-      if (ec) continue;
-      asio::co_spawn(io, Serve(std::move(socket)), asio::detached);
-    }
+    co_await peer::AcceptLoop(
+        acceptor, {&io},
+        [this](size_t, tcp::socket socket, const tcp::endpoint&) {
+          asio::co_spawn(io, Serve(std::move(socket)), asio::detached);
+        },
+        [](const beast::error_code&) {});  // out of descriptors: the loop pauses and goes on
   }
 };
 
@@ -424,30 +423,18 @@ HttpServer::~HttpServer() { Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(monitoring::RequestMetrics& metrics,
                                                               HttpOptions options) {
-  auto host = peer::SplitHostPort(options.address);
-  if (!host.ok()) return host.status();
-  beast::error_code ec;
-  const auto ip = asio::ip::make_address(host->first.empty() ? "0.0.0.0" : host->first, ec);
-  uint32_t port = 0;
-  if (ec || !absl::SimpleAtoi(host->second, &port) || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("HTTP listen address '", options.address, "' is not HOST:PORT"));
-  }
   auto impl = std::make_unique<Impl>(metrics, std::move(options));
   if (impl->options.tls.enabled()) {
     auto tls = peer::ServerTlsContext(impl->options.tls.cert, impl->options.tls.key);
     if (!tls.ok()) return tls.status();
     impl->tls = *std::move(tls);
   }
-  const tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
-  impl->acceptor.open(endpoint.protocol(), ec);
-  if (!ec) impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) impl->acceptor.bind(endpoint, ec);
-  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve HTTP on ", impl->options.address, ": ", ec.message()));
+  auto acceptor = peer::Listen(impl->io, impl->options.address);
+  if (!acceptor.ok()) {
+    return absl::Status(acceptor.status().code(),
+                        absl::StrCat("HTTP: ", acceptor.status().message()));
   }
+  impl->acceptor = *std::move(acceptor);
   impl->port = impl->acceptor.local_endpoint().port();
   // Every route's series exist at zero from the start, the answers a caller can expect
   // included (401 without a token, 400 for bad input), so rules see a first error's rise.
