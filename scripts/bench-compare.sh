@@ -11,6 +11,8 @@
 #   drain      the recipients take them (msgs/s)
 #   cross16    16 pairs, every pair crossing two brokers of a mesh (each build's own
 #              scripts/local-cluster.sh; left out for a REF without one)
+#   link256    this build's link_bench: 256 B frames/s over one link, no broker: the ceiling the
+#              online figures are held against, measured in the same rounds
 # and prints each figure's medians and the ratio this/REF (for p99, REF/this: above 1 is better).
 # Each build's broker runs with one I/O thread (--threads 1), as the load generator does.
 set -euo pipefail
@@ -104,9 +106,15 @@ round() {
   fi
 }
 
+ceiling() {
+  "$this_build/bench/link_bench" --benchmark_filter='BM_LinkThroughput/256/' \
+    --benchmark_format=json 2>/dev/null | field "d['benchmarks'][0]['items_per_second']"
+}
+
 for ((r = 1; r <= runs; r++)); do
   round "$ref_build" "$ref_src" | sed "s/^/ref /" | tee -a "$work/results"
   round "$this_build" "$root" | sed "s/^/this /" | tee -a "$work/results"
+  echo "this link256 $(ceiling)" | tee -a "$work/results"
 done
 
 python3 - "$work/results" "$ref" <<'PY'
@@ -118,6 +126,9 @@ for line in open(sys.argv[1]):
 print(f"\n{'figure':<10} {'ref ' + sys.argv[2]:>16} {'this':>12} {'ratio':>7}")
 for figure, by in values.items():
     ref, this = statistics.median(by.get("ref", [0])), statistics.median(by.get("this", [0]))
+    if not ref:  # measured on this build only (the ceiling)
+        print(f"{figure:<10} {'-':>16} {this:>12.0f} {'-':>7}  (a ceiling, this build)")
+        continue
     lower_better = figure.startswith("p99")
     ratio = (ref / this if lower_better else this / ref) if ref and this else float("nan")
     print(f"{figure:<10} {ref:>16.0f} {this:>12.0f} {ratio:>7.2f}{'  (lower is better)' if lower_better else ''}")
