@@ -10,7 +10,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_future.hpp>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -131,10 +133,26 @@ TEST_F(AcceptLoopTest, AFailedAcceptIsReportedAndTheLoopServesAgainAfterwards) {
   std::atomic<int> served{0};
   std::atomic<int> failures{0};
   std::atomic<int> last_error{0};
-  tcp::socket client = Connect();  // waits in the backlog
+  // Everything that needs a descriptor of its own gets it first: the loop's thread, the
+  // shards' reactors and the client's socket.
+  Start([&](size_t, tcp::socket, const tcp::endpoint&) { ++served; },
+        [&](const error_code& ec) {
+          last_error = ec.value();
+          ++failures;
+        });
   for (auto& shard : shards_) {
-    tcp::socket warm(shard);  // the shard's reactor opens its own descriptors now, not later
+    tcp::socket warm(shard);
     warm.open(tcp::v4());
+  }
+  tcp::socket client(client_io_);
+  client.open(tcp::v4());
+  {
+    // The loop's pause is a timer on io_: one timer there now, so that what it sets up (and a
+    // sanitizer's first check of its types, which opens a pipe) is done before the limit.
+    asio::steady_timer warm(io_, std::chrono::milliseconds(1));
+    std::promise<void> waited;
+    warm.async_wait([&](const error_code&) { waited.set_value(); });
+    waited.get_future().wait();
   }
   // No descriptor left for the accepted socket: the lowest free one is the new soft limit.
   const int probe = ::dup(0);
@@ -143,13 +161,11 @@ TEST_F(AcceptLoopTest, AFailedAcceptIsReportedAndTheLoopServesAgainAfterwards) {
   rlimit tight = saved;
   tight.rlim_cur = static_cast<rlim_t>(probe);
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
-  Start([&](size_t, tcp::socket, const tcp::endpoint&) { ++served; },
-        [&](const error_code& ec) {
-          last_error = ec.value();
-          ++failures;
-        });
+  error_code connected;
+  client.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port_), connected);
   const bool failed = WaitFor([&] { return failures.load() > 0; });
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_FALSE(connected) << connected.message();
   ASSERT_TRUE(failed);
   EXPECT_EQ(last_error.load(), EMFILE);
   EXPECT_TRUE(WaitFor([&] { return served.load() == 1; }));
