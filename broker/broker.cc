@@ -143,6 +143,9 @@ class Broker::Impl {
     RaiseFileLimit();
     if (auto status = LoadNodeCertificate(); !status.ok()) return status;
     Shard& first = *shards_.front();
+    // Watched from before the listeners read them, so a renewal meanwhile is not missed.
+    tls_cert_file_ = WatchedFile(config_.tls_cert_file);
+    tls_key_file_ = WatchedFile(config_.tls_key_file);
     // Installed before the store recovers (which may take long): a SIGHUP meanwhile must not
     // kill the broker, and a SIGTERM is handled once the shards run.
     signals_.emplace(first.io, SIGINT, SIGTERM, SIGHUP);
@@ -187,6 +190,7 @@ class Broker::Impl {
         auto context = peer::ServerTlsContext(config_.tls_cert_file, config_.tls_key_file);
         if (!context.ok()) return context.status();
         ws_tls_ = *std::move(context);
+        ws_tls_on_.store(true);
       }
       Log(spdlog::level::info, "listening",
           {{"listener", "ws"},
@@ -406,11 +410,15 @@ class Broker::Impl {
     if (full != store_full_) log_full(full);
   }
 
-  // The cluster secret and the admin token are re-read on SIGHUP and when their files change
-  // (a Kubernetes Secret volume swaps its files in place). A file that does not load is logged
-  // and the value in use stays.
+  // The cluster secret, the admin token and the TLS certificate are re-read on SIGHUP and when
+  // their files change (a Kubernetes Secret volume swaps its files in place; cert-manager renews
+  // a certificate so). A file that does not load is logged and the value in use stays.
   void ReloadFiles(bool changed_only) {
     if (cluster_ && (!changed_only || secret_file_.Changed())) cluster_->ReloadSecret();
+    // Both halves of the pair are checked each time: a renewal changes both.
+    const bool cert_changed = tls_cert_file_.Changed();
+    const bool key_changed = tls_key_file_.Changed();
+    if (!changed_only || cert_changed || key_changed) ReloadTls();
     if (control_ && (!changed_only || token_file_.Changed())) {
       auto token = LoadOrCreateAdminToken(token_file_.path, config_.data_dir);
       if (!token.ok()) {
@@ -420,6 +428,30 @@ class Broker::Impl {
         Log(spdlog::level::info, "admin_token_reloaded", {{"path", token_file_.path}});
       }
     }
+  }
+
+  // New wss and HTTPS connections get the certificate in the files now; open ones keep theirs.
+  // gRPC's is read at start only.
+  void ReloadTls() {
+    if (config_.tls_cert_file.empty() || (!ws_tls_on_.load() && !http_)) return;
+    auto context = peer::ServerTlsContext(config_.tls_cert_file, config_.tls_key_file);
+    if (!context.ok()) {
+      Log(spdlog::level::err, "tls_reload_failed",
+          {{"error", std::string(context.status().message())}});
+      return;
+    }
+    if (ws_tls_on_.load()) {
+      std::lock_guard lock(tls_mu_);
+      ws_tls_ = *context;
+    }
+    if (http_) http_->SetTls(*context);
+    Log(spdlog::level::info, "tls_reloaded",
+        {{"cert", config_.tls_cert_file}, {"ws", ws_tls_on_.load()}, {"http", http_ != nullptr}});
+  }
+
+  peer::TlsContext WsTls() {
+    std::lock_guard lock(tls_mu_);
+    return ws_tls_;
   }
 
   // Without TLS, a control-plane address other than loopback sends the token in clear.
@@ -614,7 +646,7 @@ class Broker::Impl {
     if (websocket) {
       const auto upgrade_started = peer::Clock::now();
       auto upgraded = co_await peer::AcceptWebSocket(
-          std::move(socket), {config_.ws_allowed_origins, link_config.handshake_timeout, ws_tls_});
+          std::move(socket), {config_.ws_allowed_origins, link_config.handshake_timeout, WsTls()});
       if (!upgraded.ok()) {
         gate_.Leave(remote.address());
         // Not a mesh link: no upgrade, the wrong path or subprotocol, or an Origin refused.
@@ -739,7 +771,11 @@ class Broker::Impl {
   bool live_ = true;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<tcp::acceptor> ws_acceptor_;
-  peer::TlsContext ws_tls_;  // set: wss on ws_acceptor_
+  std::mutex tls_mu_;                   // ws_tls_ is read by every shard and replaced by a reload
+  peer::TlsContext ws_tls_;             // set: wss on ws_acceptor_
+  std::atomic<bool> ws_tls_on_{false};  // set before the listener starts, never cleared
+  WatchedFile tls_cert_file_;
+  WatchedFile tls_key_file_;
   std::optional<asio::signal_set> signals_;
   std::atomic<bool> stopping_{false};  // set on the first shard, read by every shard
   std::mutex log_mu_;

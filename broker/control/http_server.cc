@@ -266,14 +266,15 @@ struct HttpServer::Impl {
   }
 
   awaitable<void> Serve(tcp::socket socket) {
-    if (!tls) {
+    const peer::TlsContext context = tls;  // a reload meanwhile changes only later connections
+    if (!context) {
       beast::tcp_stream stream(std::move(socket));
       co_await Exchange(stream);
       beast::error_code ignored;
       stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
       co_return;
     }
-    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
+    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *context);
     beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
     beast::error_code ec;
     co_await stream.async_handshake(asio::ssl::stream_base::server,
@@ -463,6 +464,10 @@ int HttpServer::port() const { return impl_->port; }
 
 void HttpServer::Serve(ControlService& service) {
   asio::post(impl_->io, [impl = impl_.get(), &service] { impl->service = &service; });
+}
+
+void HttpServer::SetTls(peer::TlsContext tls) {
+  asio::post(impl_->io, [impl = impl_.get(), tls = std::move(tls)] { impl->tls = tls; });
 }
 
 void HttpServer::Shutdown() {

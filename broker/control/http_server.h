@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "broker/control/control_service.h"
 #include "monitoring/metrics.h"
+#include "peer/websocket.h"
 
 namespace mesh::broker {
 
@@ -29,6 +30,9 @@ class HttpServer {
                                                            HttpOptions options);
   // Every endpoint answers from `service` from now on; it must outlive the server.
   void Serve(ControlService& service);
+  // HTTPS only: connections from now on use `tls` (a renewed certificate); those open keep
+  // theirs.
+  void SetTls(peer::TlsContext tls);
   ~HttpServer();
 
   int port() const;

@@ -4,7 +4,7 @@ client, against the real mesh-broker and real mesh-cli peers: every endpoint and
 case (no token, bad JSON, unknown path, wrong method, oversized body and headers, garbage), and
 `promtool check metrics` (Debian's prometheus) on the live exposition.
 Usage: control_rest_test.py MESH_BROKER MESH_CLI"""
-import base64, json, os, queue, re, signal, socket, subprocess, sys, threading, unittest
+import base64, json, os, queue, re, shutil, signal, socket, subprocess, sys, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh_test_support as support  # noqa: E402
@@ -309,6 +309,35 @@ class RestTlsTest(unittest.TestCase):
                                    capture_output=True, text=True)
             self.assertNotEqual(plain.returncode, 0)
             self.assertTrue(broker.alive())
+        finally:
+            broker.stop()
+
+    def test_a_renewed_certificate_is_served_after_sighup(self):
+        first, first_key = support.self_signed_certificate("tls-first")
+        renewed, renewed_key = support.self_signed_certificate("tls-renewed")
+        live = os.path.join(os.path.dirname(first), "live")
+        os.makedirs(live)
+        cert, key = os.path.join(live, "tls.crt"), os.path.join(live, "tls.key")
+
+        def install(source_cert, source_key):
+            for source, target in ((source_cert, cert), (source_key, key)):
+                shutil.copyfile(source, target + ".new")
+                os.replace(target + ".new", target)  # as a Secret volume swaps its files
+
+        def healthz(ca_file):
+            return subprocess.run(["curl", "-sS", "--cacert", ca_file, "--max-time", str(DEADLINE),
+                                   "https://127.0.0.1:%d/healthz" % broker.ports["http"]],
+                                  capture_output=True, text=True).returncode
+
+        install(first, first_key)
+        broker = Broker("tls-renew", "--tls-cert-file", cert, "--tls-key-file", key)
+        try:
+            self.assertEqual(healthz(first), 0)
+            self.assertNotEqual(healthz(renewed), 0)
+            install(renewed, renewed_key)
+            broker.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: healthz(renewed) == 0, "HTTPS to serve the renewed certificate")
+            self.assertNotEqual(healthz(first), 0)
         finally:
             broker.stop()
 

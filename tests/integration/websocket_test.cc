@@ -9,8 +9,10 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -320,6 +322,57 @@ TEST_F(WebSocketTest, WssRefusesWhatTheCertificateDoesNotProveAndKeepsServing) {
   ASSERT_TRUE(bob.WaitConnected());
   EXPECT_EQ(alice.Send(bob.id(), "still here").status, SendAck::ACCEPTED);
   EXPECT_EQ(bob.WaitForMessages(1).size(), 1u);
+}
+
+// A renewed certificate (cert-manager rewrites the Secret's files) is taken on SIGHUP or when the
+// files change: new wss links get it, and a pair that does not load keeps the one in use.
+TEST_F(WebSocketTest, WssTakesARenewedCertificateWithoutARestart) {
+  Certificate first("IP:127.0.0.1");
+  Certificate renewed("IP:127.0.0.1");
+  ASSERT_TRUE(first.made() && renewed.made());
+  char tmpl[] = "/tmp/mesh-wss-live-XXXXXX";
+  const std::string live = mkdtemp(tmpl);
+  const std::string cert = live + "/tls.crt";
+  const std::string key = live + "/tls.key";
+  auto install = [&](const Certificate& from) {
+    for (const auto& [source, target] :
+         {std::pair{from.cert(), cert}, std::pair{from.key(), key}}) {
+      std::filesystem::copy_file(source, target + ".new",
+                                 std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::rename(target + ".new", target);  // as a Secret volume swaps its files
+    }
+  };
+  install(first);
+  ASSERT_NO_FATAL_FAILURE(StartBroker({"--tls-cert-file", cert, "--tls-key-file", key}));
+  auto ping = [&](const std::string& ca_file) {
+    const auto client_key = crypto::KeyPair::Generate();
+    client::ConnectOptions options;
+    options.address = WsAddress(*broker_, "wss");
+    options.key = &client_key;
+    options.trust.tls_ca_file = ca_file;
+    return client::Ping(options, 1, kTestDeadline);
+  };
+  ASSERT_TRUE(ping(first.cert()).ok());
+  EXPECT_FALSE(ping(renewed.cert()).ok());
+
+  install(renewed);
+  ASSERT_EQ(::kill(broker_->pid(), SIGHUP), 0);
+  ASSERT_TRUE(broker_->WaitForLogLine({"tls_reloaded"})) << broker_->Log();
+  auto now_renewed = ping(renewed.cert());
+  EXPECT_TRUE(now_renewed.ok()) << now_renewed.status();
+  EXPECT_FALSE(ping(first.cert()).ok());
+
+  // A broken pair is refused and the renewed certificate stays in use.
+  {
+    std::ofstream broken(cert + ".new");
+    broken << "not a certificate\n";
+  }
+  std::filesystem::rename(cert + ".new", cert);
+  ASSERT_EQ(::kill(broker_->pid(), SIGHUP), 0);
+  ASSERT_TRUE(broker_->WaitForLogLine({"tls_reload_failed"})) << broker_->Log();
+  auto still = ping(renewed.cert());
+  EXPECT_TRUE(still.ok()) << still.status();
+  std::filesystem::remove_all(live);
 }
 
 // Behind a proxy that terminates TLS (an NLB), --ws-tls off keeps 7780 plain while the control
