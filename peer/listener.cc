@@ -6,6 +6,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <memory>
 #include <random>
 
 #include "absl/strings/numbers.h"
@@ -100,21 +101,24 @@ asio::awaitable<absl::StatusOr<tcp::socket>> Dial(const std::string& address,
     thread_local std::mt19937 shuffle(std::random_device{}());
     std::shuffle(candidates.begin(), candidates.end(), shuffle);
   }
-  tcp::socket socket(executor);
+  // The deadline's handler may already be queued when the connect completes, and then runs
+  // after this coroutine has returned: it reaches the socket only while the coroutine has it.
+  auto socket = std::make_shared<tcp::socket>(executor);
   asio::steady_timer deadline(executor, timeout);
-  deadline.async_wait([&socket](const error_code& e) {
-    if (e) return;
+  deadline.async_wait([weak = std::weak_ptr<tcp::socket>(socket)](const error_code& e) {
+    auto socket = weak.lock();
+    if (e || !socket) return;
     error_code ignored;
-    socket.close(ignored);
+    socket->close(ignored);
   });
-  co_await asio::async_connect(socket, candidates, redirect_error(use_awaitable, ec));
+  co_await asio::async_connect(*socket, candidates, redirect_error(use_awaitable, ec));
   deadline.cancel();
   if (ec) {
     co_return absl::UnavailableError(
         absl::StrCat("cannot connect to ", address, ": ",
                      ec == asio::error::operation_aborted ? "timed out" : ec.message()));
   }
-  co_return socket;
+  co_return std::move(*socket);
 }
 
 }  // namespace mesh::peer
