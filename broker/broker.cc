@@ -189,8 +189,8 @@ class Broker::Impl {
         }
         auto context = peer::ServerTlsContext(config_.tls_cert_file, config_.tls_key_file);
         if (!context.ok()) return context.status();
+        std::lock_guard lock(tls_mu_);
         ws_tls_ = *std::move(context);
-        ws_tls_on_.store(true);
       }
       Log(spdlog::level::info, "listening",
           {{"listener", "ws"},
@@ -433,20 +433,21 @@ class Broker::Impl {
   // New wss and HTTPS connections get the certificate in the files now; open ones keep theirs.
   // gRPC's is read at start only.
   void ReloadTls() {
-    if (config_.tls_cert_file.empty() || (!ws_tls_on_.load() && !http_)) return;
+    const bool ws = WsTls() != nullptr;  // wss is on: it never goes off
+    if (config_.tls_cert_file.empty() || (!ws && !http_)) return;
     auto context = peer::ServerTlsContext(config_.tls_cert_file, config_.tls_key_file);
     if (!context.ok()) {
       Log(spdlog::level::err, "tls_reload_failed",
           {{"error", std::string(context.status().message())}});
       return;
     }
-    if (ws_tls_on_.load()) {
+    if (ws) {
       std::lock_guard lock(tls_mu_);
       ws_tls_ = *context;
     }
     if (http_) http_->SetTls(*context);
     Log(spdlog::level::info, "tls_reloaded",
-        {{"cert", config_.tls_cert_file}, {"ws", ws_tls_on_.load()}, {"http", http_ != nullptr}});
+        {{"cert", config_.tls_cert_file}, {"ws", ws}, {"http", http_ != nullptr}});
   }
 
   peer::TlsContext WsTls() {
@@ -771,9 +772,8 @@ class Broker::Impl {
   bool live_ = true;
   std::optional<tcp::acceptor> acceptor_;
   std::optional<tcp::acceptor> ws_acceptor_;
-  std::mutex tls_mu_;                   // ws_tls_ is read by every shard and replaced by a reload
-  peer::TlsContext ws_tls_;             // set: wss on ws_acceptor_
-  std::atomic<bool> ws_tls_on_{false};  // set before the listener starts, never cleared
+  std::mutex tls_mu_;        // ws_tls_ is read by every shard and replaced by a reload
+  peer::TlsContext ws_tls_;  // set: wss on ws_acceptor_
   WatchedFile tls_cert_file_;
   WatchedFile tls_key_file_;
   std::optional<asio::signal_set> signals_;

@@ -66,18 +66,13 @@ absl::Status CheckBroker(const BrokerTrust& trust, const crypto::PeerId& broker,
   return absl::OkStatus();
 }
 
-crypto::CipherSuite PreferredSuite() {
-  return crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm) ? crypto::CipherSuite::kAesGcm
-                                                              : crypto::CipherSuite::kChaChaPoly;
-}
-
 peer::awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const ConnectOptions& options,
                                                                      peer::LinkStats& stats) {
   if (options.key == nullptr) co_return absl::InvalidArgumentError("a client needs a static key");
   mesh::v1::Hello hello;
   hello.set_protocol_version(peer::kProtocolVersion);
   hello.set_agent(options.agent);
-  crypto::CipherSuite suite = options.suite.value_or(PreferredSuite());
+  crypto::CipherSuite suite = options.suite.value_or(crypto::PreferredSuite());
   // Checked after handshake message 2, before message 3 carries our key and Hello: a broker
   // that fails the check never learns who dialled it (DESIGN §3, untrusted peers).
   peer::Link::RemoteVerifier verify;

@@ -41,9 +41,6 @@ struct ConnectOptions {
   BrokerTrust trust;
 };
 
-// The suite to offer first: AES-GCM when available, else ChaChaPoly.
-crypto::CipherSuite PreferredSuite();
-
 // Resolves, dials and runs the handshake, checking the broker against `options.trust` after
 // handshake message 2 (a broker that fails never receives message 3, which carries the client's
 // key). A broker that refuses the suite is retried once with the best suite both speak.

@@ -172,6 +172,8 @@ enum class CipherSuite : uint8_t { kAesGcm = 1, kChaChaPoly = 2 };
 const char* CipherName(CipherSuite suite);
 // AES-256-GCM in libsodium 1.0.18 needs AES-NI and PCLMUL.
 bool SuiteAvailable(CipherSuite suite);
+// The suite a dialling side offers first: AES-GCM where the CPU has it, else ChaChaPoly.
+CipherSuite PreferredSuite();
 
 // Noise §5.1: a cipher key k and a 64-bit nonce n. The AES-GCM key schedule is computed once
 // per key (libsodium's precomputed state). Both directions of a link each own one.

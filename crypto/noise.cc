@@ -58,6 +58,10 @@ bool SuiteAvailable(CipherSuite suite) {
   return suite == CipherSuite::kChaChaPoly || crypto_aead_aes256gcm_is_available() == 1;
 }
 
+CipherSuite PreferredSuite() {
+  return SuiteAvailable(CipherSuite::kAesGcm) ? CipherSuite::kAesGcm : CipherSuite::kChaChaPoly;
+}
+
 // ---------------------------------------------------------------------------------------------
 // CipherState
 

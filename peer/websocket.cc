@@ -112,9 +112,8 @@ void CloseSoon(std::shared_ptr<Ws<Next>> ws, const websocket::close_reason& reas
 template <class Next>
 class WebSocket final : public ByteStream {
  public:
-  // `tls` is kept for as long as the stream uses it.
-  WebSocket(std::shared_ptr<Ws<Next>> ws, TlsContext tls)
-      : ws_(std::move(ws)), tls_(std::move(tls)) {
+  // A TLS stream needs no context of ours kept: its SSL holds a reference to the SSL_CTX.
+  explicit WebSocket(std::shared_ptr<Ws<Next>> ws) : ws_(std::move(ws)) {
     ws_->binary(true);
     ws_->read_message_max(kMaxMessage);
     error_code ec;  // the Link keeps its own deadlines
@@ -218,7 +217,6 @@ class WebSocket final : public ByteStream {
   }
 
   std::shared_ptr<Ws<Next>> ws_;
-  TlsContext tls_;
   beast::flat_buffer message_;  // a message after its first byte
   uint8_t first_ = 0;
   // What goes before message_ to the reader: the 2-byte length (skipped for a preamble or a
@@ -296,14 +294,13 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> Upgrade(
               websocket::close_reason(websocket::close_code::policy_error, policy.substr(0, 123)));
     co_return absl::PermissionDeniedError(policy);
   }
-  co_return std::make_unique<WebSocket<Next>>(std::move(ws), options.tls);
+  co_return std::make_unique<WebSocket<Next>>(std::move(ws));
 }
 
 // The client's upgrade over a connected (and, for wss, TLS) stream.
 template <class Next>
 awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> Handshake(std::shared_ptr<Ws<Next>> ws,
-                                                                 const WebSocketAddress& address,
-                                                                 TlsContext tls) {
+                                                                 const WebSocketAddress& address) {
   // A client masks what it sends through this buffer, one write per buffer's worth: room for a
   // whole packed record keeps it one write (Beast's default, 4 KiB, made a 64 KiB record 16).
   ws->write_buffer_bytes(kMaxMessage);
@@ -323,7 +320,7 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> Handshake(std::shared_ptr
     co_return absl::UnavailableError(
         absl::StrCat("the server at ", where, " does not speak ", kWebSocketProtocol));
   }
-  co_return std::make_unique<WebSocket<Next>>(std::move(ws), std::move(tls));
+  co_return std::make_unique<WebSocket<Next>>(std::move(ws));
 }
 
 bool IsIpAddress(const std::string& host) {
@@ -358,7 +355,7 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(
   if (!address.tls) {
     auto ws = std::make_shared<Ws<tcp::socket>>(std::move(socket));
     Deadline deadline(ws, deadline_at);
-    co_return co_await Handshake(std::move(ws), address, nullptr);
+    co_return co_await Handshake(std::move(ws), address);
   }
   if (!tls) co_return absl::InvalidArgumentError("wss:// needs a TLS context");
   auto ws = std::make_shared<Ws<Tls>>(std::move(socket), *tls);
@@ -378,7 +375,7 @@ awaitable<absl::StatusOr<std::unique_ptr<ByteStream>>> ConnectWebSocket(
     co_return absl::UnavailableError(
         absl::StrCat("TLS handshake with ", address.host_port, ": ", ec.message()));
   }
-  co_return co_await Handshake(std::move(ws), address, std::move(tls));
+  co_return co_await Handshake(std::move(ws), address);
 }
 
 bool IsWebSocketAddress(const std::string& address) {

@@ -368,12 +368,9 @@ class Cluster::Impl : public std::enable_shared_from_this<Impl> {
   awaitable<absl::StatusOr<std::shared_ptr<peer::Link>>> Connect(const std::string& address) {
     auto socket = co_await peer::Dial(address, kConnectTimeout, /*spread=*/false);
     if (!socket.ok()) co_return socket.status();
-    const auto suite = crypto::SuiteAvailable(crypto::CipherSuite::kAesGcm)
-                           ? crypto::CipherSuite::kAesGcm
-                           : crypto::CipherSuite::kChaChaPoly;
-    co_return co_await peer::Link::Connect(*std::move(socket), key_, hello_, suite,
-                                           CurrentLinkConfig(), stats_.links,
-                                           peer::LinkKind::kCluster);
+    co_return co_await peer::Link::Connect(*std::move(socket), key_, hello_,
+                                           crypto::PreferredSuite(), CurrentLinkConfig(),
+                                           stats_.links, peer::LinkKind::kCluster);
   }
 
   // Serves one established cluster link until it ends. `remote`: the address it came from or
